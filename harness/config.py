@@ -1,0 +1,240 @@
+"""The one place for defaults: `RunConfig` feeds the CLI (flags and help), the Python API and the
+manifest. Scale presets say how big an accuracy run is and which lengths a default sweep uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+from harness.errors import UserError
+
+# -- value parsers (each raises UserError naming the flag) ---------------------------------------
+
+
+def parse_int_list(flag: str, text: str, minimum: int = 1) -> list[int]:
+    items = [t.strip() for t in str(text).split(",")]
+    if not text or not any(items):
+        raise UserError(f"--{flag} is empty: give comma-separated integers, e.g. 1024,2048,4096")
+    out = []
+    for item in items:
+        if not item:
+            raise UserError(f"--{flag} {text!r}: empty item; give comma-separated integers, e.g. 1024,2048")
+        try:
+            value = int(item.replace("_", ""))
+        except ValueError:
+            suffix = {"k": 1024, "K": 1024}
+            if item[-1:] in suffix and item[:-1].isdigit():
+                value = int(item[:-1]) * suffix[item[-1]]
+            else:
+                raise UserError(f"--{flag} {text!r}: {item!r} is not an integer; "
+                                f"give comma-separated integers, e.g. 1024,2048 (or 1k,2k)")
+        if value < minimum:
+            raise UserError(f"--{flag} {text!r}: {value} must be at least {minimum}")
+        out.append(value)
+    return out
+
+
+def positive_int(flag: str, value) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--{flag} {value!r}: expected a positive integer")
+    if number < 1:
+        raise UserError(f"--{flag} {value!r}: expected a positive integer (at least 1)")
+    return number
+
+
+def positive_float(flag: str, value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--{flag} {value!r}: expected a positive number")
+    if not number > 0:
+        raise UserError(f"--{flag} {value!r}: expected a positive number")
+    return number
+
+
+def choice(flag: str, value: str, options: tuple) -> str:
+    if value not in options:
+        raise UserError(f"--{flag} {value!r}: expected one of {', '.join(options)}")
+    return value
+
+
+# -- scale presets --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Scale:
+    """How big an accuracy run is (`--scale`); the task decides its own data sizes per scale."""
+
+    name: str
+    tiny_models: bool  # train the `*_tiny` variant of each model (CPU-sized)
+    total_steps: int | None  # None: the model's per-task paper setting
+    batch_size: int | None  # None: the model's per-task paper setting
+    lr: float | None  # None: the model's per-task paper setting
+    warmup_fraction: float | None  # warm-up as a fraction of steps (None: paper warm-up steps)
+    eval_every: int | None  # validation interval (None: 20 evaluations per run)
+    bench_lengths: tuple  # default lengths of the speed/memory sweep
+    bench_batch: int  # default batch of the speed/memory sweep
+
+
+SCALES = {
+    "smoke": Scale("smoke", True, 300, 32, 2e-3, 0.1, 100, (256, 512, 1024), 2),
+    "small": Scale("small", False, 3000, 32, None, 0.1, 250, (1024, 2048, 4096), 8),
+    "paper": Scale("paper", False, None, None, None, None, None, (1024, 2048, 4096, 8192, 16384), 25),
+}
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+MODES = ("train_step", "forward")
+ISOLATION = ("auto", "subprocess", "inprocess")
+
+
+def _opt(help: str, commands: tuple = ("run", "bench"), metavar: str | None = None, **kw):
+    meta = dict(help=help, commands=commands, metavar=metavar)
+    if "default_factory" in kw:
+        factory = kw.pop("default_factory")
+        return field(default_factory=factory, metadata={**meta, **kw})
+    return field(default=kw.pop("default", None), metadata={**meta, **kw})
+
+
+ALL = ("run", "bench", "table", "ls", "env", "report", "compare")
+
+
+@dataclass
+class RunConfig:
+    """Every option of `run` and `bench`, with its default and help text (shown by --help)."""
+
+    models: str = _opt("comma-separated model names or wildcards ('all' = every full-size model)",
+                       default="transformer", metavar="NAMES")
+    tasks: str = _opt("comma-separated task names for accuracy runs ('all' = every task)",
+                      commands=("run",), default="listops", metavar="NAMES")
+    bench_task: str = _opt("task whose per-task model configuration the speed/memory sweep uses "
+                           "(the papers' Table 2 protocol uses text)", default="text", metavar="TASK")
+    lengths: str = _opt("comma-separated sequence lengths of the speed/memory sweep "
+                        "(default: the scale's, e.g. 256,512,1024 for smoke)", metavar="L1,L2,...")
+    batch_size: int = _opt("batch size of the speed/memory sweep (default: the scale's); for "
+                           "accuracy runs it overrides the scale/model batch", metavar="N")
+    dtype: str = _opt("precision: fp32, or bf16/fp16 autocast (auto = bf16 on CUDA, fp32 on CPU)",
+                      default="auto", choices=DTYPES)
+    device: str = _opt("cpu or cuda (auto = cuda when available)", default="auto", choices=DEVICES)
+    scale: str = _opt("size preset: smoke (minutes on a CPU, tiny models), small, paper "
+                      "(the papers' steps and batches)", default="smoke", choices=tuple(SCALES))
+    seeds: str = _opt("comma-separated training seeds (the papers average 5)", commands=("run",),
+                      default="0", metavar="S1,S2,...")
+    modes: str = _opt("speed/memory modes: train_step (forward+backward+AdamW step) and/or forward",
+                      default="train_step", metavar="MODES")
+    steps: int = _opt("training steps (overrides the scale preset)", commands=("run",), metavar="N")
+    lr: float = _opt("peak learning rate (overrides scale and model defaults)", commands=("run",),
+                     metavar="LR")
+    warmup: int = _opt("warm-up iterations before timing (at least 3)", default=3, metavar="N")
+    iters: int = _opt("timed iterations per cell (at least 10 recommended)", default=10, metavar="N")
+    isolation: str = _opt("run each speed cell in a fresh subprocess (auto = subprocess on CUDA, "
+                          "in-process on CPU)", default="auto", choices=ISOLATION)
+    threads: int = _opt("torch CPU threads for timing (default: all cores)", metavar="N")
+    cell_timeout: float = _opt("seconds after which a cell is stopped and recorded as error: timeout",
+                               metavar="SECONDS")
+    results_dir: str = _opt("where runs are stored", commands=ALL, default="results", metavar="DIR")
+    data_dir: str = _opt("folder with real data (e.g. the LRA release); missing data uses "
+                         "regenerated data or labelled stand-ins", commands=("run",), metavar="DIR")
+    cache_dir: str = _opt("cache of generated and tokenised data", commands=("run",),
+                          default=".cache", metavar="DIR")
+    include: list = _opt("a local plugin file to import (repeatable)", commands=ALL,
+                         default_factory=list, metavar="FILE.py", action="append")
+    resume: str = _opt("continue run RUN_ID: cells already measured with the same config are skipped",
+                       metavar="RUN_ID")
+    skip_bench: bool = _opt("run: skip the speed/memory sweep", commands=("run",), default=False,
+                            action="store_true")
+    skip_train: bool = _opt("run: skip the accuracy runs", commands=("run",), default=False,
+                            action="store_true")
+    no_report: bool = _opt("run: do not write the HTML report", commands=("run",), default=False,
+                           action="store_true")
+    quiet: bool = _opt("no progress bars or tables, only errors", commands=ALL, default=False,
+                       action="store_true")
+    json: bool = _opt("print machine-readable JSON instead of tables", commands=ALL, default=False,
+                      action="store_true")
+
+    def validate(self) -> "RunConfig":
+        """Check every value; raise UserError with a one-line message for the first bad one."""
+        choice("dtype", self.dtype, DTYPES)
+        choice("device", self.device, DEVICES)
+        choice("scale", self.scale, tuple(SCALES))
+        choice("isolation", self.isolation, ISOLATION)
+        for mode in self.mode_list:
+            choice("modes", mode, MODES)
+        if self.lengths is not None:
+            parse_int_list("lengths", self.lengths)
+        if self.batch_size is not None:
+            self.batch_size = positive_int("batch-size", self.batch_size)
+        if self.steps is not None:
+            self.steps = positive_int("steps", self.steps)
+        if self.lr is not None:
+            self.lr = positive_float("lr", self.lr)
+        if self.threads is not None:
+            self.threads = positive_int("threads", self.threads)
+        if self.cell_timeout is not None:
+            self.cell_timeout = positive_float("cell-timeout", self.cell_timeout)
+        self.iters = positive_int("iters", self.iters)
+        try:
+            self.warmup = int(self.warmup)
+        except (TypeError, ValueError):
+            raise UserError(f"--warmup {self.warmup!r}: expected an integer of at least 0")
+        if self.warmup < 0:
+            raise UserError(f"--warmup {self.warmup}: expected an integer of at least 0")
+        parse_int_list("seeds", self.seeds, minimum=0)
+        return self
+
+    @property
+    def scale_preset(self) -> Scale:
+        return SCALES[self.scale]
+
+    @property
+    def length_list(self) -> list[int]:
+        if self.lengths is None:
+            return list(self.scale_preset.bench_lengths)
+        return sorted(set(parse_int_list("lengths", self.lengths)))  # ascending: the OOM rule needs it
+
+    @property
+    def seed_list(self) -> list[int]:
+        return parse_int_list("seeds", self.seeds, minimum=0)
+
+    @property
+    def mode_list(self) -> list[str]:
+        return [m.strip() for m in str(self.modes).split(",") if m.strip()] or ["train_step"]
+
+    @property
+    def bench_batch(self) -> int:
+        return self.batch_size or self.scale_preset.bench_batch
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add the RunConfig fields used by `command` to an argparse parser (help from the metadata)."""
+    for f in dataclasses.fields(RunConfig):
+        meta = f.metadata
+        if command not in meta.get("commands", ()):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kwargs = dict(help=meta["help"], dest=f.name)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        action = meta.get("action")
+        if action == "store_true":
+            kwargs.update(action="store_true", default=False)
+        elif action == "append":
+            kwargs.update(action="append", default=[], metavar=meta.get("metavar"))
+        else:
+            kwargs.update(default=default, metavar=meta.get("metavar"))
+            if meta.get("choices"):
+                kwargs["choices"] = meta["choices"]
+                kwargs.pop("metavar")
+            if default is not None:
+                kwargs["help"] += f" (default: {default})"
+        parser.add_argument(flag, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    return RunConfig(**values).validate()

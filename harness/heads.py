@@ -1,0 +1,136 @@
+"""What the harness wraps around every backbone: embedding, pooling, classifier, dual encoder.
+
+Follows the MEGA LRA wrapper (mega.md §6), which the S4 and LRA pipelines resemble:
+- token ids -> `nn.Embedding(vocab, d, padding_idx=0)` initialised N(0, d^-1/2); real values (one
+  per pixel) -> `e = ((v * real_scale - mean) / std) * w + b`, w ~ N(0, 1), b ~ N(0, 0.1);
+- no positional embeddings (a backbone that needs positions adds its own), embedding dropout,
+  embeddings at padded positions zeroed;
+- masked mean pooling over real positions;
+- classifier `Linear(in, 2d) -> dropout -> GELU -> Linear(2d, classes, bias=False)`, xavier init;
+- dual encoder (Retrieval): one shared backbone encodes both documents; `concat` interaction feeds
+  `[rep(doc2), rep(doc1)]` as MEGA does, `nli` feeds `[u, v, u*v, u-v]` as LRA's paper and S4 do;
+- per-token targets (synthetic tasks): the classifier is applied at every position.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.task import TaskSpec
+
+
+class RealNumberEmbedding(nn.Module):
+    """One real value per position -> d features (`x * w + b`)."""
+
+    def __init__(self, d_model: int, mean: float, std: float, scale: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(d_model))
+        self.bias = nn.Parameter(torch.randn(d_model) * 0.1)
+        self.mean, self.std, self.scale = mean, std, scale
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L, d)
+        v = (values.float() * self.scale - self.mean) / self.std
+        return v.unsqueeze(-1) * self.weight + self.bias
+
+
+class ClassifierHead(nn.Module):
+    def __init__(self, d_in: int, d_hidden: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.fc = nn.Linear(d_in, d_hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(d_hidden, num_classes, bias=False)
+        for layer in (self.fc, self.out):
+            nn.init.xavier_uniform_(layer.weight)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.gelu(self.dropout(self.fc(x)).float()).to(x.dtype))
+
+
+class SequenceModel(nn.Module):
+    """Backbone + everything task-specific. `forward(batch) -> logits`.
+
+    logits: (B, classes) for sequence targets, (B, L, classes) for token targets.
+    """
+
+    def __init__(self, backbone: nn.Module, spec: TaskSpec, d_model: int, dropout: float = 0.0,
+                 head_hidden: int | None = None, interaction: str = "concat"):
+        super().__init__()
+        self.spec = spec
+        self.backbone = backbone
+        self.d_model = d_model
+        if spec.input_kind == "tokens":
+            self.embed = nn.Embedding(spec.vocab_size, d_model, padding_idx=0)
+            nn.init.normal_(self.embed.weight, 0.0, d_model ** -0.5)
+            with torch.no_grad():
+                self.embed.weight[0].zero_()
+        else:
+            self.embed = RealNumberEmbedding(d_model, spec.real_mean, spec.real_std, spec.real_scale)
+        self.embed_dropout = nn.Dropout(dropout)
+        if interaction not in ("concat", "nli"):
+            raise ValueError(f"interaction must be 'concat' or 'nli', got {interaction!r}")
+        self.interaction = interaction
+        d_in = d_model * ((4 if interaction == "nli" else 2) if spec.dual else 1)
+        self.head = ClassifierHead(d_in, head_hidden or 2 * d_model, spec.num_classes, dropout)
+
+    def encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) inputs, (B, L) pad mask -> (B, L, d) features with pads zeroed."""
+        keep = (~mask).unsqueeze(-1)
+        h = self.embed_dropout(self.embed(x)) * keep
+        h = self.backbone(h, mask if bool(mask.any()) else None)
+        return h * keep
+
+    @staticmethod
+    def pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean over time: (B, L, d) -> (B, d)."""
+        keep = (~mask).unsqueeze(-1).to(h.dtype)
+        return (h * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        h = self.encode(batch["x"], batch["mask"])
+        if self.spec.target == "token":
+            return self.head(h)
+        rep = self.pool(h, batch["mask"])
+        if self.spec.dual:
+            rep2 = self.pool(self.encode(batch["x2"], batch["mask2"]), batch["mask2"])
+            if self.interaction == "concat":
+                rep = torch.cat([rep2, rep], dim=-1)
+            else:
+                rep = torch.cat([rep, rep2, rep * rep2, rep - rep2], dim=-1)
+        return self.head(rep)
+
+
+def loss_and_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """Mean cross-entropy over scored targets, number correct, number scored."""
+    logits = logits.float()
+    if logits.dim() == 3:  # per-token targets
+        logits = logits.reshape(-1, logits.shape[-1])
+        y = y.reshape(-1)
+    scored = y != -100
+    loss = F.cross_entropy(logits, y, ignore_index=-100)
+    correct = int(((logits.argmax(-1) == y) & scored).sum())
+    return loss, correct, int(scored.sum())
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW groups honouring per-parameter hints.
+
+    A backbone may set `param._optim = {"lr": ..., "weight_decay": ...}` (the S4 convention) on
+    parameters that need their own learning rate or no weight decay; all others share the defaults.
+    """
+    groups: dict[tuple, list] = {}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        hints = getattr(p, "_optim", {}) or {}
+        key = (hints.get("lr", lr), hints.get("weight_decay", weight_decay))
+        groups.setdefault(key, []).append(p)
+    return [{"params": ps, "lr": k[0], "weight_decay": k[1], "initial_lr": k[0]}
+            for k, ps in groups.items()]
+

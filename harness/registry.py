@@ -1,0 +1,322 @@
+"""Registries of models and tasks (timm / lm-evaluation-harness ergonomics).
+
+A model plugin is a factory decorated with `@register_model("name", ...)` that returns a sequence
+*backbone*: `forward(x: (B, L, d) float, padding_mask: (B, L) bool, True = pad, or None) -> (B, L, d)`.
+The factory receives the resolved architecture config as keyword arguments (always including
+`d_model`); the harness owns embedding, pooling, classifier head and dual encoding
+(`harness/heads.py`). A task plugin is a class decorated with `@register_task("name")`
+(see `tasks/base.py`).
+
+Where entries come from, in order (built-ins win a name clash):
+1. built-ins: the modules of the `models` and `tasks` packages;
+2. installed plugins: entry-point groups `harness.models` and `harness.tasks` (each entry point
+   names a module or callable; importing/calling it registers its entries);
+3. local files given with `--include FILE.py`.
+A duplicate name is an error naming both origins unless `override=True` is passed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.errors import UserError
+
+MODEL_GROUP = "harness.models"
+TASK_GROUP = "harness.tasks"
+FAMILIES = ("attention", "ssm", "linear-attention", "hybrid", "recurrent", "other")
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders `mega2` before `mega10`."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _caller_origin(depth: int = 2) -> str:
+    frame = inspect.stack()[depth]
+    return f"{frame.filename}:{frame.lineno}"
+
+
+@dataclass
+class ModelEntry:
+    """What `@register_model` records about one model."""
+
+    name: str
+    factory: Callable[..., Any]
+    family: str
+    paper: str  # citation, e.g. "Ma et al., ICLR 2023 (arXiv 2209.10655)"
+    complexity: str  # e.g. "O(L^2)", "O(L C)", "O(L log L)"
+    defaults: dict  # architecture kwargs for the factory (must include d_model)
+    task_configs: dict = field(default_factory=dict)  # task -> architecture overrides
+    train_configs: dict = field(default_factory=dict)  # task -> optimiser/schedule hints
+    requires: tuple = ()  # optional importable packages; missing -> unavailable
+    probe: Callable[[], str | None] | None = None  # extra run-time check; returns a reason or None
+    origin: str = ""  # where it was registered (module:function or file:line)
+    description: str = ""
+    tiny_of: str | None = None  # for `*_tiny` variants: the full-size model's name
+    tiny_overrides: dict = field(default_factory=dict)
+
+    def config(self, task: str | None = None, overrides: dict | None = None) -> dict:
+        """Resolved architecture kwargs: defaults < per-task config < tiny shrink < user overrides.
+
+        `None` overrides are dropped so CLI defaults never override model defaults.
+        """
+        cfg = dict(self.defaults)
+        if task is not None:
+            cfg.update(self.task_configs.get(task, {}))
+        cfg.update(self.tiny_overrides)
+        cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cfg
+
+    def train_config(self, task: str | None) -> dict:
+        return dict(self.train_configs.get(task, {})) if task else {}
+
+    def availability(self) -> tuple[bool, str]:
+        """(available, reason). Never raises: a broken optional package is a reason, not a crash."""
+        for package in self.requires:
+            try:
+                spec = importlib.util.find_spec(package)
+            except (ImportError, ValueError) as exc:  # a parent package that fails to import
+                return False, f"optional package '{package}' cannot be found: {exc}"
+            if spec is None:
+                return False, f"optional package '{package}' is not installed"
+        if self.probe is not None:
+            try:
+                reason = self.probe()
+            except Exception as exc:  # a probe must not take the listing down
+                reason = f"probe failed: {type(exc).__name__}: {exc}"
+            if reason:
+                return False, reason
+        return True, ""
+
+    def build(self, task: str | None = None, overrides: dict | None = None):
+        ok, reason = self.availability()
+        if not ok:
+            raise UserError(f"model '{self.name}' is unavailable: {reason}", exit_code=1)
+        return self.factory(**self.config(task, overrides))
+
+
+@dataclass
+class TaskEntry:
+    name: str
+    cls: type
+    origin: str = ""
+
+    @property
+    def spec(self):
+        return self.cls.spec
+
+
+class Registry:
+    """Name -> entry, with wildcard listing, did-you-mean errors and duplicate detection."""
+
+    def __init__(self, kind: str, group: str, builtin_package: str):
+        self.kind = kind  # "model" or "task"
+        self.group = group
+        self.builtin_package = builtin_package
+        self._entries: dict[str, Any] = {}
+        self._loaded = False
+        self.load_errors: dict[str, str] = {}  # plugin source -> error text (shown by `ls`)
+
+    # -- registration -------------------------------------------------------------------------
+    def add(self, entry, override: bool = False) -> None:
+        existing = self._entries.get(entry.name)
+        if existing is not None and not override:
+            if existing.origin == entry.origin:  # the same module imported twice (e.g. reload)
+                return
+            raise UserError(
+                f"duplicate {self.kind} name '{entry.name}': registered by {existing.origin} "
+                f"and again by {entry.origin}; rename one, or pass override=True to replace it",
+                exit_code=1,
+            )
+        self._entries[entry.name] = entry
+
+    # -- discovery ----------------------------------------------------------------------------
+    def ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        importlib.import_module(self.builtin_package)  # its __init__ imports every family
+        builtin_names = set(self._entries)
+        for ep in _entry_points(self.group):
+            try:
+                target = ep.load()
+                if callable(target) and not inspect.ismodule(target):
+                    target()
+            except UserError as exc:
+                if any(f"'{n}'" in str(exc) for n in builtin_names):
+                    self.load_errors[f"entry point {ep.name} ({ep.value})"] = (
+                        f"ignored: {exc} (built-ins win)"
+                    )
+                else:
+                    self.load_errors[f"entry point {ep.name} ({ep.value})"] = str(exc)
+            except Exception as exc:
+                self.load_errors[f"entry point {ep.name} ({ep.value})"] = (
+                    f"{type(exc).__name__}: {exc}"
+                )
+
+    def names(self) -> list[str]:
+        self.ensure_loaded()
+        return sorted(self._entries, key=natural_key)
+
+    def get(self, name: str):
+        self.ensure_loaded()
+        if name in self._entries:
+            return self._entries[name]
+        raise UserError(self._unknown_message(name))
+
+    def _unknown_message(self, name: str) -> str:
+        names = self.names()
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        return (
+            f"unknown {self.kind} '{name}': {hint}available: {', '.join(names)} "
+            f"(see `python -m harness ls`)"
+        )
+
+    def list(self, pattern: str | list[str] = "*", exclude: str | list[str] = ()) -> list[str]:
+        """Names matching shell wildcards, naturally sorted; `exclude` patterns are removed."""
+        patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+        excludes = [exclude] if isinstance(exclude, str) else list(exclude)
+        return [
+            n
+            for n in self.names()
+            if any(fnmatch.fnmatchcase(n, p) for p in patterns)
+            and not any(fnmatch.fnmatchcase(n, x) for x in excludes)
+        ]
+
+    def resolve(self, spec: str | list[str]) -> list[str]:
+        """Comma-separated names or wildcards -> names, in the order given, without repeats.
+
+        `all` means every non-tiny entry. Unknown names raise a did-you-mean UserError.
+        """
+        items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+        items = [s for s in items if s]
+        if not items:
+            raise UserError(f"--{self.kind}s is empty: give one or more {self.kind} names")
+        out: list[str] = []
+        for item in items:
+            if item == "all":
+                matched = [n for n in self.names() if not n.endswith("_tiny")]
+            elif any(ch in item for ch in "*?["):
+                matched = self.list(item)
+                if not matched:
+                    raise UserError(f"--{self.kind}s pattern '{item}' matches no {self.kind}; "
+                                    f"available: {', '.join(self.names())}")
+            else:
+                self.get(item)
+                matched = [item]
+            out.extend(n for n in matched if n not in out)
+        return out
+
+
+MODELS = Registry("model", MODEL_GROUP, "models")
+TASKS = Registry("task", TASK_GROUP, "tasks")
+
+
+def _entry_points(group: str):
+    try:
+        return list(importlib.metadata.entry_points(group=group))
+    except TypeError:  # Python < 3.10 API
+        return list(importlib.metadata.entry_points().get(group, []))
+
+
+def register_model(
+    name: str,
+    *,
+    family: str,
+    paper: str,
+    complexity: str,
+    defaults: dict,
+    task_configs: dict | None = None,
+    train_configs: dict | None = None,
+    tiny: dict | None = None,
+    requires: tuple | list = (),
+    probe: Callable[[], str | None] | None = None,
+    description: str = "",
+    override: bool = False,
+):
+    """Decorator for a backbone factory. `tiny` (architecture overrides) also registers `name_tiny`.
+
+    Example::
+
+        @register_model("my_rnn", family="recurrent", paper="...", complexity="O(L)",
+                        defaults=dict(d_model=128, n_layers=2), tiny=dict(d_model=32, n_layers=1))
+        def my_rnn(d_model, n_layers, **_):
+            return MyBackbone(d_model, n_layers)
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if "d_model" not in defaults:
+        raise ValueError(f"model '{name}': defaults must include d_model")
+
+    def decorator(factory):
+        origin = f"{factory.__module__}:{factory.__qualname__}"
+        if factory.__module__ == "__main__" or factory.__module__.startswith("harness_include_"):
+            origin = _caller_origin(depth=2)
+        common = dict(
+            factory=factory, family=family, paper=paper, complexity=complexity,
+            defaults=dict(defaults), task_configs=dict(task_configs or {}),
+            train_configs=dict(train_configs or {}), requires=tuple(requires), probe=probe,
+            origin=origin, description=description or (inspect.getdoc(factory) or "").split("\n")[0],
+        )
+        MODELS.add(ModelEntry(name=name, **common), override=override)
+        if tiny is not None:
+            MODELS.add(
+                ModelEntry(name=f"{name}_tiny", tiny_of=name, tiny_overrides=dict(tiny), **common),
+                override=override,
+            )
+        return factory
+
+    return decorator
+
+
+def register_task(name: str, *, override: bool = False):
+    """Class decorator for a task (a subclass of `tasks.base.Task`)."""
+
+    def decorator(cls):
+        cls.name = name
+        origin = f"{cls.__module__}:{cls.__qualname__}"
+        if cls.__module__.startswith("harness_include_"):
+            origin = _caller_origin(depth=2)
+        TASKS.add(TaskEntry(name=name, cls=cls, origin=origin), override=override)
+        return cls
+
+    return decorator
+
+
+def include_file(path: str | Path) -> None:
+    """Import a local plugin file (`--include FILE.py`); its decorators register its entries."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--include {path}: no such file; give the path of a Python plugin file")
+    if path.suffix != ".py":
+        raise UserError(f"--include {path}: expected a .py file")
+    MODELS.ensure_loaded()
+    TASKS.ensure_loaded()
+    module_name = "harness_include_" + re.sub(r"\W", "_", str(path.resolve()))
+    if module_name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except UserError:
+        del sys.modules[module_name]
+        raise
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise UserError(
+            f"--include {path}: the plugin failed to import: {type(exc).__name__}: {exc}",
+            exit_code=1,
+        ) from exc

@@ -1,0 +1,260 @@
+"""Result store: `results/<run_id>/run.json` (manifest) + `records.jsonl` (one line per cell).
+
+Guarantees:
+- the manifest is replaced atomically (temporary file + rename);
+- each record is one `write()` of one line on an O_APPEND descriptor under an exclusive `flock`,
+  then flushed and fsync'ed: concurrent writers never interleave, a killed run loses at most the
+  line being written, and that torn line is skipped on load with a warning naming file and line;
+- a missing measurement is null with a status saying why, never 0.
+
+Record fields (schema_version 1; `load_records` flattens nested dicts with dots, e.g. `timing.median_ms`):
+  schema_version, run_id, cell_key, kind ("speed" | "accuracy"), model, model_family,
+  model_config, model_config_hash, task, task_version, seq_len, batch_size, dtype, device, mode
+  ("train_step" | "forward" | "train"), status ("ok" | "oom" | "error" | "skipped" | "unavailable"),
+  error, n_params, seed, scale, provenance, metrics {accuracy, val_accuracy, loss, ...},
+  higher_is_better {metric: bool}, timing {median_ms, p20_ms, p80_ms, n_warmup, n_iters,
+  samples_ms}, memory {peak_allocated_bytes, peak_reserved_bytes, footprint_bytes,
+  peak_rss_increase_bytes}, throughput_tokens_per_s, train {settings}, created
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import sys
+import warnings
+from pathlib import Path
+
+from harness.errors import UserError
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "oom", "error", "skipped", "unavailable")
+RECORD_FIELDS = (
+    "schema_version", "run_id", "cell_key", "kind", "model", "model_family", "model_config",
+    "model_config_hash", "task", "task_version", "seq_len", "batch_size", "dtype", "device", "mode",
+    "status", "error", "n_params", "seed", "scale", "provenance", "metrics", "higher_is_better",
+    "timing", "memory", "throughput_tokens_per_s", "train", "created",
+)
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    """Sortable by start time, unique across concurrent starts."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def cell_key(**identity) -> str:
+    """What makes two cells 'the same measurement' (used by resume)."""
+    return config_hash(identity)
+
+
+def make_record(**fields) -> dict:
+    unknown = set(fields) - set(RECORD_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown record fields: {sorted(unknown)}")
+    record = {name: None for name in RECORD_FIELDS}
+    record.update(schema_version=SCHEMA_VERSION, created=utc_now(), metrics={}, higher_is_better={},
+                  timing={}, memory={})
+    record.update(fields)
+    if record["status"] not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {record['status']!r}")
+    return record
+
+
+def _finite(value):
+    """NaN/inf -> None, recursively: JSON has no NaN, and a missing number must read as null."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def atomic_write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(2)}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def read_jsonl(path: Path, warn=True) -> list[dict]:
+    """Records of one file; a corrupt or torn line is skipped with a warning naming file and line."""
+    out = []
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return out
+    for line_no, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if warn:
+                warnings.warn(f"{path}:{line_no}: skipped a corrupt record ({exc})", stacklevel=2)
+            continue
+        out.append(record)
+    return out
+
+
+class Run:
+    """One run folder. Use `RunStore.create` / `RunStore.open` to get one."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.run_id = directory.name
+        self.manifest_path = directory / "run.json"
+        self.records_path = directory / "records.jsonl"
+
+    @property
+    def manifest(self) -> dict:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{self.manifest_path}: unreadable manifest ({exc})", exit_code=1)
+
+    def update_manifest(self, **fields) -> None:
+        with _locked(self.dir / ".manifest.lock"):
+            manifest = self.manifest
+            manifest.update(fields)
+            atomic_write_json(self.manifest_path, manifest)
+
+    def append(self, record: dict) -> None:
+        record = _finite(dict(record, run_id=self.run_id))
+        line = (json.dumps(record, default=str, allow_nan=False) + "\n").encode()
+        with _locked(self.records_path) as fd:
+            os.write(fd, line)
+            os.fsync(fd)
+
+    def records(self) -> list[dict]:
+        return read_jsonl(self.records_path)
+
+    def done_keys(self) -> set[str]:
+        """Cells finished with a definitive status (errors and timeouts are retried on resume)."""
+        return {r.get("cell_key") for r in self.records() if r.get("status") in ("ok", "oom", "skipped",
+                                                                                   "unavailable")}
+
+
+class RunStore:
+    def __init__(self, results_dir: str | Path):
+        self.root = Path(results_dir)
+
+    def _ensure_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise UserError(f"--results-dir {self.root}: not writable ({exc.strerror or exc}); "
+                            f"choose a folder you can write to", exit_code=1)
+
+    def create(self, command: list[str], config: dict, environment: dict) -> Run:
+        self._ensure_writable()
+        while True:
+            run_id = new_run_id()
+            directory = self.root / run_id
+            try:
+                directory.mkdir()
+                break
+            except FileExistsError:
+                continue
+        run = Run(directory)
+        atomic_write_json(run.manifest_path, {
+            "schema_version": SCHEMA_VERSION, "run_id": run_id, "status": "running",
+            "started": utc_now(), "finished": None, "command": command, "config": config,
+            "harness_version": environment.get("harness_version"),
+            "git_sha": environment.get("git", {}).get("sha"),
+            "git_dirty": environment.get("git", {}).get("dirty"),
+            "environment": environment,
+        })
+        run.records_path.touch()
+        return run
+
+    def open(self, run_id: str) -> Run:
+        directory = self.root / run_id
+        if not (directory / "run.json").is_file():
+            known = ", ".join(self.run_ids()[-5:]) or "none"
+            raise UserError(f"run '{run_id}' not found in {self.root} (latest: {known})", exit_code=2)
+        self._ensure_writable()
+        return Run(directory)
+
+    def run_ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "run.json").is_file())
+
+    def manifests(self, runs: list[str] | None = None) -> list[dict]:
+        out = []
+        for run_id in runs or self.run_ids():
+            try:
+                out.append(Run(self.root / run_id).manifest)
+            except UserError as exc:
+                print(f"warning: {exc}", file=sys.stderr)
+        return out
+
+
+def load_records(results_dir: str | Path = "results", runs: list[str] | None = None):
+    """Every record of every run (or of `runs`) as one pandas DataFrame, nested fields dotted.
+
+    Columns include the RECORD_FIELDS plus e.g. `timing.median_ms`, `memory.peak_allocated_bytes`,
+    `metrics.accuracy`; `run_started` and `git_sha` come from the manifests.
+    """
+    import pandas as pd
+
+    store = RunStore(results_dir)
+    available = store.run_ids()
+    if runs:
+        missing = [r for r in runs if r not in available]
+        if missing:
+            raise UserError(f"--runs: no run {', '.join(missing)} in {store.root} "
+                            f"(available: {', '.join(available[-5:]) or 'none'})")
+    rows = []
+    for run_id in runs or available:
+        run = Run(store.root / run_id)
+        try:
+            manifest = run.manifest
+        except UserError as exc:
+            warnings.warn(str(exc))
+            manifest = {}
+        for record in run.records():
+            record.setdefault("run_id", run_id)
+            record["run_started"] = manifest.get("started")
+            record["git_sha"] = manifest.get("git_sha")
+            rows.append(record)
+    if not rows:
+        return pd.DataFrame(columns=list(RECORD_FIELDS))
+    frame = pd.json_normalize(rows, max_level=1)
+    for column in RECORD_FIELDS:
+        if column not in frame.columns:
+            frame[column] = None
+    return frame

@@ -1,0 +1,177 @@
+"""The task contract: what a task plugin declares and returns.
+
+A task is a class registered with `@register_task("name")` that subclasses `Task`:
+
+    @register_task("my_task")
+    class MyTask(Task):
+        spec = TaskSpec(seq_len=1024, input_kind="tokens", vocab_size=20, num_classes=2, ...)
+
+        def sizes(self, scale):            # examples per split (and optional seq_len) per scale
+            ...
+        def build(self, split) -> TaskData:  # load or generate one split
+            ...
+
+The harness caches built splits (`Task.load`), derives padding masks from lengths (never from token
+value 0, so a black pixel is not padding), and records `provenance` on every result.
+Provenance strings: `official-release`, `user-data(<what>)`, `regenerated(seed=S, <params>)`,
+`stand-in(<name>)`; only `official-release`/`user-data`/`regenerated` count in an LRA average.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from harness.errors import UserError
+
+PAD_ID = 0  # token id 0 is padding in every token task
+IGNORE_INDEX = -100  # per-token targets that are not scored
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Static metadata of a task (shown by `ls`, stored with every record)."""
+
+    seq_len: int  # input length L of the paper's setting (per document for dual tasks)
+    input_kind: str  # "tokens" (int ids, 0 = pad) or "real" (one real value per position)
+    vocab_size: int  # number of token ids including pad 0 (0 for "real" inputs)
+    num_classes: int
+    target: str = "sequence"  # "sequence": one label per example; "token": a label per position
+    dual: bool = False  # two documents per example (Retrieval): shared encoder, pooled pair
+    metric: str = "accuracy"
+    splits: dict = field(default_factory=dict)  # paper split sizes, e.g. {"train": 96000, ...}
+    lra: bool = False  # one of the six LRA tasks (eligible for the LRA average)
+    version: str = "1"  # bump when the data or its preprocessing changes
+    real_mean: float = 0.0  # "real" inputs are embedded as (value - mean) / std
+    real_std: float = 1.0
+    real_scale: float = 1.0  # stored value -> [0, 1] (e.g. 1/255 for 8-bit pixels)
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TaskData:
+    """One split. Positions at or beyond `lengths[i]` are padding (True in the padding mask)."""
+
+    inputs: torch.Tensor  # (N, L) integer ids, or stored real values (e.g. uint8 pixels)
+    lengths: torch.Tensor  # (N,) int64, true lengths
+    labels: torch.Tensor  # (N,) int64 class ids, or (N, L) int64 with IGNORE_INDEX where unscored
+    provenance: str  # see module docstring
+    inputs2: torch.Tensor | None = None  # second document of dual tasks, (N, L2)
+    lengths2: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def validate(self, spec: TaskSpec, where: str) -> None:
+        n = len(self)
+        if self.inputs.dim() != 2 or self.inputs.shape[0] != n or self.lengths.shape != (n,):
+            raise UserError(f"{where}: inconsistent shapes inputs {tuple(self.inputs.shape)}, "
+                            f"lengths {tuple(self.lengths.shape)}, labels {tuple(self.labels.shape)}",
+                            exit_code=1)
+        if spec.dual and (self.inputs2 is None or self.lengths2 is None):
+            raise UserError(f"{where}: a dual task needs inputs2 and lengths2", exit_code=1)
+
+    def batch(self, index: torch.Tensor, trim: bool = True) -> dict:
+        """A batch dict {x, mask, y[, x2, mask2]}; `trim` cuts padding beyond the longest example."""
+        out = {}
+        for suffix, inputs, lengths in (("", self.inputs, self.lengths),
+                                        ("2", self.inputs2, self.lengths2)):
+            if inputs is None:
+                continue
+            lens = lengths[index]
+            width = int(lens.max()) if trim and len(index) else inputs.shape[1]
+            x = inputs[index, :width]
+            out["x" + suffix] = x
+            out["mask" + suffix] = torch.arange(width)[None, :] >= lens[:, None]  # True = pad
+        y = self.labels[index]
+        if y.dim() == 2 and trim:
+            y = y[:, : out["x"].shape[1]]
+        out["y"] = y
+        return out
+
+
+class Task(abc.ABC):
+    """Base class of task plugins. Subclasses set `spec` and implement `sizes` and `build`."""
+
+    name: str = ""  # set by @register_task
+    spec: TaskSpec
+    needs_data: bool = False  # True when real data must come from --data-dir (else stand-in)
+
+    def __init__(self, *, scale: str = "smoke", seed: int = 0, data_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None, options: dict | None = None):
+        self.scale = scale
+        self.seed = seed
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.options = dict(options or {})
+
+    # -- to implement ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def sizes(self, scale: str) -> dict:
+        """{'train': n, 'val': n, 'test': n} for a scale (plus optional 'seq_len')."""
+
+    @abc.abstractmethod
+    def build(self, split: str) -> TaskData:
+        """Read or generate one split ('train', 'val' or 'test')."""
+
+    # -- provided ------------------------------------------------------------------------------
+    @property
+    def seq_len(self) -> int:
+        return int(self.sizes(self.scale).get("seq_len", self.spec.seq_len))
+
+    def cache_key(self, split: str) -> str:
+        """Identity of a built split; anything that changes the data must be in it."""
+        ident = dict(task=self.name, version=self.spec.version, split=split, scale=self.scale,
+                     seed=self.seed, sizes=self.sizes(self.scale), options=self.options,
+                     data_dir=str(self.data_dir.resolve()) if self.data_dir else None)
+        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def load(self, split: str) -> TaskData:
+        """`build(split)` through an on-disk cache, so a second run neither regenerates nor re-tokenises."""
+        path = None
+        if self.cache_dir is not None:
+            path = self.cache_dir / self.name / f"{split}-{self.cache_key(split)}.pt"
+            if path.exists():
+                try:
+                    data = TaskData(**torch.load(path, weights_only=True))
+                    data.validate(self.spec, f"cache {path}")
+                    return data
+                except Exception:
+                    path.unlink(missing_ok=True)  # a torn or stale cache entry is rebuilt
+        data = self.build(split)
+        data.validate(self.spec, f"task {self.name} split {split}")
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save({k: v for k, v in data.__dict__.items()}, tmp)
+            os.replace(tmp, path)
+        return data
+
+    def random_batch(self, batch_size: int, seq_len: int, generator: torch.Generator) -> dict:
+        """Inputs of the task's shape for speed/memory cells (no data needed)."""
+        spec = self.spec
+
+        def one(prefix: str) -> dict:
+            if spec.input_kind == "tokens":
+                x = torch.randint(1, max(spec.vocab_size, 2), (batch_size, seq_len), generator=generator)
+            else:
+                x = torch.randint(0, 256, (batch_size, seq_len), generator=generator).to(torch.uint8)
+            return {"x" + prefix: x, "mask" + prefix: torch.zeros(batch_size, seq_len, dtype=torch.bool)}
+
+        out = one("")
+        if spec.dual:
+            out.update(one("2"))
+        if spec.target == "token":
+            out["y"] = torch.randint(0, spec.num_classes, (batch_size, seq_len), generator=generator)
+        else:
+            out["y"] = torch.randint(0, spec.num_classes, (batch_size,), generator=generator)
+        return out

@@ -1,0 +1,3 @@
+"""Built-in model plugins: importing this package registers every family (one file each)."""
+
+from models import transformer  # noqa: F401

@@ -1,0 +1,215 @@
+"""Long ListOps (Nangia & Bowman 2018; LRA, Tay et al., ICLR 2021), spec: shared/spec/lra.md §4.
+
+The generator re-implements `lra_benchmarks/data/listops.py` in our own words, with the three
+changes a reproducible harness needs (recorded in the provenance string):
+- `random` is seeded (upstream sets no seed);
+- duplicates are removed in insertion order (upstream iterates a hash-ordered `set`), so the
+  train/val/test split is a pure function of the seed;
+- the token vocabulary has a fixed order (upstream builds it from a Python set).
+
+Everything else follows upstream: operators MIN, MAX, MED, SM (sum mod 10); leaves with probability
+0.75 below `max_depth`; 2..max_args arguments; length counts operator + `]` + descendants, not
+parentheses; accept `min_length < length < max_length`; MED = int(np.median(args)) (floor of the
+middle average); the TSV has a `Source<TAB>Target` header. Reading strips parentheses *before*
+truncating (`]` becomes `X`), as LRA's input pipeline does.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import random
+import statistics
+from pathlib import Path
+
+import torch
+
+from harness.errors import UserError
+from harness.registry import register_task
+from harness.task import Task, TaskData, TaskSpec
+
+MIN, MAX, MED, SUM_MOD = "[MIN", "[MAX", "[MED", "[SM"
+OPERATORS = (MIN, MAX, MED, SUM_MOD)
+END = "]"
+VALUE_P = 0.25  # probability that a non-forced node is an operator (r <= 0.25)
+# Fixed vocabulary: id 0 = pad, 1..15 = tokens, 16 = out-of-vocabulary.
+VOCAB = list(OPERATORS) + [str(d) for d in range(10)] + ["X"]
+TOKEN_ID = {tok: i + 1 for i, tok in enumerate(VOCAB)}
+OOV_ID = len(VOCAB) + 1
+SPLITS = ("train", "val", "test")
+
+# Per-scale sizes. `paper` is the released dataset's generator setting.
+SCALES = {
+    "smoke": dict(train=2000, val=250, test=250, min_length=20, max_length=120, seq_len=120),
+    "small": dict(train=20000, val=1000, test=1000, min_length=100, max_length=500, seq_len=500),
+    "paper": dict(train=96000, val=2000, test=2000, min_length=500, max_length=2000, seq_len=2000),
+}
+
+
+# -- generator -----------------------------------------------------------------------------------
+def generate_tree(rng: random.Random, depth: int = 1, max_depth: int = 10, max_args: int = 10):
+    """A random expression tree and its length (tokens without parentheses)."""
+    r = rng.random() if depth < max_depth else 1.0
+    if r > VALUE_P:
+        return rng.choice(range(10)), 1
+    n_args = rng.randint(2, max_args)
+    children, length = [], 2  # the operator token and the closing bracket
+    for _ in range(n_args):
+        child, child_len = generate_tree(rng, depth + 1, max_depth, max_args)
+        children.append(child)
+        length += child_len
+    tree = (rng.choice(OPERATORS), children[0])  # left-nested pairs: ((((op, a1), a2), ...), END)
+    for child in children[1:]:
+        tree = (tree, child)
+    return (tree, END), length
+
+
+def to_string(tree) -> str:
+    """Fully parenthesised source string, e.g. `( ( ( [MAX 2 ) 9 ) ] )`."""
+    if isinstance(tree, tuple):
+        return f"( {to_string(tree[0])} {to_string(tree[1])} )"
+    return str(tree)
+
+
+def apply_operator(op: str, args: list[int]) -> int:
+    if op == MIN:
+        return min(args)
+    if op == MAX:
+        return max(args)
+    if op == MED:
+        return int(statistics.median(args))  # same as int(np.median): floor of the middle mean
+    return sum(args) % 10
+
+
+def to_value(tree) -> int:
+    """Evaluate a tree (iteratively over the left-nested chain, so deep trees cannot recurse far)."""
+    if not isinstance(tree, tuple):
+        return tree
+    node, end = tree  # ((...(op, a1), ...), an), END)
+    assert end == END
+    args = []
+    while isinstance(node[0], tuple):
+        node, last = node
+        args.append(to_value(last))
+    op, first = node
+    args.append(to_value(first))
+    return apply_operator(op, args[::-1])
+
+
+def generate_examples(n: int, seed: int, min_length: int = 500, max_length: int = 2000,
+                      max_depth: int = 10, max_args: int = 10) -> list[tuple[str, int]]:
+    """`n` unique (source, target) pairs, deterministic in `seed`, in first-seen order."""
+    rng = random.Random(seed)
+    unique: dict = {}
+    while len(unique) < n:
+        tree, length = generate_tree(rng, 1, max_depth, max_args)
+        if min_length < length < max_length:
+            unique.setdefault(tree, None)
+    return [(to_string(t), to_value(t)) for t in unique]
+
+
+def write_tsv(path: Path, rows: list[tuple[str, int]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(["Source", "Target"])
+        writer.writerows(rows)
+
+
+def generate_files(out_dir: Path, seed: int, sizes: dict) -> dict:
+    """Write `basic_{train,val,test}.tsv` (the released layout); returns {file: sha256}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total = sum(sizes[s] for s in SPLITS)
+    rows = generate_examples(total, seed, sizes.get("min_length", 500), sizes.get("max_length", 2000))
+    checksums, start = {}, 0
+    for split in SPLITS:
+        path = out_dir / f"basic_{split}.tsv"
+        write_tsv(path, rows[start:start + sizes[split]])
+        start += sizes[split]
+        checksums[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return checksums
+
+
+# -- reader --------------------------------------------------------------------------------------
+def tokenize(source: str) -> list[int]:
+    """LRA preprocessing: `]` -> `X`, parentheses removed, whitespace split, fixed ids."""
+    tokens = source.replace("]", "X").replace("(", "").replace(")", "").split()
+    return [TOKEN_ID.get(t, OOV_ID) for t in tokens]
+
+
+def read_tsv(path: Path, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """inputs (N, seq_len) int16, lengths (N,), labels (N,) from an official-format TSV."""
+    ids, labels = [], []
+    with open(path, newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["Source", "Target"]:
+            raise UserError(f"{path}: expected a header 'Source<TAB>Target' (the LRA ListOps format), "
+                            f"found {header!r}", exit_code=1)
+        for line_no, row in enumerate(reader, start=2):
+            if len(row) < 2:
+                raise UserError(f"{path}:{line_no}: expected 2 tab-separated columns, found {len(row)}",
+                                exit_code=1)
+            try:
+                label = int(float(row[1]))
+            except ValueError:
+                raise UserError(f"{path}:{line_no}: Target {row[1]!r} is not an integer", exit_code=1)
+            if not 0 <= label <= 9:
+                raise UserError(f"{path}:{line_no}: Target {label} is outside 0-9", exit_code=1)
+            ids.append(tokenize(row[0])[:seq_len])  # strip first, then truncate
+            labels.append(label)
+    if not ids:
+        raise UserError(f"{path}: no examples", exit_code=1)
+    inputs = torch.zeros(len(ids), seq_len, dtype=torch.int16)
+    for i, seq in enumerate(ids):
+        inputs[i, : len(seq)] = torch.tensor(seq, dtype=torch.int16)
+    lengths = torch.tensor([max(len(s), 1) for s in ids], dtype=torch.int64)
+    return inputs, lengths, torch.tensor(labels, dtype=torch.int64)
+
+
+def find_release_dir(data_dir: Path) -> Path:
+    """The folder holding basic_*.tsv: `data_dir`, `data_dir/listops-1000` or the doubled release."""
+    candidates = [data_dir, data_dir / "listops-1000", data_dir / "lra_release" / "listops-1000",
+                  data_dir / "lra_release" / "lra_release" / "listops-1000"]
+    for c in candidates:
+        if all((c / f"basic_{s}.tsv").is_file() for s in SPLITS):
+            return c
+    missing = [f"basic_{s}.tsv" for s in SPLITS if not (data_dir / "listops-1000" / f"basic_{s}.tsv").is_file()
+               and not (data_dir / f"basic_{s}.tsv").is_file()]
+    raise UserError(f"--data-dir {data_dir}: ListOps needs listops-1000/basic_{{train,val,test}}.tsv; "
+                    f"missing {', '.join(missing) or 'a complete set in one folder'}", exit_code=1)
+
+
+@register_task("listops")
+class ListOps(Task):
+    spec = TaskSpec(
+        seq_len=2000, input_kind="tokens", vocab_size=OOV_ID + 1, num_classes=10,
+        splits=dict(train=96000, val=2000, test=2000), lra=True, version="1",
+        description="Long ListOps: evaluate nested MIN/MAX/MED/SM expressions (10 classes)",
+    )
+
+    def sizes(self, scale: str) -> dict:
+        if scale not in SCALES:
+            raise UserError(f"--scale {scale!r}: expected one of {', '.join(SCALES)}")
+        return dict(SCALES[scale])
+
+    @property
+    def provenance(self) -> str:
+        if self.data_dir is not None:
+            return "official-release"
+        s = self.sizes(self.scale)
+        return (f"regenerated(seed={self.seed}, n={s['train']}/{s['val']}/{s['test']}, "
+                f"length={s['min_length'] + 1}-{s['max_length'] - 1}, max_depth=10, max_args=10)")
+
+    def source_dir(self) -> Path:
+        if self.data_dir is not None:
+            return find_release_dir(self.data_dir)
+        sizes = self.sizes(self.scale)
+        root = self.cache_dir if self.cache_dir is not None else Path(".cache")
+        out = root / "listops" / f"generated-seed{self.seed}-{self.scale}"
+        if not all((out / f"basic_{s}.tsv").is_file() for s in SPLITS):
+            generate_files(out, self.seed, sizes)
+        return out
+
+    def build(self, split: str) -> TaskData:
+        inputs, lengths, labels = read_tsv(self.source_dir() / f"basic_{split}.tsv", self.seq_len)
+        return TaskData(inputs=inputs, lengths=lengths, labels=labels, provenance=self.provenance)
