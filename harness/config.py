@@ -129,8 +129,9 @@ class RunConfig:
                      metavar="LR")
     warmup: int = _opt("warm-up iterations before timing (at least 3)", default=3, metavar="N")
     iters: int = _opt("timed iterations per cell (at least 10 recommended)", default=10, metavar="N")
-    isolation: str = _opt("run each speed cell in a fresh subprocess (auto = subprocess on CUDA, "
-                          "in-process on CPU)", default="auto", choices=ISOLATION)
+    isolation: str = _opt("run each speed cell in a fresh subprocess, so peak memory and allocator "
+                          "state cannot leak between cells (auto = subprocess; inprocess is faster "
+                          "but its CPU peak-RSS numbers are unreliable)", default="auto", choices=ISOLATION)
     threads: int = _opt("torch CPU threads for timing (default: all cores)", metavar="N")
     cell_timeout: float = _opt("seconds after which a cell is stopped and recorded as error: timeout",
                                metavar="SECONDS")

@@ -79,8 +79,12 @@ class SequenceModel(nn.Module):
         """(B, L) inputs, (B, L) pad mask -> (B, L, d) features with pads zeroed."""
         keep = (~mask).unsqueeze(-1)
         h = self.embed_dropout(self.embed(x)) * keep
-        h = self.backbone(h, mask if bool(mask.any()) else None)
-        return h * keep
+        out = self.backbone(h, mask if bool(mask.any()) else None)
+        if not isinstance(out, torch.Tensor) or out.shape != h.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"backbone {type(self.backbone).__name__} returned {got}; the model contract "
+                             f"is (B, L, d) = {tuple(h.shape)}")
+        return out * keep
 
     @staticmethod
     def pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,316 @@
+"""Speed and peak-memory measurement (the protocol of shared/spec/measurement.md).
+
+A cell is (model, task configuration, sequence length, batch, dtype, mode). For each cell:
+1. build the model (the task's per-model configuration, wrapped by the harness head), the AdamW
+   optimiser and a random batch of the task's input shape, all before timing;
+2. run `warmup` untimed iterations, then `iters` timed ones. A `train_step` iteration is forward +
+   loss + backward + optimiser step; a `forward` iteration is inference (`torch.inference_mode`);
+3. CUDA: one CUDA-event pair per iteration, one synchronise at the end; memory = the allocator's
+   peak since a reset right after the build (`peak_allocated_bytes`, model + optimiser state +
+   activations + gradients), its growth over the bytes allocated before the first timed iteration
+   (`peak_increase_bytes`), `max_memory_reserved` and NVML's device-wide "used" (`footprint_bytes`);
+   CPU: `time.perf_counter` per iteration with a fixed thread count; memory = the rise of the
+   process's peak resident set over the resident set after the build (`peak_rss_increase_bytes`;
+   the peak is reset through /proc/self/clear_refs, so in-process cells do not inherit an earlier peak);
+4. report the median with p20/p80 and keep every sample.
+A non-finite loss or output in any timed iteration makes the cell an `error`. Lengths are swept in
+ascending order; an out-of-memory cell is `oom` and the model's longer lengths are `skipped`; any
+other exception is an `error` with its message. On CUDA each cell runs in a fresh subprocess by
+default, so peak statistics, fragmentation and a poisoned CUDA context cannot leak between cells.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Cell:
+    """One speed/memory measurement to make."""
+
+    model: str
+    task: str  # whose per-task model configuration (and input kind) is used
+    seq_len: int
+    batch_size: int
+    dtype: str  # fp32 | bf16 | fp16 (autocast)
+    device: str  # cpu | cuda
+    mode: str  # train_step | forward
+    warmup: int = 3
+    iters: int = 10
+    threads: int | None = None  # torch CPU threads (None: leave torch's default)
+    seed: int = 0
+    overrides: dict = field(default_factory=dict)  # architecture overrides from the user
+    includes: list = field(default_factory=list)  # plugin files the child process must import
+
+    def identity(self, config_hash: str, task_version: str) -> dict:
+        return dict(kind="speed", model=self.model, model_config_hash=config_hash, task=self.task,
+                    task_version=task_version, seq_len=self.seq_len, batch_size=self.batch_size,
+                    dtype=self.dtype, device=self.device, mode=self.mode, warmup=self.warmup,
+                    iters=self.iters)
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
+
+
+def short_error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def autocast(device: str, dtype: str):
+    if dtype in AUTOCAST_DTYPES:
+        return torch.autocast(device_type=device, dtype=AUTOCAST_DTYPES[dtype])
+    return contextlib.nullcontext()
+
+
+# -- CPU resident-set helpers (Linux /proc; None elsewhere) ----------------------------------------
+
+def _proc_status_bytes(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+# -- one cell, in this process ----------------------------------------------------------------------
+
+def build_classifier(model_name: str, task_name: str, overrides: dict | None = None):
+    """(SequenceModel, registry entry, resolved config, task class) for a model on a task."""
+    from harness.heads import SequenceModel
+    from harness.registry import MODELS, TASKS
+
+    entry = MODELS.get(model_name)
+    task_cls = TASKS.get(task_name).cls
+    config = entry.config(task_name, overrides)
+    backbone = entry.build(task_name, overrides)
+    model = SequenceModel(backbone, task_cls.spec, config["d_model"], dropout=config.get("dropout", 0.0),
+                          interaction=config.get("interaction", "concat"))
+    return model, entry, config, task_cls
+
+
+def measure_cell(cell: Cell) -> dict:
+    """Measure one cell here; returns the record fields (status ok/oom/error/unavailable)."""
+    from harness.heads import count_parameters, loss_and_correct
+    from harness.registry import MODELS, TASKS, include_file
+    from harness.store import cell_key, config_hash, make_record
+
+    for path in cell.includes:
+        include_file(path)
+    entry = MODELS.get(cell.model)
+    task_cls = TASKS.get(cell.task).cls
+    config = entry.config(cell.task, cell.overrides)
+    chash = config_hash(config)
+    base = dict(kind="speed", model=cell.model, model_family=entry.family, model_config=config,
+                model_config_hash=chash, task=cell.task, task_version=task_cls.spec.version,
+                seq_len=cell.seq_len, batch_size=cell.batch_size, dtype=cell.dtype, device=cell.device,
+                mode=cell.mode, seed=cell.seed, provenance="synthetic-inputs(random tokens)",
+                cell_key=cell_key(**cell.identity(chash, task_cls.spec.version)))
+    ok, reason = entry.availability()
+    if not ok:
+        return make_record(status="unavailable", error=reason, **base)
+
+    if cell.threads:
+        torch.set_num_threads(cell.threads)
+    device = torch.device(cell.device)
+    cuda = device.type == "cuda"
+    model = optimizer = batch = None
+    try:
+        torch.manual_seed(cell.seed)
+        generator = torch.Generator().manual_seed(cell.seed)
+        model, _, _, _ = build_classifier(cell.model, cell.task, cell.overrides)
+        model.to(device)
+        n_params = count_parameters(model)
+        task = task_cls()
+        batch = {k: v.to(device) for k, v in task.random_batch(cell.batch_size, cell.seq_len, generator).items()}
+        train = cell.mode == "train_step"
+        if train:
+            model.train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        else:
+            model.eval()
+        bad = torch.zeros((), dtype=torch.bool, device=device)  # accumulated without a sync
+
+        def step():
+            nonlocal bad
+            if train:
+                with autocast(device.type, cell.dtype):
+                    logits = model(batch)
+                loss, _, _ = loss_and_correct(logits, batch["y"])
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                bad = bad | ~torch.isfinite(loss.detach())
+            else:
+                with torch.inference_mode(), autocast(device.type, cell.dtype):
+                    logits = model(batch)
+                bad = bad | ~torch.isfinite(logits).all()
+
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        rss_after_build = _proc_status_bytes("VmRSS")
+        rss_reset = (not cuda) and _reset_peak_rss()
+        for _ in range(cell.warmup):
+            step()
+        samples = []
+        if cuda:
+            torch.cuda.synchronize(device)
+            allocated_before = torch.cuda.memory_allocated(device)
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(cell.iters)]
+            for start, end in events:
+                start.record()
+                step()
+                end.record()
+            torch.cuda.synchronize(device)
+            samples = [s.elapsed_time(e) for s, e in events]
+        else:
+            for _ in range(cell.iters):
+                t0 = time.perf_counter()
+                step()
+                samples.append((time.perf_counter() - t0) * 1e3)
+        if bool(bad):
+            return make_record(status="error", n_params=n_params,
+                               error="non-finite loss or output in a timed iteration", **base)
+        memory = {}
+        if cuda:
+            from harness.env import nvml_used_bytes
+
+            peak = torch.cuda.max_memory_allocated(device)
+            memory = dict(peak_allocated_bytes=peak, peak_increase_bytes=peak - allocated_before,
+                          peak_reserved_bytes=torch.cuda.max_memory_reserved(device),
+                          footprint_bytes=nvml_used_bytes(device.index or 0))
+        else:
+            hwm = _proc_status_bytes("VmHWM")
+            if rss_reset and hwm is not None and rss_after_build is not None:
+                memory = dict(peak_rss_increase_bytes=max(hwm - rss_after_build, 0), peak_rss_bytes=hwm)
+        samples_sorted = sorted(samples)
+
+        def quantile(q):
+            return samples_sorted[min(len(samples_sorted) - 1, int(round(q * (len(samples_sorted) - 1))))]
+
+        median = statistics.median(samples)
+        timing = dict(median_ms=median, p20_ms=quantile(0.2), p80_ms=quantile(0.8), mean_ms=statistics.fmean(samples),
+                      n_warmup=cell.warmup, n_iters=cell.iters, samples_ms=[round(s, 4) for s in samples],
+                      timer="cuda-events" if cuda else "perf_counter",
+                      threads=None if cuda else torch.get_num_threads())
+        tokens = cell.batch_size * cell.seq_len * (2 if task_cls.spec.dual else 1)
+        return make_record(status="ok", n_params=n_params, timing=timing, memory=memory,
+                           throughput_tokens_per_s=tokens / (median / 1e3), **base)
+    except Exception as exc:  # a plugin fault or OOM must become a record, not a crash
+        status = "oom" if is_oom(exc) else "error"
+        return make_record(status=status, error=short_error(exc), **base)
+    finally:
+        del model, optimizer, batch
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+
+
+# -- isolation -------------------------------------------------------------------------------------
+
+def measure_in_subprocess(cell: Cell, timeout: float | None) -> dict:
+    """Run `measure_cell` in a fresh interpreter (`python -m harness.bench_cell`)."""
+    from harness.store import make_record
+
+    payload = json.dumps(dataclasses.asdict(cell))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "harness.bench_cell"], input=payload, text=True,
+                              capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return make_record(status="error", error=f"timeout: cell exceeded --cell-timeout {timeout:g} s",
+                           **_bare(cell))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    tail = (proc.stderr.strip().splitlines() or [""])[-1]
+    status = "oom" if ("out of memory" in proc.stderr.lower() or proc.returncode in (-9, 137)) else "error"
+    return make_record(status=status, error=f"cell process exited with {proc.returncode}: {tail}"[:500],
+                       **_bare(cell))
+
+
+def _bare(cell: Cell) -> dict:
+    """Record fields known without building the model (for cells whose process died)."""
+    from harness.registry import MODELS, TASKS
+    from harness.store import cell_key, config_hash
+
+    entry, spec = MODELS.get(cell.model), TASKS.get(cell.task).cls.spec
+    config = entry.config(cell.task, cell.overrides)
+    chash = config_hash(config)
+    return dict(kind="speed", model=cell.model, model_family=entry.family, model_config=config,
+                model_config_hash=chash, task=cell.task, task_version=spec.version, seq_len=cell.seq_len,
+                batch_size=cell.batch_size, dtype=cell.dtype, device=cell.device, mode=cell.mode,
+                seed=cell.seed, cell_key=cell_key(**cell.identity(chash, spec.version)))
+
+
+def measure_with_timeout_inprocess(cell: Cell, timeout: float | None) -> dict:
+    """In-process measurement; a timeout needs a process boundary, so use one when it is set."""
+    if timeout:
+        return measure_in_subprocess(cell, timeout)
+    return measure_cell(cell)
+
+
+# -- the sweep ------------------------------------------------------------------------------------
+
+def sweep(cells: list[Cell], run, *, subprocess_isolation: bool, timeout: float | None = None,
+          progress=None, done_keys: set | None = None) -> list[dict]:
+    """Measure cells (grouped per model and mode, lengths ascending), appending each record to `run`.
+
+    After an `oom`, the same model and mode's longer lengths are recorded as `skipped`.
+    Cells whose key is in `done_keys` are not measured again (resume).
+    """
+    from harness.store import make_record
+
+    done_keys = done_keys or set()
+    records = []
+    ordered = sorted(cells, key=lambda c: (c.model, c.mode, c.task, c.seq_len))
+    oom_at: dict[tuple, int] = {}
+    for cell in ordered:
+        group = (cell.model, cell.mode, cell.task, cell.batch_size, cell.dtype)
+        bare = _bare(cell)
+        if bare["cell_key"] in done_keys:
+            if progress:
+                progress.update(1)
+            continue
+        if group in oom_at:
+            record = make_record(status="skipped", error=f"oom at the shorter length {oom_at[group]}", **bare)
+        elif subprocess_isolation:
+            record = measure_in_subprocess(cell, timeout)
+        else:
+            record = measure_with_timeout_inprocess(cell, timeout)
+        if record["status"] == "oom":
+            oom_at[group] = cell.seq_len
+        run.append(record)
+        records.append(record)
+        if progress:
+            progress.update(1)
+            progress.set_postfix_str(f"{cell.model} L={cell.seq_len} {record['status']}")
+    return records

@@ -1,0 +1,350 @@
+"""`python -m harness <command>`: run, bench, ls, env, table, report, compare, data.
+
+Data flows one way: config -> registry -> runners (train.py, bench.py) -> records -> store ->
+tables / plots / report. Options and their defaults live in `harness.config.RunConfig`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import warnings
+
+from harness.config import RunConfig, add_arguments, config_from_args
+from harness.errors import UserError
+
+DESCRIPTION = ("Benchmark long-sequence models (MEGA, MEGA-chunk, Transformer, S4, linear attention, "
+               "Mamba) on Long Range Arena tasks: accuracy, speed and peak memory across lengths.")
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+def _progress(total: int, desc: str, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=quiet or not sys.stderr.isatty(), leave=False,
+                dynamic_ncols=True)
+
+
+def _load_plugins(config_or_args) -> None:
+    from harness.registry import MODELS, TASKS, include_file
+
+    for path in getattr(config_or_args, "include", None) or []:
+        include_file(path)
+    MODELS.ensure_loaded()
+    TASKS.ensure_loaded()
+
+
+def _train_name(model: str, config: RunConfig) -> str:
+    """At a scale with tiny models, train `name_tiny` when the model has one."""
+    from harness.registry import MODELS
+
+    if config.scale_preset.tiny_models and not model.endswith("_tiny"):
+        if f"{model}_tiny" in MODELS.names():
+            return f"{model}_tiny"
+    return model
+
+
+def _open_run(config: RunConfig, command: list[str]):
+    from harness import env
+    from harness.store import RunStore
+
+    store = RunStore(config.results_dir)
+    if config.resume:
+        run = store.open(config.resume)
+        previous = run.manifest.get("config", {})
+        run.update_manifest(status="running", resumed=(run.manifest.get("resumed") or 0) + 1)
+        if previous and not config.quiet:
+            print(f"resuming run {run.run_id} ({len(run.done_keys())} cells already measured)", file=sys.stderr)
+        return run
+    return store.create(command, config.to_dict(), env.capture())
+
+
+def _speed_cells(config: RunConfig, models: list[str], device: str, dtype: str):
+    from harness.bench import Cell
+
+    return [Cell(model=m, task=config.bench_task, seq_len=L, batch_size=config.bench_batch, dtype=dtype,
+                 device=device, mode=mode, warmup=config.warmup, iters=config.iters, threads=config.threads,
+                 includes=list(config.include))
+            for m in models for mode in config.mode_list for L in config.length_list]
+
+
+def _bench(config: RunConfig, run, models, device, dtype) -> list[dict]:
+    from harness.bench import sweep
+
+    cells = _speed_cells(config, models, device, dtype)
+    isolate = config.isolation != "inprocess"
+    with _progress(len(cells), "speed/memory", config.quiet) as bar:
+        return sweep(cells, run, subprocess_isolation=isolate, timeout=config.cell_timeout, progress=bar,
+                     done_keys=run.done_keys())
+
+
+def _train(config: RunConfig, run, models, tasks, device, dtype) -> list[dict]:
+    from harness.train import train_cell
+
+    done = run.done_keys()
+    jobs = [(m, t, s) for t in tasks for m in models for s in config.seed_list]
+    records = []
+    with _progress(len(jobs), "accuracy", config.quiet) as bar:
+        for model, task, seed in jobs:
+            record = train_cell(_train_name(model, config), task, seed, config, device=device, dtype=dtype,
+                                run=run, progress=bar, done_keys=done)
+            if record is not None:
+                run.append(record)
+                records.append(record)
+                if not config.quiet and not bar.disable:
+                    bar.write(_one_line(record))
+                elif not config.quiet:
+                    print(_one_line(record), file=sys.stderr)
+            bar.update(1)
+    return records
+
+
+def _one_line(record: dict) -> str:
+    what = f"{record['model']} on {record['task']} (seed {record['seed']})"
+    if record["status"] == "ok":
+        m = record["metrics"]
+        return f"  {what}: test accuracy {100 * m['accuracy']:.1f}% (best val {100 * m['val_accuracy']:.1f}% " \
+               f"at step {m['best_step']}, {m['train_seconds']:.0f} s)"
+    return f"  {what}: {record['status']}: {record.get('error') or ''}"
+
+
+def _print_tables(config: RunConfig, run_id: str) -> None:
+    from harness.report import tables
+    from harness.store import load_records
+
+    frame = load_records(config.results_dir, [run_id])
+    if config.json:
+        print(frame.to_json(orient="records", default_handler=str))
+        return
+    if config.quiet:
+        return
+    print(tables.render_all(frame, fmt="markdown"))
+
+
+def _interruptible(run, body) -> int:
+    """Run `body()`; Ctrl-C or SIGTERM marks the manifest `interrupted` (records stay intact)."""
+    from harness.store import utc_now
+
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        body()
+    except KeyboardInterrupt:
+        run.update_manifest(status="interrupted", finished=utc_now())
+        print(f"\ninterrupted: run {run.run_id} keeps every finished record; continue with "
+              f"--resume {run.run_id}", file=sys.stderr)
+        return 130
+    except BaseException:
+        run.update_manifest(status="failed", finished=utc_now())
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    run.update_manifest(status="finished", finished=utc_now())
+    return 0
+
+
+# -- commands ------------------------------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    from harness.env import resolve_device, resolve_dtype
+    from harness.registry import MODELS, TASKS
+
+    config = config_from_args(args)
+    _load_plugins(config)
+    models = MODELS.resolve(config.models)
+    tasks = TASKS.resolve(config.tasks) if not config.skip_train else []
+    TASKS.get(config.bench_task)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    run = _open_run(config, ["python", "-m", "harness", *args.argv])
+    if not config.quiet:
+        print(f"run {run.run_id}: models {', '.join(models)}; tasks {', '.join(tasks) or '-'}; "
+              f"scale {config.scale}; {device} {dtype}; results in {run.dir}", file=sys.stderr)
+
+    def body():
+        if not config.skip_train:
+            _train(config, run, models, tasks, device, dtype)
+        if not config.skip_bench:
+            _bench(config, run, models, device, dtype)
+
+    code = _interruptible(run, body)
+    if code:
+        return code
+    _print_tables(config, run.run_id)
+    if not config.no_report:
+        from harness.report.html import write_report
+
+        path = write_report(config.results_dir, [run.run_id], None)
+        if not config.quiet:
+            print(f"report: {path}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from harness.env import resolve_device, resolve_dtype
+    from harness.registry import MODELS, TASKS
+
+    config = config_from_args(args)
+    _load_plugins(config)
+    models = MODELS.resolve(config.models)
+    TASKS.get(config.bench_task)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    run = _open_run(config, ["python", "-m", "harness", *args.argv])
+    if not config.quiet:
+        print(f"run {run.run_id}: speed/memory of {', '.join(models)} with the {config.bench_task} "
+              f"configurations at L={','.join(map(str, config.length_list))}, batch {config.bench_batch}, "
+              f"{device} {dtype}, {','.join(config.mode_list)}", file=sys.stderr)
+    code = _interruptible(run, lambda: _bench(config, run, models, device, dtype))
+    if code:
+        return code
+    _print_tables(config, run.run_id)
+    return 0
+
+
+def _param_count(entry, task_name: str) -> int | None:
+    """Parameters of the whole classifier (backbone + harness head) for a task, built on the meta device."""
+    from harness.bench import build_classifier
+    from harness.heads import count_parameters
+
+    import torch
+
+    for device in ("meta", "cpu"):  # meta: no memory, no init cost; some inits need real tensors
+        try:
+            with torch.device(device):
+                model, *_ = build_classifier(entry.name, task_name)
+            return count_parameters(model)
+        except Exception:
+            continue
+    return None
+
+
+def cmd_ls(args) -> int:
+    from harness.registry import MODELS, TASKS
+
+    _load_plugins(args)
+    pattern = args.pattern or "*"
+    model_rows, task_rows = [], []
+    task_names = [t for t in TASKS.names() if TASKS.get(t).cls.spec.lra] or TASKS.names()
+    for name in MODELS.list(pattern):
+        entry = MODELS.get(name)
+        ok, reason = entry.availability()
+        row = dict(name=name, family=entry.family, complexity=entry.complexity,
+                   available="yes" if ok else f"no: {reason}", paper=entry.paper, origin=entry.origin)
+        if args.params:
+            row["params"] = {t: _param_count(entry, t) for t in task_names}
+        model_rows.append(row)
+    for name in TASKS.list(pattern):
+        spec = TASKS.get(name).cls.spec
+        task_rows.append(dict(name=name, length=spec.seq_len, input=spec.input_kind, vocab=spec.vocab_size,
+                              classes=spec.num_classes, target=spec.target, dual=spec.dual,
+                              splits="/".join(str(spec.splits.get(s, "?")) for s in ("train", "val", "test")),
+                              metric=spec.metric, lra="yes" if spec.lra else "no", version=spec.version,
+                              description=spec.description, origin=TASKS.get(name).origin))
+    errors = {**MODELS.load_errors, **TASKS.load_errors}
+    if args.json:
+        print(json.dumps(dict(models=model_rows, tasks=task_rows, plugin_errors=errors), indent=2))
+        return 0
+    import pandas as pd
+
+    with pd.option_context("display.max_colwidth", 60, "display.width", 250, "display.max_columns", 50):
+        if model_rows:
+            frame = pd.DataFrame(model_rows).drop(columns=["origin"])
+            if args.params:
+                params = frame.pop("params").apply(pd.Series)
+                params.columns = [f"params[{c}]" for c in params.columns]
+                frame = pd.concat([frame.drop(columns=["paper"]), params.map(_fmt_count)], axis=1)
+            print("Models\n" + frame.to_string(index=False))
+        if task_rows:
+            print("\nTasks\n" + pd.DataFrame(task_rows).drop(columns=["origin", "description"]).to_string(index=False))
+    for source, error in errors.items():
+        print(f"warning: plugin {source} failed to load: {error}", file=sys.stderr)
+    if not model_rows and not task_rows:
+        print(f"nothing matches {pattern!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _fmt_count(n) -> str:
+    if n is None or n != n:
+        return "n/a"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def cmd_env(args) -> int:
+    from harness import env
+
+    info = env.capture()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    gpus = ", ".join(f"{g['name']} ({g['memory_total_bytes'] / 2**30:.0f} GiB, driver {g['driver']})"
+                     for g in info["gpus"]) or "none"
+    packages = ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v) or "none"
+    git = info["git"]
+    print(f"python {info['python']} on {info['platform']}\n"
+          f"torch {info['torch']} (CUDA {info['cuda'] or '-'}, cuDNN {info['cudnn'] or '-'}, "
+          f"CUDA available: {info['cuda_available']})\n"
+          f"GPUs: {gpus}\nCPU: {info['cpu']} ({info['cpu_count']} cores, {info['torch_threads']} torch threads), "
+          f"RAM {(info['ram_bytes'] or 0) / 2**30:.1f} GiB, host {info['hostname']}\n"
+          f"packages: {packages}\n"
+          f"harness {info['harness_version']} at git {git['sha'] or '-'}{' (dirty)' if git['dirty'] else ''}")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="accuracy runs + speed/memory sweep + tables + HTML report",
+                         description="Train and evaluate models on tasks, sweep speed and memory across lengths, "
+                                     "store the records, print LRA-style tables and write a report.")
+    add_arguments(run, "run")
+    run.set_defaults(func=cmd_run)
+    bench = sub.add_parser("bench", help="speed/memory across sequence lengths",
+                           description="Measure training-step (and/or forward) time and peak memory across "
+                                       "--lengths, per measurement.md.")
+    add_arguments(bench, "bench")
+    bench.set_defaults(func=cmd_bench)
+    ls = sub.add_parser("ls", help="models and tasks with metadata and availability")
+    ls.add_argument("pattern", nargs="?", help="shell wildcard, e.g. 'mega*'")
+    ls.add_argument("--params", action="store_true", help="also count parameters per LRA task (slower)")
+    add_arguments(ls, "ls")
+    ls.set_defaults(func=cmd_ls)
+    env_parser = sub.add_parser("env", help="the environment a run would record")
+    add_arguments(env_parser, "env")
+    env_parser.set_defaults(func=cmd_env)
+    from harness.datacmd import add_commands as add_data_commands
+    from harness.report.cli import add_commands as add_report_commands
+
+    add_report_commands(sub)
+    add_data_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed a one-line usage error
+        return int(exc.code or 0)
+    args.argv = argv
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    warnings.simplefilter("default")
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

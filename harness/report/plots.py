@@ -1,0 +1,234 @@
+"""Plots of stored results (plotly): time, throughput and peak memory against sequence length, and
+accuracy against speed, for one run (latest record per cell) or across runs (colour = model,
+dash = run). Every function returns a `plotly.graph_objects.Figure`.
+
+Conventions (shared/spec/measurement.md §5.9, harness.md "Tables and reports"):
+- x is log2 with the swept lengths as ticks (plotly's default log ticks would read 2, 5, 10...);
+- one line per model, the same colour for a model in every figure;
+- a cell that ran out of memory is drawn as an "OOM" cross above the model's line (there is no
+  number to plot, and leaving it out would hide the failure); skipped cells are not drawn;
+- one panel per mode (train_step = forward + backward + optimizer step, forward = inference).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from harness.report import tables
+
+PALETTE = qualitative.D3 + qualitative.Dark2
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+HEIGHT = 420
+METRICS = {  # metric -> (column, axis title, scale applied to the column, hover format)
+    "time": ("timing.median_ms", "time per step (ms)", 1.0, ".3s"),
+    "throughput": ("throughput_tokens_per_s", "throughput (tokens/s)", 1.0, ".3s"),
+    "memory": ("peak_bytes", "peak memory (GiB)", 1.0 / tables.GIB, ".3f"),
+}
+MODE_TITLES = {"train_step": "train_step (forward + backward + optimizer step)",
+               "forward": "forward (inference)"}
+
+
+def model_colors(models) -> dict:
+    """A stable colour per model name (natural order), shared by every figure of a report."""
+    ordered = sorted(set(models), key=tables._natural)
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(ordered)}
+
+
+def _throughput(cells: pd.DataFrame) -> pd.Series:
+    """Recorded tokens/s, else B*L / median time."""
+    derived = cells["batch_size"] * cells["seq_len"] / (cells["timing.median_ms"] / 1000.0)
+    return cells["throughput_tokens_per_s"].fillna(derived)
+
+
+def _log2_axis(fig: go.Figure, lengths, **where) -> None:
+    lengths = sorted({int(x) for x in lengths})
+    fig.update_xaxes(type="log", tickvals=lengths, ticktext=[tables.length_label(x) for x in lengths],
+                     title_text="sequence length L", **where)
+    if lengths:  # a little margin so the end markers are not clipped
+        lo, hi = math.log10(lengths[0]), math.log10(lengths[-1])
+        pad = max(hi - lo, math.log10(2)) * 0.06
+        fig.update_xaxes(range=[lo - pad, hi + pad], **where)
+
+
+def _panels(modes: list) -> tuple[go.Figure, dict]:
+    fig = make_subplots(rows=1, cols=len(modes), shared_yaxes=False, horizontal_spacing=0.08,
+                        subplot_titles=[MODE_TITLES.get(m, str(m)) for m in modes])
+    return fig, {m: i + 1 for i, m in enumerate(modes)}
+
+
+def _style(fig: go.Figure, title: str) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left"), template="plotly_white",
+                      height=HEIGHT, margin=dict(l=60, r=20, t=70, b=50), hovermode="closest",
+                      legend=dict(title_text="", itemsizing="constant"))
+    return fig
+
+
+def _oom_y(values: pd.Series, log: bool) -> float:
+    """Where OOM crosses sit: above the highest plotted value of the panel."""
+    finite = values[np.isfinite(values) & (values > 0)] if log else values[np.isfinite(values)]
+    if finite.empty:
+        return 1.0
+    return float(finite.max()) * 1.6 if log else float(finite.max()) * 1.1
+
+
+def length_figure(df: pd.DataFrame, metric: str, slice_: dict | None = None,
+                  across_runs: bool = False, aggregate: bool = False) -> go.Figure | None:
+    """`metric` ('time' | 'throughput' | 'memory') against length for one slice (task, batch,
+    dtype, device), one panel per mode. `across_runs`: one line per (model, run), dash = run."""
+    column, axis_title, scale, hover = METRICS[metric]
+    df = tables.prepare(df) if "peak_bytes" not in df else df
+    cells = df[df["kind"] == "speed"]
+    if not across_runs:
+        cells = tables.speed_cells(df, aggregate)
+    else:
+        cells = tables.latest(cells, tables.SPEED_KEYS + ("run_id",))
+    if cells.empty:
+        return None
+    slice_ = slice_ or tables.speed_slices(tables.speed_cells(df))[0]
+    keep = {k: v for k, v in slice_.items() if k != "mode"}
+    cells = _select_without_mode(cells, keep)  # every mode of the slice: one panel each
+    if cells.empty:
+        return None
+    cells = cells.assign(value=(_throughput(cells) if metric == "throughput" else cells[column]) * scale)
+    modes = sorted(cells["mode"].dropna().unique(), key=lambda m: (m != "train_step", m))
+    fig, col_of = _panels(modes)
+    colors = model_colors(df["model"].dropna())
+    runs = sorted(cells["run_id"].dropna().unique())
+    dash_of = {r: DASHES[i % len(DASHES)] for i, r in enumerate(runs)}
+    group_keys = ["model", "run_id"] if across_runs else ["model"]
+    shown = set()
+    for mode in modes:
+        panel = cells[cells["mode"] == mode]
+        oom_at = _oom_y(panel.loc[panel["status"] == "ok", "value"], log=True)
+        for key, line in panel.groupby(group_keys, sort=False):
+            model = key[0] if isinstance(key, tuple) else key
+            run = key[1] if across_runs else None
+            line = line.sort_values("seq_len")
+            name = f"{model} · {run}" if across_runs else model
+            ok = line[(line["status"] == "ok") & np.isfinite(line["value"])]
+            legend_first = name not in shown
+            shown.add(name)
+            fig.add_trace(go.Scatter(
+                x=ok["seq_len"], y=ok["value"], mode="lines+markers", name=name, legendgroup=name,
+                showlegend=legend_first,
+                line=dict(color=colors[model], dash=dash_of.get(run, "solid") if across_runs else "solid",
+                          width=2),
+                marker=dict(size=7),
+                hovertemplate=f"{name}<br>L=%{{x}}<br>{axis_title}: %{{y:{hover}}}<extra></extra>",
+            ), row=1, col=col_of[mode])
+            oom = line[line["status"] == "oom"]
+            if len(oom):
+                fig.add_trace(go.Scatter(
+                    x=oom["seq_len"], y=[oom_at] * len(oom), mode="markers+text", text=["OOM"] * len(oom),
+                    textposition="top center", textfont=dict(color=colors[model], size=11),
+                    name=f"{name}: OOM", legendgroup=name, showlegend=False,
+                    marker=dict(symbol="x-thin-open", size=14, line=dict(width=3, color=colors[model]),
+                                color=colors[model]),
+                    hovertemplate=f"{name}<br>L=%{{x}}: out of memory<extra></extra>",
+                ), row=1, col=col_of[mode])
+        _log2_axis(fig, panel["seq_len"].dropna(), row=1, col=col_of[mode])
+        fig.update_yaxes(type="log", title_text=axis_title if col_of[mode] == 1 else None,
+                         row=1, col=col_of[mode])
+    what = {"time": "Time per step", "throughput": "Throughput", "memory": "Peak memory"}[metric]
+    title = f"{what} vs sequence length — {tables.slice_text(keep).rsplit(', ', 1)[0]}"
+    if across_runs:
+        title += " — across runs (dash = run)"
+    return _style(fig, title)
+
+
+def _select_without_mode(cells: pd.DataFrame, keep: dict) -> pd.DataFrame:
+    mask = pd.Series(True, index=cells.index)
+    for key, value in keep.items():
+        mask &= cells[key].isna() if value is None else (cells[key] == value)
+    return cells[mask]
+
+
+def accuracy_vs_speed(df: pd.DataFrame, length: int = 4096, aggregate: bool = False) -> go.Figure | None:
+    """Accuracy (y) against time per step at the efficiency length (x, log), bubble area = peak
+    memory. Accuracy is the LRA Avg where models have one, else the mean over the tasks every
+    plotted model has (named on the axis)."""
+    df = tables.prepare(df) if "peak_bytes" not in df else df
+    acc_table = tables.accuracy_table(df, aggregate)
+    cells = tables.speed_cells(df, aggregate)
+    if acc_table is None or cells.empty:
+        return None
+    slice_ = tables.speed_slices(cells)[0]
+    cells = tables.select_slice(cells, slice_)
+    at = tables.nearest_length(cells["seq_len"].dropna(), length)
+    speed = {r["model"]: r for _, r in cells[(cells["seq_len"] == at) & (cells["status"] == "ok")].iterrows()}
+    numeric = acc_table.map(lambda s: float(str(s).split()[0]) if _is_number(s) else np.nan)
+    models = [m for m in numeric.index if m in speed]
+    if not models:
+        return None
+    if "Avg" in numeric.columns and numeric.loc[models, "Avg"].notna().any():
+        y_label, scores = "LRA Avg accuracy (%)", numeric.loc[models, "Avg"]
+    else:
+        task_cols = [c for c in numeric.columns if not c.startswith("Avg")]
+        common = [c for c in task_cols if numeric.loc[models, c].notna().all()]
+        if not common:
+            return None
+        y_label = f"mean accuracy over {', '.join(common)} (%)"
+        scores = numeric.loc[models, common].mean(axis=1)
+    scores = scores.dropna()
+    if scores.empty:
+        return None
+    colors = model_colors(df["model"].dropna())
+    mem = np.array([speed[m]["peak_bytes"] / tables.GIB for m in scores.index], dtype=float)
+    mem = np.where(np.isfinite(mem), mem, np.nanmin(mem) if np.isfinite(mem).any() else 1.0)
+    sizeref = 2.0 * max(float(np.nanmax(mem)), 1e-9) / (60.0 ** 2)  # largest bubble ~60 px
+    fig = go.Figure()
+    for model, score, gib in zip(scores.index, scores.values, mem):
+        fig.add_trace(go.Scatter(
+            x=[speed[model]["timing.median_ms"]], y=[score], mode="markers+text", name=model,
+            text=[model], textposition="top center",
+            marker=dict(size=[gib], sizemode="area", sizeref=sizeref, sizemin=6, color=colors[model],
+                        opacity=0.75, line=dict(width=1, color="#333")),
+            hovertemplate=(f"{model}<br>time %{{x:.3s}} ms<br>accuracy %{{y:.1f}}%<br>"
+                           f"peak memory {gib:.2f} GiB<extra></extra>"),
+        ))
+    fig.update_xaxes(type="log", title_text=f"time per step at L={at} (ms, log; left is faster)")
+    fig.update_yaxes(title_text=y_label)
+    return _style(fig, f"Accuracy vs speed — bubble area = peak memory at L={at} "
+                       f"({tables.slice_text(slice_)})")
+
+
+def _is_number(text) -> bool:
+    head = str(text).split(" ")[0]
+    try:
+        float(head)
+        return True
+    except ValueError:
+        return False
+
+
+def report_figures(df: pd.DataFrame, length: int = 4096, aggregate: bool = False) -> list[tuple]:
+    """Every figure of a report as (id, title, Figure), in reading order."""
+    df = tables.prepare(df)
+    out = []
+    cells = tables.speed_cells(df, aggregate)
+    seen = set()
+    for slice_ in tables.speed_slices(cells):
+        keep = tuple((k, slice_[k]) for k in tables.SLICE_KEYS if k != "mode")
+        if keep in seen:  # modes are panels of one figure
+            continue
+        seen.add(keep)
+        suffix = tables._slug("-".join(str(v) for _, v in keep))
+        for metric in ("time", "throughput", "memory"):
+            fig = length_figure(df, metric, dict(keep), aggregate=aggregate)
+            if fig is not None:
+                out.append((f"fig-{metric}-{suffix}", fig.layout.title.text, fig))
+        if df.loc[df["kind"] == "speed", "run_id"].nunique() > 1:
+            for metric in ("time", "memory"):
+                fig = length_figure(df, metric, dict(keep), across_runs=True)
+                if fig is not None:
+                    out.append((f"fig-{metric}-runs-{suffix}", fig.layout.title.text, fig))
+    fig = accuracy_vs_speed(df, length, aggregate)
+    if fig is not None:
+        out.append(("fig-accuracy-vs-speed", fig.layout.title.text, fig))
+    return out

@@ -1,0 +1,235 @@
+"""Accuracy runs: train a model on a task, keep the best-validation weights, evaluate them on test.
+
+Optimiser and schedule follow the MEGA/fairseq LRA recipe (mega.md §6): AdamW (decoupled weight
+decay; per-parameter `_optim` hints honoured, e.g. S4's SSM parameters), betas (0.9, 0.98), eps
+1e-8, gradient clipping at 1.0, linear warm-up from ~0 to the peak learning rate then linear decay
+to 0 at the last step. bf16/fp16 autocast on GPU is an option (fp16 uses a gradient scaler).
+Validation runs every `eval_every` steps and at the end; the best-validation weights are evaluated
+on the test split (evaluating the last checkpoint is what made LRA's ListOps numbers collapse,
+lra.md §10 #15). Settings resolve as: harness defaults < the model's per-task paper setting <
+the scale preset < command-line overrides; the resolved settings are stored on the record.
+
+Long runs save a checkpoint every `checkpoint_every` steps into the run folder and resume from it.
+A non-finite loss ends the cell with status `error` ("diverged at step N").
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.bench import autocast, build_classifier, is_oom, short_error
+from harness.config import RunConfig
+from harness.heads import count_parameters, loss_and_correct, param_groups
+from harness.registry import MODELS, TASKS
+from harness.store import cell_key, config_hash, make_record
+
+
+@dataclass
+class TrainSettings:
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.01  # decoupled (AdamW), on every parameter without an `_optim` hint
+    batch_size: int = 32
+    warmup_steps: int = 100  # linear warm-up from ~0 to `lr`
+    total_steps: int = 1000  # linear decay to 0 at this step
+    eval_every: int = 100  # validation interval in steps
+    betas: tuple = (0.9, 0.98)
+    eps: float = 1e-8
+    clip: float = 1.0  # gradient-norm clipping (0 = off)
+    eval_batch_size: int = 64
+    checkpoint_every: int = 0  # steps between resumable checkpoints (0 = never)
+
+
+def resolve_settings(model_name: str, task_name: str, config: RunConfig) -> TrainSettings:
+    entry = MODELS.get(model_name)
+    paper = entry.train_config(task_name)
+    scale = config.scale_preset
+    s = TrainSettings()
+    for key in ("lr", "weight_decay", "batch_size", "warmup_steps", "total_steps"):
+        if key in paper:
+            setattr(s, key, paper[key])
+    if "betas" in paper:
+        s.betas = tuple(paper["betas"])
+    if scale.total_steps is not None:
+        s.total_steps = scale.total_steps
+    if scale.batch_size is not None:
+        s.batch_size = scale.batch_size
+    if scale.lr is not None:
+        s.lr = scale.lr
+    if config.steps is not None:
+        s.total_steps = config.steps
+    if config.batch_size is not None:
+        s.batch_size = config.batch_size
+    if config.lr is not None:
+        s.lr = config.lr
+    if scale.warmup_fraction is not None or config.steps is not None:
+        s.warmup_steps = max(1, int(round((scale.warmup_fraction or 0.1) * s.total_steps)))
+    s.warmup_steps = min(s.warmup_steps, s.total_steps)
+    s.eval_every = scale.eval_every or max(1, s.total_steps // 20)
+    s.eval_every = min(s.eval_every, s.total_steps)
+    s.checkpoint_every = 0 if scale.name == "smoke" else max(s.eval_every, 500)
+    s.eval_batch_size = max(s.batch_size, 16)
+    return s
+
+
+def lr_factor(step: int, s: TrainSettings) -> float:
+    """Multiplier of the peak learning rate at optimiser step `step` (0-based)."""
+    if step < s.warmup_steps:
+        return max((step + 1) / s.warmup_steps, 1e-4)
+    remaining = s.total_steps - s.warmup_steps
+    return max(0.0, 1.0 - (step - s.warmup_steps) / max(remaining, 1))
+
+
+@torch.no_grad()
+def evaluate(model, data, device, dtype, batch_size) -> tuple[float, float]:
+    """(accuracy, mean loss) over a split."""
+    model.eval()
+    correct = scored = 0
+    loss_sum = 0.0
+    for start in range(0, len(data), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(data)))
+        batch = {k: v.to(device, non_blocking=True) for k, v in data.batch(index).items()}
+        batch = _typed(batch)
+        with autocast(device.type, dtype):
+            logits = model(batch)
+        loss, c, n = loss_and_correct(logits, batch["y"])
+        correct, scored = correct + c, scored + n
+        loss_sum += float(loss) * n
+    model.train()
+    return correct / max(scored, 1), loss_sum / max(scored, 1)
+
+
+def _typed(batch: dict) -> dict:
+    """Token ids as int64 (storage may be int16/uint8); real values stay as stored."""
+    out = dict(batch)
+    for key in ("x", "x2"):
+        if key in out and out[key].dtype in (torch.int16, torch.int32):
+            out[key] = out[key].long()
+    out["y"] = out["y"].long()
+    return out
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *, device: str, dtype: str,
+               run=None, progress=None, done_keys: set | None = None) -> dict | None:
+    """Train + evaluate one (model, task, seed); returns a record (never raises for model faults),
+    or None when `done_keys` shows the same cell already finished (resume)."""
+    entry = MODELS.get(model_name)
+    task_cls = TASKS.get(task_name).cls
+    settings = resolve_settings(model_name, task_name, config)
+    arch = entry.config(task_name)
+    chash = config_hash(arch)
+    key = cell_key(kind="accuracy", model=model_name, model_config_hash=chash, task=task_name,
+                   task_version=task_cls.spec.version, scale=config.scale, seed=seed, dtype=dtype,
+                   device=device, train=dataclasses.asdict(settings), data_dir=config.data_dir)
+    base = dict(kind="accuracy", model=model_name, model_family=entry.family, model_config=arch,
+                model_config_hash=chash, task=task_name, task_version=task_cls.spec.version,
+                batch_size=settings.batch_size, dtype=dtype, device=device, mode="train", seed=seed,
+                scale=config.scale, train=dataclasses.asdict(settings), cell_key=key,
+                higher_is_better={"accuracy": True, "val_accuracy": True, "loss": False})
+    if done_keys and key in done_keys:
+        return None
+    ok, reason = entry.availability()
+    if not ok:
+        return make_record(status="unavailable", error=reason, **base)
+    task = task_cls(scale=config.scale, seed=seed, data_dir=config.data_dir, cache_dir=config.cache_dir)
+    base["seq_len"] = task.seq_len
+    try:
+        splits = {s: task.load(s) for s in ("train", "val", "test")}
+    except Exception as exc:
+        from harness.errors import UserError
+
+        if isinstance(exc, UserError):
+            raise
+        return make_record(status="error", error=f"data: {short_error(exc)}", **base)
+    base["provenance"] = splits["train"].provenance
+    ckpt_path = (Path(run.dir) / "checkpoints" / f"{key}.pt") if run is not None and settings.checkpoint_every else None
+    started = time.perf_counter()
+    try:
+        result = _fit(model_name, task_name, seed, splits, settings, torch.device(device), dtype,
+                      ckpt_path, progress, config.threads)
+    except Diverged as exc:
+        return make_record(status="error", error=str(exc), **base)
+    except Exception as exc:  # plugin faults and OOM become records; the run goes on
+        return make_record(status="oom" if is_oom(exc) else "error", error=short_error(exc), **base)
+    metrics = dict(accuracy=result["test_acc"], val_accuracy=result["best_val_acc"], loss=result["test_loss"],
+                   best_step=result["best_step"], steps=settings.total_steps,
+                   train_seconds=round(time.perf_counter() - started, 2))
+    if ckpt_path is not None:
+        ckpt_path.unlink(missing_ok=True)
+    return make_record(status="ok", n_params=result["n_params"], metrics=metrics, **base)
+
+
+def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, ckpt_path, progress, threads):
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model, _, _, _ = build_classifier(model_name, task_name)
+    model.to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, s.lr, s.weight_decay), lr=s.lr, betas=s.betas, eps=s.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, s))
+    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == "fp16" and device.type == "cuda"))
+    generator = torch.Generator().manual_seed(seed)
+    train = splits["train"]
+    state = dict(step=0, best_val=-1.0, best_step=0, best_weights=None, order=None, cursor=0)
+    if ckpt_path is not None and ckpt_path.exists():
+        saved = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        generator.set_state(saved["generator"])
+        state.update(saved["state"])
+    model.train()
+    while state["step"] < s.total_steps:
+        if state["order"] is None or state["cursor"] + s.batch_size > len(train):
+            state["order"], state["cursor"] = torch.randperm(len(train), generator=generator), 0
+        index = state["order"][state["cursor"]: state["cursor"] + s.batch_size]
+        state["cursor"] += s.batch_size
+        batch = _typed({k: v.to(device, non_blocking=True) for k, v in train.batch(index).items()})
+        with autocast(device.type, dtype):
+            logits = model(batch)
+        loss, _, _ = loss_and_correct(logits, batch["y"])
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise Diverged(f"diverged at step {state['step'] + 1}: loss is {loss_value}")
+        scaler.scale(loss).backward()
+        if s.clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        state["step"] += 1
+        if progress is not None:
+            progress.set_postfix_str(f"{model_name}/{task_name} step {state['step']}/{s.total_steps} "
+                                     f"loss {loss_value:.3f}")
+        if state["step"] % s.eval_every == 0 or state["step"] == s.total_steps:
+            val_acc, _ = evaluate(model, splits["val"], device, dtype, s.eval_batch_size)
+            if val_acc > state["best_val"]:
+                state.update(best_val=val_acc, best_step=state["step"],
+                             best_weights={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+        if ckpt_path is not None and state["step"] % s.checkpoint_every == 0 and state["step"] < s.total_steps:
+            _save_checkpoint(ckpt_path, model, optimizer, scheduler, generator, state)
+    model.load_state_dict(state["best_weights"])
+    test_acc, test_loss = evaluate(model, splits["test"], device, dtype, s.eval_batch_size)
+    return dict(test_acc=test_acc, test_loss=test_loss, best_val_acc=state["best_val"],
+                best_step=state["best_step"], n_params=count_parameters(model))
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, generator, state) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    generator=generator.get_state(), state=copy.copy(state)), tmp)
+    os.replace(tmp, path)
