@@ -95,7 +95,7 @@ def atomic_write_json(path: Path, data: dict) -> None:
 
 @contextlib.contextmanager
 def _locked(path: Path):
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield fd
@@ -152,6 +152,9 @@ class Run:
         record = _finite(dict(record, run_id=self.run_id))
         line = (json.dumps(record, default=str, allow_nan=False) + "\n").encode()
         with _locked(self.records_path) as fd:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":  # a line torn by a kill: end it first
+                line = b"\n" + line
             os.write(fd, line)
             os.fsync(fd)
 

@@ -1,0 +1,142 @@
+"""Speed/memory runner (measurement.md protocol) and accuracy runner (train.py)."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from harness import env
+from harness.bench import Cell, measure_cell, measure_in_subprocess, sweep
+from harness.config import RunConfig
+from harness.heads import param_groups
+from harness.registry import MODELS, register_model
+from harness.store import RunStore, load_records
+from harness.train import TrainSettings, lr_factor, resolve_settings, train_cell
+
+
+class FailsAtLength(nn.Module):
+    """Raises a given exception once the sequence reaches `at` (simulates OOM and plugin faults)."""
+
+    def __init__(self, d_model, at=10**9, error="oom"):
+        super().__init__()
+        self.lin = nn.Linear(d_model, d_model)
+        self.at, self.error = at, error
+
+    def forward(self, x, padding_mask=None):
+        if x.shape[1] >= self.at:
+            if self.error == "oom":
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64 GiB")
+            if self.error == "nan":
+                return self.lin(x) * float("nan")
+            if self.error == "shape":
+                return self.lin(x)[:, :-1]
+            raise RuntimeError("plugin exploded")
+        return self.lin(x)
+
+
+for name, kw in {"t_oom": dict(at=256, error="oom"), "t_raise": dict(at=1, error="raise"),
+                 "t_nan": dict(at=1, error="nan"), "t_shape": dict(at=1, error="shape")}.items():
+    register_model(name, family="other", paper="test", complexity="O(L)", defaults=dict(d_model=8, **kw),
+                   override=True)(lambda **cfg: FailsAtLength(**cfg))
+
+
+def new_run(tmp_path):
+    return RunStore(tmp_path).create(["test"], {}, env.capture())
+
+
+def cell(model, L, **kw):
+    return Cell(model=model, task="listops", seq_len=L, batch_size=2, dtype="fp32", device="cpu",
+                mode=kw.pop("mode", "train_step"), warmup=1, iters=3, **kw)
+
+
+def test_ok_cell_has_protocol_fields():
+    r = measure_cell(cell("transformer_tiny", 64))
+    assert r["status"] == "ok", r["error"]
+    t = r["timing"]
+    assert t["n_warmup"] == 1 and t["n_iters"] == 3 and len(t["samples_ms"]) == 3
+    assert t["p20_ms"] <= t["median_ms"] <= t["p80_ms"] and t["timer"] == "perf_counter"
+    assert r["throughput_tokens_per_s"] == pytest.approx(2 * 64 / (t["median_ms"] / 1e3))
+    assert r["n_params"] > 0 and r["model_config_hash"] and r["cell_key"]
+    assert "peak_rss_increase_bytes" in r["memory"]
+    fwd = measure_cell(cell("transformer_tiny", 64, mode="forward"))
+    assert fwd["status"] == "ok" and fwd["mode"] == "forward"
+
+
+def test_oom_then_longer_lengths_skipped_and_next_model_runs(tmp_path):
+    run = new_run(tmp_path)
+    cells = [cell(m, L) for m in ("t_oom", "transformer_tiny") for L in (512, 128, 256)]
+    records = sweep(cells, run, subprocess_isolation=False)
+    by = {(r["model"], r["seq_len"]): r for r in records}
+    assert [by[("t_oom", L)]["status"] for L in (128, 256, 512)] == ["ok", "oom", "skipped"]
+    assert by[("t_oom", 512)]["error"] == "oom at the shorter length 256"
+    assert all(by[("transformer_tiny", L)]["status"] == "ok" for L in (128, 256, 512))
+    assert by[("t_oom", 256)]["timing"] == {}  # a missing number is absent/null, never 0
+    assert len(load_records(tmp_path)) == 6
+
+
+@pytest.mark.parametrize("model,fragment", [("t_raise", "plugin exploded"),
+                                            ("t_nan", "non-finite"),
+                                            ("t_shape", "model contract is (B, L, d)")])
+def test_faults_become_error_records(model, fragment):
+    r = measure_cell(cell(model, 32))
+    assert r["status"] == "error" and fragment in r["error"]
+
+
+def test_resume_skips_measured_cells(tmp_path):
+    run = new_run(tmp_path)
+    cells = [cell("transformer_tiny", L) for L in (32, 64)]
+    first = sweep(cells[:1], run, subprocess_isolation=False)
+    second = sweep(cells, run, subprocess_isolation=False, done_keys=run.done_keys())
+    assert len(first) == 1 and [r["seq_len"] for r in second] == [64]
+
+
+def test_subprocess_isolation_and_timeout(tmp_path):
+    r = measure_in_subprocess(cell("transformer_tiny", 32), timeout=300)
+    assert r["status"] == "ok" and r["timing"]["n_iters"] == 3
+    slow = measure_in_subprocess(cell("transformer", 2048), timeout=0.5)
+    assert slow["status"] == "error" and slow["error"].startswith("timeout")
+
+
+def test_lr_schedule_warmup_then_linear_decay():
+    s = TrainSettings(warmup_steps=10, total_steps=110)
+    factors = [lr_factor(i, s) for i in range(110)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[60] == pytest.approx(0.5)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert lr_factor(110, s) == 0.0
+
+
+def test_param_groups_honour_optim_hints():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    model[1].weight._optim = {"lr": 1e-3, "weight_decay": 0.0}
+    groups = param_groups(model, lr=1e-2, weight_decay=0.1)
+    special = [g for g in groups if g["lr"] == 1e-3]
+    assert len(special) == 1 and special[0]["weight_decay"] == 0.0 and special[0]["params"][0] is model[1].weight
+    assert sum(len(g["params"]) for g in groups) == 4
+
+
+def test_settings_resolution_order():
+    cfg = RunConfig(scale="paper").validate()
+    paper = resolve_settings("transformer", "text", cfg)
+    assert paper.lr == MODELS.get("transformer").train_config("text")["lr"]
+    smoke = resolve_settings("transformer_tiny", "text", RunConfig(scale="smoke", steps=40, lr=0.5).validate())
+    assert smoke.total_steps == 40 and smoke.lr == 0.5 and smoke.warmup_steps == 4
+
+
+def test_train_cell_best_validation_on_test(data_cache):
+    cfg = RunConfig(scale="smoke", steps=30, cache_dir=str(data_cache)).validate()
+    r = train_cell("transformer_tiny", "listops", 0, cfg, device="cpu", dtype="fp32")
+    assert r["status"] == "ok", r["error"]
+    m = r["metrics"]
+    assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["val_accuracy"] <= 1.0 and 1 <= m["best_step"] <= 30
+    assert r["provenance"].startswith("regenerated(seed=0") and r["train"]["total_steps"] == 30
+    assert r["kind"] == "accuracy" and r["higher_is_better"]["accuracy"] is True
+    again = train_cell("transformer_tiny", "listops", 0, cfg, device="cpu", dtype="fp32")
+    assert again["metrics"]["accuracy"] == m["accuracy"]  # seeded: identical
+    assert train_cell("transformer_tiny", "listops", 0, cfg, device="cpu", dtype="fp32",
+                      done_keys={r["cell_key"]}) is None
+
+
+def test_divergence_is_an_error_record(data_cache):
+    cfg = RunConfig(scale="smoke", steps=5, cache_dir=str(data_cache)).validate()
+    r = train_cell("t_nan", "listops", 0, cfg, device="cpu", dtype="fp32")
+    assert r["status"] == "error" and r["error"].startswith("diverged at step 1")
