@@ -7,7 +7,8 @@ Conventions (shared/spec/measurement.md §5.9, harness.md "Tables and reports"):
 - one line per model, the same colour for a model in every figure;
 - a cell that ran out of memory is drawn as an "OOM" cross above the model's line (there is no
   number to plot, and leaving it out would hide the failure); skipped cells are not drawn;
-- one panel per mode (train_step = forward + backward + optimizer step, forward = inference).
+- one panel per mode (train_step = forward + backward + optimizer step, forward = inference);
+- time plots draw the p20-p80 spread of the timed iterations as error bars around the median.
 """
 
 from __future__ import annotations
@@ -46,6 +47,32 @@ def _throughput(cells: pd.DataFrame) -> pd.Series:
     return cells["throughput_tokens_per_s"].fillna(derived)
 
 
+def si(value: float) -> str:
+    """Compact tick label: 0.5, 20, 300, 2k, 1.5M."""
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:g}{suffix}"
+    return f"{value:g}"
+
+
+def log_ticks(values) -> tuple[list, list]:
+    """Readable ticks for a log axis: the coarsest of 1 / 1-2-5 / 1-2-3-5-7 / 1..9 per decade that
+    puts 3 to 10 ticks on the data (plotly's own minor labels, '2' and '5' beside 10 and 100,
+    read as a muddle, and a narrow range would get a single label)."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v) and v > 0]
+    if not finite:
+        return [], []
+    low, high = min(finite) / 1.3, max(finite) * 1.3
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    for steps in ((1,), (1, 2, 5), (1, 2, 3, 5, 7), tuple(range(1, 10))):
+        ticks = [m * 10.0 ** e for e in decades for m in steps if low <= m * 10.0 ** e <= high]
+        if 3 <= len(ticks) <= 10:
+            break
+    if len(ticks) < 3:  # a very narrow range: evenly spaced (in log) ticks rounded to 2 digits
+        ticks = sorted({float(f"{t:.2g}") for t in np.geomspace(min(finite), max(finite), 4)})
+    return ticks, [si(t) for t in ticks]
+
+
 def _log2_axis(fig: go.Figure, lengths, **where) -> None:
     lengths = sorted({int(x) for x in lengths})
     fig.update_xaxes(type="log", tickvals=lengths, ticktext=[tables.length_label(x) for x in lengths],
@@ -69,12 +96,13 @@ def _style(fig: go.Figure, title: str) -> go.Figure:
     return fig
 
 
-def _oom_y(values: pd.Series, log: bool) -> float:
-    """Where OOM crosses sit: above the highest plotted value of the panel."""
-    finite = values[np.isfinite(values) & (values > 0)] if log else values[np.isfinite(values)]
+def _oom_y(values: pd.Series, below: bool = False) -> float:
+    """Where OOM crosses sit on a log axis: above the panel's highest value (time, memory), or
+    below its lowest where higher is better (throughput), so a cross never reads as a good value."""
+    finite = values[np.isfinite(values) & (values > 0)]
     if finite.empty:
         return 1.0
-    return float(finite.max()) * 1.6 if log else float(finite.max()) * 1.1
+    return float(finite.min()) / 1.6 if below else float(finite.max()) * 1.6
 
 
 def length_figure(df: pd.DataFrame, metric: str, slice_: dict | None = None,
@@ -92,9 +120,12 @@ def length_figure(df: pd.DataFrame, metric: str, slice_: dict | None = None,
         return None
     slice_ = slice_ or tables.speed_slices(tables.speed_cells(df))[0]
     keep = {k: v for k, v in slice_.items() if k != "mode"}
-    cells = _select_without_mode(cells, keep)  # every mode of the slice: one panel each
+    cells = tables.select_slice(cells, keep)  # every mode of the slice: one panel each
     if cells.empty:
         return None
+    if metric == "memory":  # the tables' unit: MiB when every peak is below 1 GiB
+        unit, divisor = tables.memory_unit(cells.loc[cells["status"] == "ok", column])
+        axis_title, scale = f"peak memory ({unit})", 1.0 / divisor
     cells = cells.assign(value=(_throughput(cells) if metric == "throughput" else cells[column]) * scale)
     modes = sorted(cells["mode"].dropna().unique(), key=lambda m: (m != "train_step", m))
     fig, col_of = _panels(modes)
@@ -105,7 +136,7 @@ def length_figure(df: pd.DataFrame, metric: str, slice_: dict | None = None,
     shown = set()
     for mode in modes:
         panel = cells[cells["mode"] == mode]
-        oom_at = _oom_y(panel.loc[panel["status"] == "ok", "value"], log=True)
+        oom_at = _oom_y(panel.loc[panel["status"] == "ok", "value"], below=metric == "throughput")
         for key, line in panel.groupby(group_keys, sort=False):
             model = key[0] if isinstance(key, tuple) else key
             run = key[1] if across_runs else None
@@ -114,8 +145,14 @@ def length_figure(df: pd.DataFrame, metric: str, slice_: dict | None = None,
             ok = line[(line["status"] == "ok") & np.isfinite(line["value"])]
             legend_first = name not in shown
             shown.add(name)
+            spread = None
+            if metric == "time":  # the p20-p80 spread of the timed iterations as error bars
+                spread = dict(type="data", symmetric=False, thickness=1.2, width=4,
+                              array=(ok["timing.p80_ms"] - ok["value"]).clip(lower=0).fillna(0).tolist(),
+                              arrayminus=(ok["value"] - ok["timing.p20_ms"]).clip(lower=0).fillna(0).tolist())
             fig.add_trace(go.Scatter(
                 x=ok["seq_len"], y=ok["value"], mode="lines+markers", name=name, legendgroup=name,
+                error_y=spread,
                 showlegend=legend_first,
                 line=dict(color=colors[model], dash=dash_of.get(run, "solid") if across_runs else "solid",
                           width=2),
@@ -126,27 +163,30 @@ def length_figure(df: pd.DataFrame, metric: str, slice_: dict | None = None,
             if len(oom):
                 fig.add_trace(go.Scatter(
                     x=oom["seq_len"], y=[oom_at] * len(oom), mode="markers+text", text=["OOM"] * len(oom),
-                    textposition="top center", textfont=dict(color=colors[model], size=11),
+                    textposition="bottom center" if metric == "throughput" else "top center",
+                    textfont=dict(color=colors[model], size=11),
                     name=f"{name}: OOM", legendgroup=name, showlegend=False,
                     marker=dict(symbol="x-thin-open", size=14, line=dict(width=3, color=colors[model]),
                                 color=colors[model]),
                     hovertemplate=f"{name}<br>L=%{{x}}: out of memory<extra></extra>",
                 ), row=1, col=col_of[mode])
         _log2_axis(fig, panel["seq_len"].dropna(), row=1, col=col_of[mode])
+        drawn = panel[panel["status"] == "ok"]
+        shown_values = list(drawn["value"]) + ([oom_at] if (panel["status"] == "oom").any() else [])
+        if metric == "time":
+            shown_values += list(drawn["timing.p20_ms"].dropna()) + list(drawn["timing.p80_ms"].dropna())
+        tickvals, ticktext = log_ticks(shown_values)
         fig.update_yaxes(type="log", title_text=axis_title if col_of[mode] == 1 else None,
-                         row=1, col=col_of[mode])
+                         tickvals=tickvals, ticktext=ticktext, row=1, col=col_of[mode])
+        if tickvals:  # the range must hold every tick, or plotly hides the outer ones
+            span = [v for v in shown_values + tickvals if np.isfinite(v) and v > 0]
+            fig.update_yaxes(range=[math.log10(min(span) / 1.15), math.log10(max(span) * 1.25)],
+                             row=1, col=col_of[mode])
     what = {"time": "Time per step", "throughput": "Throughput", "memory": "Peak memory"}[metric]
-    title = f"{what} vs sequence length — {tables.slice_text(keep).rsplit(', ', 1)[0]}"
+    title = f"{what} vs sequence length — {tables.slice_text(keep)}"
     if across_runs:
         title += " — across runs (dash = run)"
     return _style(fig, title)
-
-
-def _select_without_mode(cells: pd.DataFrame, keep: dict) -> pd.DataFrame:
-    mask = pd.Series(True, index=cells.index)
-    for key, value in keep.items():
-        mask &= cells[key].isna() if value is None else (cells[key] == value)
-    return cells[mask]
 
 
 def accuracy_vs_speed(df: pd.DataFrame, length: int = 4096, aggregate: bool = False) -> go.Figure | None:
@@ -192,7 +232,13 @@ def accuracy_vs_speed(df: pd.DataFrame, length: int = 4096, aggregate: bool = Fa
             hovertemplate=(f"{model}<br>time %{{x:.3s}} ms<br>accuracy %{{y:.1f}}%<br>"
                            f"peak memory {gib:.2f} GiB<extra></extra>"),
         ))
-    fig.update_xaxes(type="log", title_text=f"time per step at L={at} (ms, log; left is faster)")
+    times = [speed[m]["timing.median_ms"] for m in scores.index]
+    tickvals, ticktext = log_ticks(times)
+    span = [v for v in times + tickvals if np.isfinite(v) and v > 0]
+    fig.update_xaxes(type="log", title_text=f"time per step at L={at} (ms, log; left is faster)",
+                     tickvals=tickvals, ticktext=ticktext,
+                     range=[math.log10(min(span) / 1.3), math.log10(max(span) * 1.3)])
+    fig.update_layout(showlegend=False)  # every bubble carries its model name
     fig.update_yaxes(title_text=y_label)
     return _style(fig, f"Accuracy vs speed — bubble area = peak memory at L={at} "
                        f"({tables.slice_text(slice_)})")
@@ -218,7 +264,8 @@ def report_figures(df: pd.DataFrame, length: int = 4096, aggregate: bool = False
         if keep in seen:  # modes are panels of one figure
             continue
         seen.add(keep)
-        suffix = tables._slug("-".join(str(v) for _, v in keep))
+        suffix = tables._slug("-".join(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+                                       for _, v in keep))
         for metric in ("time", "throughput", "memory"):
             fig = length_figure(df, metric, dict(keep), aggregate=aggregate)
             if fig is not None:

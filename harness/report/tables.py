@@ -74,9 +74,9 @@ def fmt_ratio(value) -> str:
 
 
 def memory_unit(values) -> tuple[str, float]:
-    """GiB, or MiB when every value is below 0.1 GiB (tiny CPU models would read 0.00 GiB)."""
+    """GiB, or MiB when every value is below 1 GiB (tiny CPU models would read 0.01 GiB)."""
     finite = [v for v in values if v is not None and np.isfinite(v)]
-    if finite and max(finite) < 0.1 * GIB:
+    if finite and max(finite) < GIB:
         return "MiB", MIB
     return "GiB", GIB
 
@@ -199,20 +199,29 @@ def speed_slices(cells: pd.DataFrame) -> list[dict]:
 
 
 def select_slice(cells: pd.DataFrame, slice_: dict) -> pd.DataFrame:
+    """The cells matching every key given in `slice_` (leave `mode` out to keep all modes)."""
     mask = pd.Series(True, index=cells.index)
-    for key in SLICE_KEYS:
-        value = slice_.get(key)
+    for key, value in slice_.items():
         mask &= cells[key].isna() if value is None else (cells[key] == value)
     return cells[mask]
 
 
 def slice_text(slice_: dict) -> str:
-    """'text configuration, batch 4, bf16, cuda, train_step'."""
+    """'text configuration, batch 4, bf16, cuda, train_step' (mode only when the slice has one)."""
     batch = slice_.get("batch_size")
     parts = [f"{slice_.get('task') or '?'} configuration",
              f"batch {int(batch)}" if batch is not None and not pd.isna(batch) else "batch ?",
-             slice_.get("dtype") or "?", slice_.get("device") or "?", slice_.get("mode") or "?"]
+             slice_.get("dtype") or "?", slice_.get("device") or "?"]
+    if "mode" in slice_:
+        parts.append(slice_["mode"] or "?")
     return ", ".join(str(p) for p in parts)
+
+
+def slice_tag(slice_: dict) -> str:
+    """Short form for titles: 'text, train_step, bf16, cuda, b=4'."""
+    batch = slice_.get("batch_size")
+    batch = f"b={int(batch)}" if batch is not None and not pd.isna(batch) else "b=?"
+    return ", ".join(str(slice_.get(k) or "?") for k in ("task", "mode", "dtype", "device")) + f", {batch}"
 
 
 def nearest_length(lengths, target: int) -> int:
@@ -231,6 +240,8 @@ def reference_name(models, base: str) -> str | None:
 
 
 def _timing_protocol(cells: pd.DataFrame) -> str:
+    if "n_runs" in cells and (cells["n_runs"] > 1).any():
+        return "median over runs of each run's median (runs pooled)"
     warm = sorted({int(v) for v in cells["timing.n_warmup"].dropna()})
     iters = sorted({int(v) for v in cells["timing.n_iters"].dropna()})
     if not warm and not iters:
@@ -311,14 +322,12 @@ def _accuracy_cell(group: pd.DataFrame) -> tuple[str, float | None, str | None]:
 
 def _accuracy_frame(acc: pd.DataFrame, title: str, caption: str, with_avg: bool) -> pd.DataFrame:
     order = {t: i for i, t in enumerate(LRA_TASKS)}
-    columns = (acc[["column", "group", "task"]].drop_duplicates("column")
-               .assign(rank=lambda f: [(order.get(t, len(order)), _natural(c))
-                                       for t, c in zip(f["task"], f["column"])]))
-    lra_cols = [c for c, g, _ in sorted(zip(columns["column"], columns["group"], columns["rank"]),
-                                        key=lambda x: x[2]) if g in ("lra", "other")]
-    excluded = [c for c, g, _ in sorted(zip(columns["column"], columns["group"], columns["rank"]),
-                                        key=lambda x: x[2]) if g == "excluded"]
-    task_of = dict(zip(columns["column"], columns["task"]))
+    present = acc[["column", "group", "task"]].drop_duplicates("column")
+    task_of = dict(zip(present["column"], present["task"]))
+    group_of = dict(zip(present["column"], present["group"]))
+    ranked = sorted(task_of, key=lambda c: (order.get(task_of[c], len(order)), _natural(c)))  # LRA order
+    lra_cols = [c for c in ranked if group_of[c] in ("lra", "other")]
+    excluded = [c for c in ranked if group_of[c] == "excluded"]
     rows, values, tips = {}, {}, []
     for (model, column), group in acc.groupby(["model", "column"], sort=False):
         text, mean, tip = _accuracy_cell(group)
@@ -348,13 +357,13 @@ def _accuracy_frame(acc: pd.DataFrame, title: str, caption: str, with_avg: bool)
                      + (" (LRA rule: Path-X excluded)" if name == "Avg" else
                         " (Path-X included, as S4 and MEGA report)")
                      for name, used in avg_cols]
-            caption_avg = ("; ".join(parts) + "; n/a = a result is missing on one of these tasks. ")
+            caption_avg = " " + "; ".join(parts) + "; n/a = a result is missing on one of these tasks."
     if excluded:
-        caption_avg += ("Columns marked [stand-in: ...] are different data sets standing in for an "
-                        "LRA task: labelled, never in an average. ")
+        caption_avg += (" Columns marked [stand-in: ...] are different data sets standing in for an "
+                        "LRA task: labelled, never in an average.")
     all_cols = lra_cols + [name for name, _ in avg_cols] + excluded
     col_classes = {name: "avg" for name, _ in avg_cols} | {c: "standin" for c in excluded}
-    return _frame(rows, all_cols, title, caption_avg + caption, bold=_bold_best(values, True),
+    return _frame(rows, all_cols, title, caption + caption_avg, bold=_bold_best(values, True),
                   tips=tips, col_classes=col_classes)
 
 
@@ -364,8 +373,9 @@ def accuracy_table(df: pd.DataFrame, aggregate: bool = False) -> pd.DataFrame | 
     acc = acc[acc["group"] != "other"] if not acc.empty else acc
     if acc.empty:
         return None
-    pooled = "pooled over the selected runs" if aggregate else "latest run per (model, task, seed)"
-    caption = (f"Test accuracy (%), mean ± sample std over seeds, n = seeds ({pooled}); best per "
+    pooled = ("n = results pooled over the selected runs" if aggregate else
+              "n = seeds, latest run per (model, task, seed)")
+    caption = (f"Test accuracy (%), mean ± sample std over seeds ({pooled}); best per "
                f"column in bold; FAIL = the run errored, OOM = out of memory, n/a = unavailable.")
     return _accuracy_frame(acc, "Long Range Arena accuracy", caption, with_avg=True)
 
@@ -440,7 +450,7 @@ def efficiency_table(df: pd.DataFrame, length: int = 4096, slice_: dict | None =
                f"{_memory_definition(cells)}. Speed-up = reference time / model time; memory = model "
                f"peak / reference peak (the MEGA paper's Table 2 ratios). {ref_text}. "
                f"Best time and memory in bold.")
-    title = f"Efficiency at {length_label(at)} ({slice_.get('task')}, {slice_.get('mode')})"
+    title = f"Efficiency at {length_label(at)} ({slice_tag(slice_)})"
     return _frame(rows, columns, title, caption, bold=_bold_best(values, False), tips=tips)
 
 
@@ -474,7 +484,7 @@ def length_tables(df: pd.DataFrame, slice_: dict | None = None,
         what = _timing_protocol(cells) if metric == "timing.median_ms" else _memory_definition(cells)
         caption = (f"{slice_text(slice_)}; {what}. OOM = out of memory; skipped = not run after an "
                    f"OOM at a shorter length; n/a = unavailable; FAIL = error. Best per length in bold.")
-        tables.append(_frame(rows, columns, f"{title} ({slice_.get('task')}, {slice_.get('mode')})",
+        tables.append(_frame(rows, columns, f"{title} ({slice_tag(slice_)})",
                              caption, bold=_bold_best(values, False), tips=tips,
                              index_name="Model \\ L"))
     return tables
@@ -505,8 +515,9 @@ def _markdown(df: pd.DataFrame) -> str:
     bold = {tuple(b) for b in df.attrs.get("bold", [])}
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     header = [df.index.name or ""] + [str(c) for c in df.columns]
+    left = set(df.attrs.get("left_columns", []))  # text columns; numbers align right
     lines = ["| " + " | ".join(esc(h) for h in header) + " |",
-             "|" + "|".join([":---"] + ["---:"] * len(df.columns)) + "|"]
+             "|" + "|".join([":---"] + [":---" if c in left else "---:" for c in df.columns]) + "|"]
     for model, row in df.iterrows():
         cells = [esc(model)] + [f"**{esc(v)}**" if (model, c) in bold else esc(v)
                                 for c, v in row.items()]
@@ -561,7 +572,8 @@ def _html(df: pd.DataFrame) -> str:
         out.append(f"<h3>{esc(title)}</h3>")
     out.append('<div class="table-scroll"><table class="results">')
     out.append("<thead><tr>" + f'<th class="rowhead">{esc(df.index.name or "")}</th>' + "".join(
-        f'<th class="{esc(classes.get(c, "num"))}">{esc(c)}</th>' for c in df.columns) + "</tr></thead>")
+        f'<th class="{esc(classes.get(c, "num"))}">{esc(c).replace("_", "_<wbr>")}</th>'  # wrap long names
+        for c in df.columns) + "</tr></thead>")
     out.append("<tbody>")
     for model, row in df.iterrows():
         cells = [f'<th scope="row" class="rowhead">{esc(model)}</th>']
@@ -590,6 +602,15 @@ def render(df: pd.DataFrame, fmt: str = "markdown") -> str:
     if fmt == "html":
         return _html(df)
     raise UserError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+
+
+def render_all(records: pd.DataFrame, fmt: str = "markdown", length: int = 4096,
+               aggregate: bool = False) -> str:
+    """Every table of `records` (a `load_records` frame) rendered in `fmt`, in reading order."""
+    table_list = all_tables(records, length=length, aggregate=aggregate)
+    if not table_list:
+        return "(no results to tabulate)\n"
+    return "\n".join(render(t, fmt) for t in table_list)
 
 
 def to_json(df: pd.DataFrame) -> dict:

@@ -1,0 +1,150 @@
+"""The reporting subcommands: `table`, `report`, `compare`.
+
+`add_commands(subparsers)` adds them to the harness CLI; each parser's `func(args)` returns the exit
+code. Mistakes a user can fix (unknown run ids, bad lengths, unwritable paths) raise UserError,
+which the harness CLI prints as one line. Shared flags (--results-dir, --quiet, --json, --include)
+come from `harness.config.RunConfig`, the one source of defaults and help text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from harness.config import add_arguments, parse_int_list, positive_float
+from harness.errors import UserError
+
+# pandas, plotly and jinja2 are imported inside the commands: building the parser stays cheap for
+# every other harness command.
+FORMATS = ("markdown", "latex", "html")
+
+
+def _length(args) -> int:
+    return parse_int_list("length", str(args.length))[0]
+
+
+def _runs_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", nargs="+", metavar="RUN", default=None,
+                        help="run ids to include (space or comma separated; default: every run)")
+
+
+def _length_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--length", default="4096", metavar="L",
+                        help="sequence length of the efficiency table (default: 4096; the nearest "
+                             "measured length is used, and stated, when it was not measured)")
+
+
+def _aggregate_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--aggregate", action="store_true",
+                        help="pool a cell measured by several runs (median over runs, seeds pooled) "
+                             "instead of showing the latest run's record")
+
+
+def cmd_table(args) -> int:
+    from harness.report import tables
+    from harness.report.html import banner_line, resolve_runs
+    from harness.store import RunStore, load_records
+
+    run_ids = resolve_runs(args.results_dir, args.runs)
+    records = load_records(args.results_dir, run_ids or None)
+    if records.empty:
+        print(f"no results in {args.results_dir}")
+        return 1
+    table_list = tables.all_tables(records, length=_length(args), aggregate=args.aggregate)
+    if args.json:
+        print(json.dumps([tables.to_json(t) for t in table_list], indent=2))
+        return 0
+    manifests = RunStore(args.results_dir).manifests(sorted(set(records["run_id"].dropna())))
+    banner = "\n".join(banner_line(m) for m in manifests)
+    if args.format == "markdown":
+        print("\n".join(f"> {line}" for line in banner.splitlines()) + "\n")
+    elif args.format == "latex":
+        print("\n".join(f"% {line}" for line in banner.splitlines()) + "\n")
+    else:
+        print("<!-- " + banner.replace("--", "- -") + " -->")
+    print("\n".join(tables.render(t, args.format) for t in table_list))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from harness.report.html import default_report_path, resolve_runs, write_report
+
+    run_ids = resolve_runs(args.results_dir, args.runs)
+    if not run_ids:
+        raise UserError(f"no results in {args.results_dir}: nothing to report; run `python -m harness "
+                        f"run` first or point --results-dir at a results folder", exit_code=1)
+    out = Path(args.out) if args.out else default_report_path(run_ids)
+    path = write_report(args.results_dir, run_ids, out, length=_length(args), aggregate=args.aggregate,
+                        quiet=args.quiet)
+    print(json.dumps({"report": str(path)}) if args.json else path)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from harness.report.compare import compare_runs, format_comparison
+
+    threshold = positive_float("threshold", args.threshold)
+    frame, n_regressions = compare_runs(args.results_dir, args.run_a, args.run_b, threshold)
+    if args.json:
+        print(frame.to_json(orient="records", indent=2))
+    else:
+        text = format_comparison(frame, args.run_a, args.run_b, threshold)
+        print(text.strip().splitlines()[-1] if args.quiet else text.rstrip())
+    return 1 if n_regressions else 0
+
+
+def add_commands(subparsers) -> None:
+    """Add `table`, `report` and `compare` to the harness's argparse subparsers."""
+    table = subparsers.add_parser(
+        "table", help="print the accuracy, efficiency and by-length tables of stored results",
+        description="Print LRA-style accuracy, paper Table 2 efficiency and speed/memory by length "
+                    "tables from stored results (latest run per cell unless --aggregate).")
+    _runs_arg(table)
+    table.add_argument("--format", choices=FORMATS, default="markdown",
+                       help="output format (default: markdown)")
+    _length_arg(table)
+    _aggregate_arg(table)
+    add_arguments(table, "table")
+    table.set_defaults(func=cmd_table)
+
+    report = subparsers.add_parser(
+        "report", help="write a self-contained HTML report (plus .md and .tex tables)",
+        description="Write a self-contained HTML report with environment banner, methodology, "
+                    "tables, plots and provenance; Markdown and LaTeX copies of the tables go next to it.")
+    _runs_arg(report)
+    report.add_argument("--out", default=None, metavar="reports/NAME.html",
+                        help="where to write the report (default: reports/report-<latest run id>.html)")
+    _length_arg(report)
+    _aggregate_arg(report)
+    add_arguments(report, "report")
+    report.set_defaults(func=cmd_report)
+
+    compare = subparsers.add_parser(
+        "compare", help="compare two runs cell by cell; exit 1 on a regression",
+        description="Per matching cell: change of median time, peak memory and accuracy from RUN_A "
+                    "to RUN_B with a verdict (better / worse / within noise / not comparable). "
+                    "Exit status 1 when a cell got worse by more than --threshold percent.")
+    compare.add_argument("run_a", metavar="RUN_A", help="the baseline run id")
+    compare.add_argument("run_b", metavar="RUN_B", help="the run to check against it")
+    compare.add_argument("--threshold", default=10.0, metavar="PCT",
+                         help="percent change beyond which 'worse' is a regression (default: 10)")
+    add_arguments(compare, "compare")
+    compare.set_defaults(func=cmd_compare)
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry for these three commands (the harness CLI wires the same parsers)."""
+    parser = argparse.ArgumentParser(prog="python -m harness.report.cli")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""The self-contained HTML report: environment banner, tables, plots, methodology and provenance
+in one file that opens offline (plotly.js is inlined once; figures are `Plotly.newPlot` calls), plus
+Markdown and LaTeX copies of the tables next to it and, when kaleido and a Chrome/Chromium are
+installed, PNG copies of the figures.
+
+The page is rendered by jinja2 with autoescaping (`templates/report.html`); only fragments this
+package builds itself (tables escaped by `tables.render`, plotly's figure divs) are marked safe.
+No script or stylesheet is loaded from anywhere else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+
+from harness.errors import UserError
+from harness.report import plots, tables
+from harness.store import RunStore, load_records
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+# -- selecting runs ---------------------------------------------------------------------------------
+
+def resolve_runs(results_dir, runs: list[str] | None) -> list[str]:
+    """The run ids to report (all when `runs` is empty); an unknown id is a UserError naming the
+    available runs."""
+    store = RunStore(results_dir)
+    available = store.run_ids()
+    if not runs:
+        return available
+    wanted = [r.strip() for item in runs for r in str(item).split(",") if r.strip()]
+    missing = [r for r in wanted if r not in available]
+    if missing:
+        shown = ", ".join(available[-20:]) + (f" (and {len(available) - 20} earlier)"
+                                              if len(available) > 20 else "")
+        raise UserError(f"run {', '.join(missing)} not found in {store.root}; available runs: "
+                        f"{shown or 'none (run `python -m harness run` first)'}", exit_code=2)
+    return list(dict.fromkeys(wanted))
+
+
+# -- banner, methodology and provenance -------------------------------------------------------------
+
+def _gib(n) -> str:
+    return f"{n / tables.GIB:.0f} GiB" if isinstance(n, (int, float)) and n else "?"
+
+
+def when(stamp) -> str:
+    """ISO time -> '2026-03-01 09:00 UTC' (the raw text when it does not parse)."""
+    if not stamp:
+        return "?"
+    try:
+        moment = dt.datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return str(stamp)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def environment_summary(manifest: dict) -> dict:
+    """The banner facts of one run, as short strings."""
+    env = manifest.get("environment") or {}
+    gpus = env.get("gpus") or []
+    if gpus:
+        first = gpus[0]
+        gpu = f"{first.get('name')} ({_gib(first.get('memory_total_bytes'))}, driver {first.get('driver')})"
+        if len(gpus) > 1:
+            gpu += f" ×{len(gpus)}"
+    elif env.get("cuda_device"):
+        gpu = env["cuda_device"]
+    else:
+        gpu = "none (CPU only)"
+    sha = manifest.get("git_sha") or (env.get("git") or {}).get("sha")
+    dirty = manifest.get("git_dirty")
+    if dirty is None:
+        dirty = (env.get("git") or {}).get("dirty")
+    git = (sha[:12] if sha else "unknown") + (" (dirty: uncommitted changes)" if dirty else "")
+    cpu = env.get("cpu") or "?"
+    if env.get("cpu_count"):
+        cpu += f", {env['cpu_count']} cores"
+    if env.get("torch_threads"):
+        cpu += f", {env['torch_threads']} torch threads"
+    if env.get("ram_bytes"):
+        cpu += f", {_gib(env['ram_bytes'])} RAM"
+    return {
+        "run_id": manifest.get("run_id", "?"), "status": manifest.get("status") or "?",
+        "gpu": gpu, "cpu": cpu, "torch": env.get("torch") or "?",
+        "cuda": env.get("cuda") or "none", "cudnn": env.get("cudnn") or "none",
+        "python": env.get("python") or "?", "platform": env.get("platform") or "?",
+        "host": env.get("hostname") or "?", "git": git, "git_sha": sha, "git_dirty": bool(dirty),
+        "harness": manifest.get("harness_version") or env.get("harness_version") or "?",
+        "started": when(manifest.get("started")),
+        "finished": when(manifest.get("finished")) if manifest.get("finished") else "not finished",
+        "command": " ".join(manifest.get("command") or []) or "?",
+        "config": json.dumps(manifest.get("config") or {}, indent=2, sort_keys=True, default=str),
+        "packages": ", ".join(f"{k} {v}" for k, v in sorted((env.get("packages") or {}).items()) if v),
+    }
+
+
+def banner_line(manifest: dict) -> str:
+    """One line for text output: 'run ID: GPU · CPU · torch · CUDA · git'."""
+    e = environment_summary(manifest)
+    return (f"run {e['run_id']} ({e['started']}): GPU {e['gpu']} · CPU {e['cpu']} · torch {e['torch']} · "
+            f"CUDA {e['cuda']} · git {e['git']}")
+
+
+def methodology(df: pd.DataFrame, manifests: list[dict]) -> list[str]:
+    """The measurement protocol in words, with the numbers these runs actually used."""
+    speed = df[df["kind"] == "speed"]
+    warm = sorted({int(v) for v in speed["timing.n_warmup"].dropna()})
+    iters = sorted({int(v) for v in speed["timing.n_iters"].dropna()})
+    join = lambda values, default: "/".join(map(str, values)) if values else default  # noqa: E731
+    devices = sorted(set(speed["device"].dropna()))
+    configs = [m.get("config") or {} for m in manifests]
+    isolation = sorted({str(c.get("isolation")) for c in configs if c.get("isolation")})
+    threads = sorted({str(c.get("threads")) for c in configs if c.get("threads")})
+    text = [
+        "A speed cell is (model, task configuration, sequence length, batch, dtype, mode). "
+        "train_step = forward + backward + optimizer step (the papers' training speed); "
+        "forward = inference.",
+        "Inputs, model and optimizer are built before timing. Each cell runs "
+        f"{join(warm, 'at least 3')} warm-up iterations, then {join(iters, 'at least 10')} timed "
+        "iterations. Tables show the median; time plots add the p20-p80 spread as error bars; the "
+        "stored records keep every raw sample.",
+        "GPU timing: one CUDA event pair per iteration, synchronised once at the end. CPU timing: "
+        "time.perf_counter around each iteration with a fixed torch.set_num_threads"
+        + (f" ({', '.join(threads)} threads)" if threads else "") + ".",
+        "Peak memory on GPU: torch.cuda.reset_peak_memory_stats() after the build, then "
+        "torch.cuda.max_memory_allocated() (activations, gradients and optimizer state; allocator "
+        "cache excluded), with max_memory_reserved() and the NVML process footprint stored beside it. "
+        "On CPU: the increase of the process's peak resident set during the timed iterations.",
+        "Isolation: on GPU every cell runs in a fresh subprocess by default, so peak statistics, "
+        "allocator fragmentation and a poisoned CUDA context cannot leak into the next cell"
+        + (f" (isolation used: {', '.join(isolation)})" if isolation else "") + ".",
+        "Lengths are swept in ascending order. A cell that runs out of memory is recorded as OOM and "
+        "the model's longer lengths as skipped; any other exception, or a non-finite output or loss, "
+        "is recorded as FAIL with its message (hover a cell to read it). A missing number is never 0.",
+        "Accuracy: test accuracy of each (model, task, seed), shown as mean ± sample standard deviation "
+        "over seeds with the seed count. Only real LRA data (official release, the user's copy, or a "
+        "faithful regeneration) counts in the LRA average; stand-in data sets are labelled and kept "
+        "apart. LRA is a diagnostic of long-range modelling, not a proof of it.",
+    ]
+    if devices:
+        text.append(f"Devices measured: {', '.join(devices)}.")
+    return text
+
+
+def data_origins(df: pd.DataFrame) -> list[dict]:
+    """Per task and provenance: whether it counts as real LRA data, and which models used it."""
+    acc = df[df["kind"] == "accuracy"]
+    out = []
+    for (task, provenance), group in acc.groupby(["task", "provenance"], dropna=False, sort=True):
+        label, group_name = tables.accuracy_column(task, provenance)
+        out.append({
+            "task": task, "provenance": provenance if isinstance(provenance, str) else "unknown",
+            "column": label,
+            "counted": ("yes" if group_name == "lra" else
+                        "no (not an LRA task)" if group_name == "other" else "no (not real LRA data)"),
+            "version": ", ".join(sorted({str(v) for v in group["task_version"].dropna()})) or "?",
+            "models": ", ".join(sorted(set(group["model"].dropna()), key=tables._natural)),
+        })
+    order = {t: i for i, t in enumerate(tables.LRA_TASKS)}
+    return sorted(out, key=lambda o: (order.get(o["task"], len(order)), o["task"], o["provenance"]))
+
+
+# -- static images ----------------------------------------------------------------------------------
+
+def find_browser() -> str | None:
+    """A Chrome/Chromium for kaleido: BROWSER_PATH, else a known name on PATH."""
+    path = os.environ.get("BROWSER_PATH")
+    if path and Path(path).is_file():
+        return path
+    for name in BROWSER_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def export_images(figures: list[tuple], out_dir: Path) -> tuple[list[Path], str | None]:
+    """PNG copies of the figures through kaleido (one browser for all). Returns (paths, message);
+    the message says in one line why images were skipped, or None."""
+    if not figures:
+        return [], None
+    if importlib.util.find_spec("kaleido") is None:
+        return [], ("static images skipped: kaleido is not installed "
+                    "(pip install 'lsm-harness[images]' for PNG copies of the plots)")
+    browser = find_browser()
+    if browser is None:
+        return [], ("static images skipped: no Chrome/Chromium found "
+                    "(install chromium or set BROWSER_PATH for PNG copies of the plots)")
+    import plotly.io as pio
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{fig_id}.png" for fig_id, _, _ in figures]
+    previous = os.environ.get("BROWSER_PATH")
+    os.environ["BROWSER_PATH"] = browser  # kaleido's choreographer reads it
+    try:
+        pio.write_images([fig for _, _, fig in figures], paths, format="png", scale=2)
+    except Exception as exc:  # an export problem must not cost the report
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return [], f"static images skipped: kaleido failed ({first_line})"
+    finally:
+        if previous is None:
+            os.environ.pop("BROWSER_PATH", None)
+        else:
+            os.environ["BROWSER_PATH"] = previous
+    return paths, None
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+def _text_copy(table_list: list, fmt: str, banners: list[str]) -> str:
+    if fmt == "markdown":
+        head = "# Benchmark tables\n\n" + "".join(f"- {b}\n" for b in banners) + "\n"
+        return head + "\n".join(tables.render(t, "markdown") for t in table_list)
+    head = ("% Benchmark tables; needs \\usepackage{booktabs}\n"
+            + "".join(f"% {b}\n" for b in banners) + "\n")
+    return head + "\n".join(tables.render(t, "latex") for t in table_list)
+
+
+def default_report_path(run_ids: list[str]) -> Path:
+    """reports/report-<latest run id>.html, relative to the working directory."""
+    return Path("reports") / f"report-{run_ids[-1] if run_ids else 'empty'}.html"
+
+
+def write_report(results_dir, runs: list[str] | None, out_path=None, length: int = 4096,
+                 aggregate: bool = False, images: bool | None = None, quiet: bool = False) -> Path:
+    """Write the HTML report of `runs` (all runs when None) to `out_path` (None: the default
+    `reports/report-<latest run id>.html`), with `<name>.md` and `<name>.tex` copies of the
+    tables beside it. `images`: PNGs of the figures via kaleido (None = when kaleido and a
+    browser are available; a one-line note on stderr otherwise)."""
+    run_ids = resolve_runs(results_dir, runs)
+    records = load_records(results_dir, run_ids or None)
+    if records.empty:
+        raise UserError(f"no results in {results_dir}: nothing to report; run `python -m harness run` "
+                        f"first or point --results-dir at a results folder", exit_code=1)
+    df = tables.prepare(records)
+    run_ids = [r for r in run_ids if r in set(df["run_id"])] or run_ids
+    manifests = RunStore(results_dir).manifests(run_ids)
+    summaries = [environment_summary(m) for m in manifests]
+
+    table_list = tables.all_tables(records, length=length, aggregate=aggregate)
+    figures = plots.report_figures(records, length=length, aggregate=aggregate)
+
+    out_path = Path(out_path) if out_path else default_report_path(run_ids)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out_path}: cannot create its folder ({exc.strerror or exc})", exit_code=1)
+    banners = [banner_line(m) for m in manifests]
+    from plotly.offline import get_plotlyjs
+
+    plot_config = {"displaylogo": False, "responsive": True,
+                   "toImageButtonOptions": {"format": "png", "scale": 2}}
+    figure_html = [{"id": fig_id, "title": title,
+                    "html": Markup(fig.to_html(full_html=False, include_plotlyjs=False, div_id=fig_id,
+                                               config=plot_config, default_height=f"{plots.HEIGHT}px"))}
+                   for fig_id, title, fig in figures]
+    sections = [{"id": "table-" + tables._slug(t.attrs.get("title", "")), "title": t.attrs.get("title", ""),
+                 "html": Markup(tables.render(t, "html"))} for t in table_list]
+    template = Environment(loader=FileSystemLoader(str(TEMPLATES)),
+                           autoescape=select_autoescape(["html"])).get_template("report.html")
+    latest = summaries[-1] if summaries else environment_summary({})
+    page = template.render(
+        title="Long-sequence benchmark report",
+        generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        latest=latest, runs=summaries, n_records=len(df),
+        n_models=df["model"].nunique(), models=sorted(set(df["model"].dropna()), key=tables._natural),
+        tables=sections, figures=figure_html, methodology=methodology(df, manifests),
+        origins=data_origins(df), length=length, aggregate=aggregate,
+        plotlyjs=Markup(get_plotlyjs()),
+    )
+    try:
+        out_path.write_text(page, encoding="utf-8")
+        out_path.with_suffix(".md").write_text(_text_copy(table_list, "markdown", banners), encoding="utf-8")
+        out_path.with_suffix(".tex").write_text(_text_copy(table_list, "latex", banners), encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"--out {out_path}: cannot write the report ({exc.strerror or exc})", exit_code=1)
+
+    if images is not False:
+        _, message = export_images(figures, out_path.with_name(out_path.stem + "-figures"))
+        if message and not quiet:
+            print(message, file=sys.stderr)
+    return out_path
