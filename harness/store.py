@@ -47,8 +47,9 @@ def utc_now() -> str:
 
 
 def new_run_id() -> str:
-    """Sortable by start time, unique across concurrent starts."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+    """Sortable by start time (to the millisecond), unique across concurrent starts."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return now.strftime("%Y%m%d-%H%M%S-") + f"{now.microsecond // 1000:03d}" + secrets.token_hex(2)
 
 
 def config_hash(config: dict) -> str:
