@@ -29,12 +29,51 @@ def _progress(total: int, desc: str, quiet: bool):
 
 
 def _load_plugins(config_or_args) -> None:
-    from harness.registry import MODELS, TASKS, include_file
+    """Import --include files. A plugin that raises on import is reported and recorded; the rest run."""
+    from harness.registry import MODELS, TASKS, PluginImportError, include_file
 
-    for path in getattr(config_or_args, "include", None) or []:
-        include_file(path)
     MODELS.ensure_loaded()
     TASKS.ensure_loaded()
+    for path in getattr(config_or_args, "include", None) or []:
+        try:
+            include_file(path)
+        except PluginImportError as exc:
+            MODELS.load_errors[str(path)] = str(exc)
+            if not getattr(config_or_args, "quiet", False):
+                print(f"warning: {exc}", file=sys.stderr)
+
+
+def _resolve_models(config: RunConfig) -> tuple[list[str], dict]:
+    """(runnable model names, {requested name: why it cannot run}).
+
+    An unknown name is a usage error (did-you-mean, exit 2) unless a plugin failed to import, in
+    which case the name is most likely that plugin's: it gets an `error` record and the others run.
+    """
+    from harness.registry import MODELS
+
+    if not MODELS.load_errors:
+        return MODELS.resolve(config.models), {}
+    models, broken = [], {}
+    for item in [m.strip() for m in config.models.split(",") if m.strip()]:
+        try:
+            models.extend(n for n in MODELS.resolve(item) if n not in models)
+        except UserError:
+            broken[item] = "not registered; plugin import failed: " + "; ".join(MODELS.load_errors.values())
+    if not models and not broken:
+        raise UserError("--models is empty: give one or more model names")
+    return models, broken
+
+
+def _record_broken(run, broken: dict, tasks: list[str], config: RunConfig, device: str, dtype: str) -> None:
+    from harness.store import make_record
+
+    for name, reason in broken.items():
+        cells = [dict(kind="accuracy", task=t, mode="train") for t in tasks]
+        if not config.skip_bench:
+            cells += [dict(kind="speed", task=config.bench_task, mode=mode, seq_len=L, batch_size=config.bench_batch)
+                      for mode in config.mode_list for L in config.length_list]
+        for cell in cells:
+            run.append(make_record(model=name, status="error", error=reason, device=device, dtype=dtype, **cell))
 
 
 def _train_name(model: str, config: RunConfig) -> str:
@@ -64,10 +103,12 @@ def _open_run(config: RunConfig, command: list[str]):
 
 def _speed_cells(config: RunConfig, models: list[str], device: str, dtype: str):
     from harness.bench import Cell
+    from harness.registry import MODELS
 
+    includes = [p for p in config.include if str(p) not in MODELS.load_errors]  # the child re-imports them
     return [Cell(model=m, task=config.bench_task, seq_len=L, batch_size=config.bench_batch, dtype=dtype,
                  device=device, mode=mode, warmup=config.warmup, iters=config.iters, threads=config.threads,
-                 includes=list(config.include))
+                 includes=includes)
             for m in models for mode in config.mode_list for L in config.length_list]
 
 
@@ -150,11 +191,11 @@ def _interruptible(run, body) -> int:
 
 def cmd_run(args) -> int:
     from harness.env import resolve_device, resolve_dtype
-    from harness.registry import MODELS, TASKS
+    from harness.registry import TASKS
 
     config = config_from_args(args)
     _load_plugins(config)
-    models = MODELS.resolve(config.models)
+    models, broken = _resolve_models(config)
     tasks = TASKS.resolve(config.tasks) if not config.skip_train else []
     TASKS.get(config.bench_task)
     device = resolve_device(config.device)
@@ -165,6 +206,7 @@ def cmd_run(args) -> int:
               f"scale {config.scale}; {device} {dtype}; results in {run.dir}", file=sys.stderr)
 
     def body():
+        _record_broken(run, broken, tasks, config, device, dtype)
         if not config.skip_train:
             _train(config, run, models, tasks, device, dtype)
         if not config.skip_bench:
@@ -185,11 +227,11 @@ def cmd_run(args) -> int:
 
 def cmd_bench(args) -> int:
     from harness.env import resolve_device, resolve_dtype
-    from harness.registry import MODELS, TASKS
+    from harness.registry import TASKS
 
     config = config_from_args(args)
     _load_plugins(config)
-    models = MODELS.resolve(config.models)
+    models, broken = _resolve_models(config)
     TASKS.get(config.bench_task)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
@@ -198,7 +240,8 @@ def cmd_bench(args) -> int:
         print(f"run {run.run_id}: speed/memory of {', '.join(models)} with the {config.bench_task} "
               f"configurations at L={','.join(map(str, config.length_list))}, batch {config.bench_batch}, "
               f"{device} {dtype}, {','.join(config.mode_list)}", file=sys.stderr)
-    code = _interruptible(run, lambda: _bench(config, run, models, device, dtype))
+    code = _interruptible(run, lambda: (_record_broken(run, broken, [], config, device, dtype),
+                                        _bench(config, run, models, device, dtype)))
     if code:
         return code
     _print_tables(config, run.run_id)

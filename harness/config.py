@@ -135,6 +135,8 @@ class RunConfig:
     threads: int = _opt("torch CPU threads for timing (default: all cores)", metavar="N")
     cell_timeout: float = _opt("seconds after which a cell is stopped and recorded as error: timeout",
                                metavar="SECONDS")
+    checkpoint_every: int = _opt("training steps between resumable checkpoints (default: none at smoke "
+                                 "scale, every 500 steps otherwise)", commands=("run",), metavar="N")
     results_dir: str = _opt("where runs are stored", commands=ALL, default="results", metavar="DIR")
     data_dir: str = _opt("folder with real data (e.g. the LRA release); missing data uses "
                          "regenerated data or labelled stand-ins", commands=("run",), metavar="DIR")
@@ -171,6 +173,8 @@ class RunConfig:
             self.steps = positive_int("steps", self.steps)
         if self.lr is not None:
             self.lr = positive_float("lr", self.lr)
+        if self.checkpoint_every is not None:
+            self.checkpoint_every = positive_int("checkpoint-every", self.checkpoint_every)
         if self.threads is not None:
             self.threads = positive_int("threads", self.threads)
         if self.cell_timeout is not None:

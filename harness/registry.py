@@ -41,6 +41,13 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
+class PluginImportError(UserError):
+    """A plugin file or entry point raised while importing (the run records it and goes on)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=1)
+
+
 def _caller_origin(depth: int = 2) -> str:
     frame = inspect.stack()[depth]
     return f"{frame.filename}:{frame.lineno}"
@@ -178,6 +185,8 @@ class Registry:
         names = self.names()
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        if self.load_errors:
+            hint += f"(plugins that failed to load: {'; '.join(self.load_errors)}) "
         return (
             f"unknown {self.kind} '{name}': {hint}available: {', '.join(names)} "
             f"(see `python -m harness ls`)"
@@ -316,7 +325,5 @@ def include_file(path: str | Path) -> None:
         raise
     except Exception as exc:
         del sys.modules[module_name]
-        raise UserError(
-            f"--include {path}: the plugin failed to import: {type(exc).__name__}: {exc}",
-            exit_code=1,
-        ) from exc
+        raise PluginImportError(
+            f"--include {path}: the plugin failed to import: {type(exc).__name__}: {exc}") from exc

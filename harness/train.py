@@ -74,7 +74,10 @@ def resolve_settings(model_name: str, task_name: str, config: RunConfig) -> Trai
     s.warmup_steps = min(s.warmup_steps, s.total_steps)
     s.eval_every = scale.eval_every or max(1, s.total_steps // 20)
     s.eval_every = min(s.eval_every, s.total_steps)
-    s.checkpoint_every = 0 if scale.name == "smoke" else max(s.eval_every, 500)
+    if config.checkpoint_every is not None:
+        s.checkpoint_every = config.checkpoint_every
+    else:
+        s.checkpoint_every = 0 if scale.name == "smoke" else max(s.eval_every, 500)
     s.eval_batch_size = max(s.batch_size, 16)
     return s
 
@@ -117,7 +120,11 @@ def _typed(batch: dict) -> dict:
 
 
 class Diverged(RuntimeError):
-    pass
+    """A non-finite training loss."""
+
+
+class CellTimeout(RuntimeError):
+    """The cell ran past --cell-timeout."""
 
 
 def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *, device: str, dtype: str,
@@ -157,8 +164,8 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
     started = time.perf_counter()
     try:
         result = _fit(model_name, task_name, seed, splits, settings, torch.device(device), dtype,
-                      ckpt_path, progress, config.threads)
-    except Diverged as exc:
+                      ckpt_path, progress, config.threads, config.cell_timeout)
+    except (Diverged, CellTimeout) as exc:
         return make_record(status="error", error=str(exc), **base)
     except Exception as exc:  # plugin faults and OOM become records; the run goes on
         return make_record(status="oom" if is_oom(exc) else "error", error=short_error(exc), **base)
@@ -170,7 +177,9 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
     return make_record(status="ok", n_params=result["n_params"], metrics=metrics, **base)
 
 
-def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, ckpt_path, progress, threads):
+def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, ckpt_path, progress, threads,
+         timeout=None):
+    deadline = time.perf_counter() + timeout if timeout else None
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -188,6 +197,9 @@ def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, c
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])  # dropout masks continue exactly where they stopped
+        if saved.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
         state.update(saved["state"])
     model.train()
     while state["step"] < s.total_steps:
@@ -220,16 +232,20 @@ def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, c
                 state.update(best_val=val_acc, best_step=state["step"],
                              best_weights={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
         if ckpt_path is not None and state["step"] % s.checkpoint_every == 0 and state["step"] < s.total_steps:
-            _save_checkpoint(ckpt_path, model, optimizer, scheduler, generator, state)
+            _save_checkpoint(ckpt_path, model, optimizer, scheduler, generator, state, device)
+        if deadline is not None and time.perf_counter() > deadline:
+            raise CellTimeout(f"timeout: training exceeded --cell-timeout {timeout:g} s at step {state['step']}")
     model.load_state_dict(state["best_weights"])
     test_acc, test_loss = evaluate(model, splits["test"], device, dtype, s.eval_batch_size)
     return dict(test_acc=test_acc, test_loss=test_loss, best_val_acc=state["best_val"],
                 best_step=state["best_step"], n_params=count_parameters(model))
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, generator, state) -> None:
+def _save_checkpoint(path: Path, model, optimizer, scheduler, generator, state, device) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    generator=generator.get_state(), state=copy.copy(state)), tmp)
+                    generator=generator.get_state(), torch_rng=torch.get_rng_state(),
+                    cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    state=copy.copy(state)), tmp)
     os.replace(tmp, path)

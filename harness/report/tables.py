@@ -168,7 +168,7 @@ def latest(df: pd.DataFrame, keys) -> pd.DataFrame:
 def speed_cells(df: pd.DataFrame, aggregate: bool = False) -> pd.DataFrame:
     """Speed records, one per cell. `aggregate=True` pools runs: the median over runs of the
     per-run medians (and of p20, p80, peak memory, throughput); status ok if any run was ok."""
-    speed = df[df["kind"] == "speed"]
+    speed = df[(df["kind"] == "speed") & df["seq_len"].notna()]  # a cell without a length has no column
     if speed.empty or not aggregate:
         return latest(speed, SPEED_KEYS)
     rows = []
