@@ -287,6 +287,9 @@ def cmd_ls(args) -> int:
                               splits="/".join(str(spec.splits.get(s, "?")) for s in ("train", "val", "test")),
                               metric=spec.metric, lra="yes" if spec.lra else "no", version=spec.version,
                               description=spec.description, origin=TASKS.get(name).origin))
+    if not model_rows and not task_rows:
+        raise UserError(f"nothing matches {pattern!r}: no model or task has such a name "
+                        f"(try `python -m harness ls` without a pattern)", exit_code=1)
     errors = {**MODELS.load_errors, **TASKS.load_errors}
     if args.json:
         print(json.dumps(dict(models=model_rows, tasks=task_rows, plugin_errors=errors), indent=2))
@@ -305,9 +308,6 @@ def cmd_ls(args) -> int:
             print("\nTasks\n" + pd.DataFrame(task_rows).drop(columns=["origin", "description"]).to_string(index=False))
     for source, error in errors.items():
         print(f"warning: plugin {source} failed to load: {error}", file=sys.stderr)
-    if not model_rows and not task_rows:
-        print(f"nothing matches {pattern!r}", file=sys.stderr)
-        return 1
     return 0
 
 
@@ -340,8 +340,15 @@ def cmd_env(args) -> int:
 
 # -- parser --------------------------------------------------------------------------------------------
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a one-line error (which argument, what is wrong, where to look) and exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m harness", description=DESCRIPTION)
+    parser = OneLineParser(prog="python -m harness", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="accuracy runs + speed/memory sweep + tables + HTML report",
                          description="Train and evaluate models on tasks, sweep speed and memory across lengths, "

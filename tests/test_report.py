@@ -395,7 +395,7 @@ def test_cli_table_report_and_empty_results(results, tmp_path, capsys, monkeypat
     out = capsys.readouterr().out
     assert r"Efficiency at 2K" in out and r"\toprule" in out
     assert main(["table", "--results-dir", str(tmp_path / "empty")]) == 1
-    assert capsys.readouterr().out.strip() == f"no results in {tmp_path / 'empty'}"
+    assert capsys.readouterr().err.startswith(f"error: no results in {tmp_path / 'empty'}")
     assert main(["table", "--results-dir", str(results), "--runs", "missing"]) == 2
     assert "available runs" in capsys.readouterr().err
     target = tmp_path / "out" / "r.html"

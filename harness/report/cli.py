@@ -50,8 +50,8 @@ def cmd_table(args) -> int:
     run_ids = resolve_runs(args.results_dir, args.runs)
     records = load_records(args.results_dir, run_ids or None)
     if records.empty:
-        print(f"no results in {args.results_dir}")
-        return 1
+        raise UserError(f"no results in {args.results_dir}: nothing to tabulate; run `python -m harness run` "
+                        f"or `bench` first, or point --results-dir at a results folder", exit_code=1)
     table_list = tables.all_tables(records, length=_length(args), aggregate=args.aggregate)
     if args.json:
         print(json.dumps([tables.to_json(t) for t in table_list], indent=2))
