@@ -55,6 +55,15 @@ class Cell:
     overrides: dict = field(default_factory=dict)  # architecture overrides from the user
     includes: list = field(default_factory=list)  # plugin files the child process must import
 
+    def config(self, entry) -> dict:
+        """The model's resolved config for this cell. A learned position table sized by
+        `max_positions` (e.g. MEGA's simple bias) is widened to the cell's length, as the official
+        long-length measurements did; the widened value is part of the recorded config."""
+        config = entry.config(self.task, self.overrides)
+        if isinstance(config.get("max_positions"), int) and config["max_positions"] < self.seq_len:
+            config = entry.config(self.task, {**self.overrides, "max_positions": self.seq_len})
+        return config
+
     def identity(self, config_hash: str, task_version: str) -> dict:
         return dict(kind="speed", model=self.model, model_config_hash=config_hash, task=self.task,
                     task_version=task_version, seq_len=self.seq_len, batch_size=self.batch_size,
@@ -126,7 +135,7 @@ def measure_cell(cell: Cell) -> dict:
         include_file(path)
     entry = MODELS.get(cell.model)
     task_cls = TASKS.get(cell.task).cls
-    config = entry.config(cell.task, cell.overrides)
+    config = cell.config(entry)
     chash = config_hash(config)
     base = dict(kind="speed", model=cell.model, model_family=entry.family, model_config=config,
                 model_config_hash=chash, task=cell.task, task_version=task_cls.spec.version,
@@ -145,7 +154,7 @@ def measure_cell(cell: Cell) -> dict:
     try:
         torch.manual_seed(cell.seed)
         generator = torch.Generator().manual_seed(cell.seed)
-        model, _, _, _ = build_classifier(cell.model, cell.task, cell.overrides)
+        model, _, _, _ = build_classifier(cell.model, cell.task, config)
         model.to(device)
         n_params = count_parameters(model)
         task = task_cls()
@@ -263,7 +272,7 @@ def _bare(cell: Cell) -> dict:
     from harness.store import cell_key, config_hash
 
     entry, spec = MODELS.get(cell.model), TASKS.get(cell.task).cls.spec
-    config = entry.config(cell.task, cell.overrides)
+    config = cell.config(entry)
     chash = config_hash(config)
     return dict(kind="speed", model=cell.model, model_family=entry.family, model_config=config,
                 model_config_hash=chash, task=cell.task, task_version=spec.version, seq_len=cell.seq_len,
