@@ -1,3 +1,3 @@
 """Built-in model plugins: importing this package registers every family (one file each)."""
 
-from models import linear_attention, mamba, s4, transformer  # noqa: F401
+from models import linear_attention, mamba, mega, s4, transformer  # noqa: F401

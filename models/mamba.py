@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -134,8 +135,14 @@ def selective_scan_chunked(u, delta, A, Bm, Cm, D, chunk: int | None = None):
     return y + u[:, :L] * D
 
 
-def selective_scan(u, delta_raw, A, Bm, Cm, D, delta_bias, backend: str, chunk: int | None = None):
-    """Dispatch. delta_raw is Δ before `softplus(· + delta_bias)`; returns (B, L, E) in u's dtype."""
+def selective_scan(u, delta_raw, A, Bm, Cm, D, delta_bias, backend: str, chunk: int | None = None,
+                   recompute: bool = False):
+    """Dispatch. delta_raw is Δ before `softplus(· + delta_bias)`; returns (B, L, E) in u's dtype.
+
+    `recompute` (PyTorch scans, when gradients are needed): store only the scan's inputs and redo
+    it in the backward pass. The unfused scan otherwise keeps several fp32 (B, L, E, N) tensors per
+    direction and layer (3.4 GB each at B=25, L=4096, E=512, N=16), which exhausts an 80 GB GPU.
+    """
     if backend == "mamba_ssm":
         fn = mamba_ssm_scan()
         dtype = u.dtype
@@ -148,8 +155,12 @@ def selective_scan(u, delta_raw, A, Bm, Cm, D, delta_bias, backend: str, chunk: 
         uf = u.float()
         delta = F.softplus(delta_raw.float() + delta_bias.float())
         args = (uf, delta, A.float(), Bm.float(), Cm.float(), D.float())
-        y = selective_scan_sequential(*args) if backend == "torch-sequential" \
-            else selective_scan_chunked(*args, chunk=chunk)
+        if backend == "torch-sequential":
+            y = selective_scan_sequential(*args)
+        elif recompute and torch.is_grad_enabled() and any(t.requires_grad for t in args):
+            y = torch.utils.checkpoint.checkpoint(selective_scan_chunked, *args, chunk=chunk, use_reentrant=False)
+        else:
+            y = selective_scan_chunked(*args, chunk=chunk)
     return y.to(u.dtype)
 
 
@@ -196,7 +207,8 @@ class SelectiveSSM(nn.Module):
         for p in (self.A_log, self.D):  # Mamba applies no weight decay to A_log and D
             p._optim = {"weight_decay": 0.0}
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None, backend: str, chunk: int | None):
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None, backend: str, chunk: int | None,
+                recompute: bool = False):
         if keep is not None:
             x = x * keep  # the conv never sees pad content
         x = causal_depthwise_conv(x, self.conv1d.weight, self.conv1d.bias)  # (B, L, E)
@@ -206,7 +218,7 @@ class SelectiveSSM(nn.Module):
         dt_low, Bm, Cm = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta_raw = F.linear(dt_low, self.dt_proj.weight)  # (B, L, E); bias is added inside softplus
         A = -torch.exp(self.A_log.float())  # (E, N)
-        return selective_scan(x, delta_raw, A, Bm, Cm, self.D, self.dt_proj.bias, backend, chunk)
+        return selective_scan(x, delta_raw, A, Bm, Cm, self.D, self.dt_proj.bias, backend, chunk, recompute)
 
 
 class MambaMixer(nn.Module):
@@ -226,12 +238,12 @@ class MambaMixer(nn.Module):
         )
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
-    def forward(self, x, padding_mask, backend: str, chunk: int | None = None):
+    def forward(self, x, padding_mask, backend: str, chunk: int | None = None, recompute: bool = False):
         xi, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
         keep = None if padding_mask is None else (~padding_mask)[..., None].to(xi.dtype)
-        y = self.directions[0](xi, keep, backend, chunk)
+        y = self.directions[0](xi, keep, backend, chunk, recompute)
         if self.bidirectional:
-            back = self.directions[1](xi.flip(1), None if keep is None else keep.flip(1), backend, chunk)
+            back = self.directions[1](xi.flip(1), None if keep is None else keep.flip(1), backend, chunk, recompute)
             y = y + back.flip(1)  # the two directions are summed
         return self.out_proj(y * F.silu(z))
 
@@ -242,11 +254,13 @@ class MambaBackbone(nn.Module):
     def __init__(self, d_model: int = 256, n_layers: int = 4, d_state: int = 16, d_conv: int = 4,
                  expand: float = 2, dt_rank: int | str = "auto", dt_min: float = 1e-3,
                  dt_max: float = 1e-1, bidirectional: bool = False, dropout: float = 0.0,
-                 scan: str = "auto", chunk_size: int | None = None, norm_eps: float = 1e-5):
+                 scan: str = "auto", chunk_size: int | None = None, norm_eps: float = 1e-5,
+                 recompute_scan: bool = True):
         super().__init__()
         if scan not in SCANS:
             raise UserError(f"mamba scan must be one of {', '.join(SCANS)}, got {scan!r}")
         self.scan, self.chunk_size = scan, chunk_size
+        self.recompute_scan = recompute_scan  # PyTorch scan: recompute in backward instead of storing
         self.last_scan: str | None = None  # the backend the latest forward used
         self.norms = nn.ModuleList(nn.RMSNorm(d_model, eps=norm_eps) for _ in range(n_layers))
         self.mixers = nn.ModuleList(
@@ -267,7 +281,7 @@ class MambaBackbone(nn.Module):
         backend = self.scan_backend(x.device)
         self.last_scan = backend
         for norm, mixer in zip(self.norms, self.mixers):
-            x = x + self.dropout(mixer(norm(x), padding_mask, backend, self.chunk_size))
+            x = x + self.dropout(mixer(norm(x), padding_mask, backend, self.chunk_size, self.recompute_scan))
         return self.final_norm(x)
 
 
@@ -309,6 +323,7 @@ DEFAULTS = dict(
     dropout=0.0,  # on each residual branch (Mamba itself uses none)
     scan="auto",  # auto | torch | sequential | mamba_ssm
     chunk_size=None,  # chunk of the PyTorch scan; None = about sqrt(L)
+    recompute_scan=True,  # PyTorch scan: recompute it in backward (memory O(B L E), not O(B L E N))
 )
 TINY = dict(d_model=32, n_layers=2, d_state=8, expand=2)
 
