@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import random
 import statistics
 from pathlib import Path
@@ -195,6 +196,12 @@ class ListOps(Task):
     @property
     def provenance(self) -> str:
         if self.data_dir is not None:
+            manifest = find_release_dir(self.data_dir) / "manifest.json"  # written by `data generate`
+            if manifest.is_file():
+                info = json.loads(manifest.read_text())
+                c = info.get("counts", {})
+                return (f"regenerated(seed={info.get('seed')}, n={c.get('train')}/{c.get('val')}/{c.get('test')}, "
+                        f"by `data generate`)")
             return "official-release"
         s = self.sizes(self.scale)
         return (f"regenerated(seed={self.seed}, n={s['train']}/{s['val']}/{s['test']}, "

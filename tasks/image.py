@@ -1,0 +1,321 @@
+"""Image: sequential grayscale CIFAR-10 (Krizhevsky 2009; LRA, Tay et al., ICLR 2021), lra.md §1, §3.
+
+A 32x32 image becomes a sequence of 1024 gray pixels in row-major order; 10 classes, accuracy.
+
+Grayscale follows LRA's `tf.image.rgb_to_grayscale`: pixels to float32 (x * (1/255)), weighted sum
+0.2989 R + 0.5870 G + 0.1140 B in float32, back to uint8 as TF's `convert_image_dtype` does: multiply
+by 255.5 and truncate (saturating cast). So gray = trunc(255.5 * sum_c w_c * x_c / 255); PIL's
+`convert('L')` (0.299/0.587/0.114, rounded) can differ by 1.
+
+Two registered tasks share this code:
+- `image`: pixels as real values (input_kind "real", stored uint8, embedded as (p/255 - 0.48)/0.24,
+  the MEGA / S4 style, mega.md §6);
+- `image_tokens`: pixels as tokens, id = pixel + 1 (vocab 257), so a black pixel is not padding
+  (LRA used the raw value 0-255 and masked 0, lra.md §3 "padding-mask quirk").
+
+Data (`--data-dir D`): the python pickles of CIFAR-10, `cifar-10-batches-py/` (D/cifar-10-batches-py
+or D itself) with `data_batch_1..5` and `test_batch`. They are unpickled with a restricted
+unpickler that only admits numpy arrays, so a hostile file cannot run code. Split: 45,000 / 5,000
+from a seeded permutation of the 50,000 training images (`options["split_seed"]`, default the task
+seed; LRA used train[:90%] / train[90%:]), test = the 10,000 test images. Smaller scales use the head
+of each seeded split, and smoke mean-pools 2x2 to 16x16 = 256 pixels (recorded in the provenance).
+
+Without CIFAR-10 the task is a labelled stand-in, never silently:
+- `stand-in(fashion-mnist)`: Fashion-MNIST from Debian's `dataset-fashion-mnist` package (IDX .gz
+  files in /usr/share/datasets/fashion-mnist/, or `options["fashion_mnist_dir"]`), 28x28 zero-padded
+  to 32x32; a different, easier dataset with the same shape;
+- `stand-in(synthetic-shapes)` when that package is absent: ten classes of drawn shapes (disk,
+  ring, square, frame, triangle, bars, diagonal, plus, cross) with random size, place, brightness and
+  noise.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import io
+import pickle
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from harness.errors import UserError
+from harness.registry import register_task
+from harness.task import Task, TaskData, TaskSpec
+from tasks.byte_text import files_fingerprint
+
+SPLITS = ("train", "val", "test")
+SIDE = 32
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+TF_GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
+FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                 "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+SCALES = {
+    "smoke": dict(train=2000, val=250, test=250, pool=2),
+    "small": dict(train=10000, val=1000, test=2000, pool=1),
+    "paper": dict(train=45000, val=5000, test=10000, pool=1),
+}
+N_VAL = 5000  # of the 50,000 CIFAR training images
+
+
+# -- CIFAR-10 --------------------------------------------------------------------------------------
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR batches (dicts of numpy arrays and lists) and refuses anything else."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch -> (N, 3, 32, 32) uint8 RGB, (N,) int64 labels."""
+    if not path.is_file():
+        raise UserError(f"{path}: missing; cifar-10-batches-py needs {', '.join(TRAIN_FILES)} and {TEST_FILE}",
+                        exit_code=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # numpy.core alias in old pickles
+            batch = NumpyOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except Exception as exc:
+        raise UserError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc}); expected the "
+                        f"pickles of cifar-10-python.tar.gz", exit_code=1)
+    if data.ndim != 2 or data.shape[1] != 3 * SIDE * SIDE or len(labels) != len(data):
+        raise UserError(f"{path}: data {data.shape} / labels {labels.shape}; expected (N, 3072) and (N,)",
+                        exit_code=1)
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise UserError(f"{path}: labels outside 0-9", exit_code=1)
+    return data.reshape(-1, 3, SIDE, SIDE), labels
+
+
+def tf_grayscale(rgb: np.ndarray) -> np.ndarray:
+    """(N, 3, H, W) uint8 -> (N, H, W) uint8 as tf.image.rgb_to_grayscale (see module docstring)."""
+    flt = rgb.astype(np.float32) * np.float32(1.0 / 255.0)
+    gray = np.tensordot(TF_GRAY_WEIGHTS, flt, axes=([0], [1]))  # (N, H, W) float32
+    return np.clip(gray * np.float32(255.5), 0, 255).astype(np.uint8)  # saturate_cast truncates
+
+
+def find_cifar_dir(data_dir: Path) -> Path | None:
+    for c in (data_dir / "cifar-10-batches-py", data_dir):
+        if (c / TEST_FILE).is_file() or (c / TRAIN_FILES[0]).is_file():
+            return c
+    return None
+
+
+# -- stand-ins -------------------------------------------------------------------------------------
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip or raw): uint8 array of the stored shape."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise UserError(f"{path}: not an unsigned-byte IDX file", exit_code=1)
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise UserError(f"{path}: IDX header says {shape} but holds {data.size} values", exit_code=1)
+    return data.reshape(shape)
+
+
+def read_fashion_mnist(root: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 32, 32) uint8 (28x28 zero-padded by 2 on each side), (N,) labels."""
+    images_file, labels_file = FASHION_FILES[part]
+    images, labels = read_idx(root / images_file), read_idx(root / labels_file).astype(np.int64)
+    return np.pad(images, ((0, 0), (2, 2), (2, 2))), labels
+
+
+def draw_shape(rng: np.random.Generator, label: int) -> np.ndarray:
+    """One 32x32 image of shape class `label` (0-9) with random geometry, brightness and noise."""
+    im = Image.new("L", (SIDE, SIDE), 0)
+    d = ImageDraw.Draw(im)
+    r = int(rng.integers(5, 11))
+    cy, cx = (int(v) for v in rng.integers(r + 1, SIDE - r - 1, size=2))
+    box = [cx - r, cy - r, cx + r, cy + r]
+    ink = int(rng.integers(120, 256))
+    width = int(rng.integers(1, 3))
+    if label == 0:
+        d.ellipse(box, fill=ink)
+    elif label == 1:
+        d.ellipse(box, outline=ink, width=width)
+    elif label == 2:
+        d.rectangle(box, fill=ink)
+    elif label == 3:
+        d.rectangle(box, outline=ink, width=width)
+    elif label == 4:
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=ink)
+    elif label == 5:
+        d.rectangle([cx - r, cy - width, cx + r, cy + width], fill=ink)
+    elif label == 6:
+        d.rectangle([cx - width, cy - r, cx + width, cy + r], fill=ink)
+    elif label == 7:
+        d.line([(cx - r, cy - r), (cx + r, cy + r)], fill=ink, width=width + 1)
+    elif label == 8:
+        d.line([(cx - r, cy), (cx + r, cy)], fill=ink, width=width + 1)
+        d.line([(cx, cy - r), (cx, cy + r)], fill=ink, width=width + 1)
+    else:
+        d.line([(cx - r, cy - r), (cx + r, cy + r)], fill=ink, width=width + 1)
+        d.line([(cx - r, cy + r), (cx + r, cy - r)], fill=ink, width=width + 1)
+    noise = rng.normal(0, 12, size=(SIDE, SIDE))
+    return np.clip(np.asarray(im, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
+
+
+def synthetic_shapes(n: int, seed) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n)
+    images = np.stack([draw_shape(rng, int(c)) for c in labels]) if n else np.zeros((0, SIDE, SIDE), np.uint8)
+    return images, labels.astype(np.int64)
+
+
+def pool_pixels(images: np.ndarray, pool: int) -> np.ndarray:
+    """(N, S, S) uint8 -> (N, (S/pool)^2) uint8 by rounded mean pooling; pool 1 only flattens."""
+    n, side = images.shape[0], images.shape[1]
+    if pool == 1:
+        return images.reshape(n, side * side)
+    x = images.reshape(n, side // pool, pool, side // pool, pool).astype(np.float32).mean(axis=(2, 4))
+    return np.rint(x).astype(np.uint8).reshape(n, -1)
+
+
+# -- tasks -----------------------------------------------------------------------------------------
+class ImageBase(Task):
+    """Shared reader, splits and stand-ins; subclasses choose how pixels are presented."""
+
+    needs_data = True
+
+    def sizes(self, scale: str) -> dict:
+        if scale not in SCALES:
+            raise UserError(f"--scale {scale!r}: expected one of {', '.join(SCALES)}")
+        s = dict(SCALES[scale])
+        s["pool"] = int(self.options.get("pool", s["pool"]))
+        if s["pool"] not in (1, 2, 4, 8, 16, 32):
+            raise UserError(f"task {self.name} option pool={s['pool']}: expected a divisor of 32")
+        s["seq_len"] = (SIDE // s["pool"]) ** 2
+        return s
+
+    @property
+    def split_seed(self) -> int:
+        return int(self.options.get("split_seed", self.seed))
+
+    @functools.cached_property
+    def cifar_dir(self) -> Path | None:
+        if self.data_dir is None:
+            return None
+        found = find_cifar_dir(self.data_dir)
+        if found is None:
+            warnings.warn(f"--data-dir {self.data_dir}: no cifar-10-batches-py/ found; Image uses a "
+                          f"stand-in", stacklevel=2)
+        return found
+
+    @property
+    def fashion_dir(self) -> Path:
+        return Path(self.options.get("fashion_mnist_dir", FASHION_MNIST_DIR))
+
+    @property
+    def source_name(self) -> str:
+        if self.cifar_dir is not None:
+            return "cifar10"
+        if all((self.fashion_dir / f).is_file() for pair in FASHION_FILES.values() for f in pair):
+            return "fashion-mnist"
+        return "synthetic-shapes"
+
+    @property
+    def provenance(self) -> str:
+        s = self.sizes(self.scale)
+        reduced = f"n={s['train']}/{s['val']}/{s['test']}"
+        if s["pool"] > 1:
+            reduced += f", pool={s['pool']} ({SIDE // s['pool']}x{SIDE // s['pool']})"
+        name = self.source_name
+        if name == "cifar10":
+            note = "" if self.scale == "paper" and s["pool"] == 1 else f"subset {reduced}, "
+            return f"user-data(cifar-10-batches-py; {note}tf-grayscale, split_seed={self.split_seed})"
+        if name == "fashion-mnist":
+            return f"stand-in(fashion-mnist; 28x28 padded to 32x32, {reduced})"
+        return f"stand-in(synthetic-shapes; {reduced})"
+
+    def cache_key(self, split: str) -> str:
+        ident = super().cache_key(split) + self.source_name
+        if self.cifar_dir is not None:
+            files = [self.cifar_dir / f for f in TRAIN_FILES + (TEST_FILE,) if (self.cifar_dir / f).is_file()]
+            ident += files_fingerprint(files)
+        elif self.source_name == "fashion-mnist":
+            ident += str(self.fashion_dir.resolve())
+        return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+    def gray_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Full split (before the scale's head cut): (N, 32, 32) uint8 gray images, (N,) labels."""
+        name = self.source_name
+        if name == "synthetic-shapes":
+            s = self.sizes(self.scale)
+            return synthetic_shapes(s[split], seed=[self.seed, SPLITS.index(split)])
+        if name == "cifar10":
+            if split == "test":
+                rgb, labels = read_cifar_batch(self.cifar_dir / TEST_FILE)
+                return tf_grayscale(rgb), labels
+            parts = [read_cifar_batch(self.cifar_dir / f) for f in TRAIN_FILES]
+            images = tf_grayscale(np.concatenate([p[0] for p in parts]))
+            labels = np.concatenate([p[1] for p in parts])
+        else:
+            images, labels = read_fashion_mnist(self.fashion_dir, "test" if split == "test" else "train")
+            if split == "test":
+                return images, labels
+        perm = np.random.default_rng(self.split_seed).permutation(len(images))
+        n_val = min(N_VAL, len(images) // 10)
+        index = perm[:n_val] if split == "val" else perm[n_val:]
+        return images[index], labels[index]
+
+    def pixels(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(N, L) uint8 pixels (pooled at small scales) and labels for a split."""
+        if split not in SPLITS:
+            raise UserError(f"task {self.name}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        s = self.sizes(self.scale)
+        images, labels = self.gray_split(split)
+        images, labels = images[: s[split]], labels[: s[split]]
+        return pool_pixels(images, s["pool"]), labels
+
+
+@register_task("image")
+class ImageTask(ImageBase):
+    spec = TaskSpec(
+        seq_len=1024, input_kind="real", vocab_size=0, num_classes=10,
+        splits=dict(train=45000, val=5000, test=10000), lra=True, version="1",
+        real_mean=0.48, real_std=0.24, real_scale=1 / 255,
+        description="Sequential grayscale CIFAR-10 (TF grayscale), 1024 pixels as real values "
+                    "normalised (p/255-0.48)/0.24",
+    )
+
+    def build(self, split: str) -> TaskData:
+        pixels, labels = self.pixels(split)
+        n, length = pixels.shape
+        return TaskData(inputs=torch.from_numpy(pixels.copy()), lengths=torch.full((n,), length, dtype=torch.int64),
+                        labels=torch.from_numpy(labels.copy()), provenance=self.provenance)
+
+
+@register_task("image_tokens")
+class ImageTokens(ImageBase):
+    spec = TaskSpec(
+        seq_len=1024, input_kind="tokens", vocab_size=257, num_classes=10,
+        splits=dict(train=45000, val=5000, test=10000), lra=False, version="1",
+        description="Sequential grayscale CIFAR-10 as 1024 pixel tokens (id = pixel+1, 0 = pad), LRA's "
+                    "token input without masking black pixels; an input variant of LRA Image (`image`), "
+                    "kept out of the LRA average so Image is not counted twice",
+    )
+
+    def build(self, split: str) -> TaskData:
+        pixels, labels = self.pixels(split)
+        n, length = pixels.shape
+        return TaskData(inputs=torch.from_numpy(pixels.astype(np.int16) + 1),
+                        lengths=torch.full((n,), length, dtype=torch.int64),
+                        labels=torch.from_numpy(labels.copy()), provenance=self.provenance)
