@@ -28,22 +28,25 @@ def _progress(total: int, desc: str, quiet: bool):
                 dynamic_ncols=True)
 
 
-def _load_plugins(config_or_args) -> None:
-    """Import --include files. A plugin that raises on import is reported and recorded; the rest run."""
+def _load_plugins(config_or_args) -> dict:
+    """Import --include files; returns {file: error} for those that raised on import (reported as
+    warnings, recorded against the models they would have provided; the other models still run)."""
     from harness.registry import MODELS, TASKS, PluginImportError, include_file
 
     MODELS.ensure_loaded()
     TASKS.ensure_loaded()
+    failed = {}
     for path in getattr(config_or_args, "include", None) or []:
         try:
             include_file(path)
         except PluginImportError as exc:
-            MODELS.load_errors[str(path)] = str(exc)
+            failed[str(path)] = str(exc)
             if not getattr(config_or_args, "quiet", False):
                 print(f"warning: {exc}", file=sys.stderr)
+    return failed
 
 
-def _resolve_models(config: RunConfig) -> tuple[list[str], dict]:
+def _resolve_models(config: RunConfig, failed_plugins: dict) -> tuple[list[str], dict]:
     """(runnable model names, {requested name: why it cannot run}).
 
     An unknown name is a usage error (did-you-mean, exit 2) unless a plugin failed to import, in
@@ -51,14 +54,15 @@ def _resolve_models(config: RunConfig) -> tuple[list[str], dict]:
     """
     from harness.registry import MODELS
 
-    if not MODELS.load_errors:
+    plugin_errors = {**failed_plugins, **MODELS.load_errors}
+    if not plugin_errors:
         return MODELS.resolve(config.models), {}
     models, broken = [], {}
     for item in [m.strip() for m in config.models.split(",") if m.strip()]:
         try:
             models.extend(n for n in MODELS.resolve(item) if n not in models)
         except UserError:
-            broken[item] = "not registered; plugin import failed: " + "; ".join(MODELS.load_errors.values())
+            broken[item] = "not registered; plugin import failed: " + "; ".join(plugin_errors.values())
     if not models and not broken:
         raise UserError("--models is empty: give one or more model names")
     return models, broken
@@ -101,21 +105,20 @@ def _open_run(config: RunConfig, command: list[str]):
     return store.create(command, config.to_dict(), env.capture())
 
 
-def _speed_cells(config: RunConfig, models: list[str], device: str, dtype: str):
+def _speed_cells(config: RunConfig, models: list[str], device: str, dtype: str, failed_plugins: dict):
     from harness.bench import Cell
-    from harness.registry import MODELS
 
-    includes = [p for p in config.include if str(p) not in MODELS.load_errors]  # the child re-imports them
+    includes = [p for p in config.include if str(p) not in failed_plugins]  # the child re-imports them
     return [Cell(model=m, task=config.bench_task, seq_len=L, batch_size=config.bench_batch, dtype=dtype,
                  device=device, mode=mode, warmup=config.warmup, iters=config.iters, threads=config.threads,
                  includes=includes)
             for m in models for mode in config.mode_list for L in config.length_list]
 
 
-def _bench(config: RunConfig, run, models, device, dtype) -> list[dict]:
+def _bench(config: RunConfig, run, models, device, dtype, failed_plugins: dict) -> list[dict]:
     from harness.bench import sweep
 
-    cells = _speed_cells(config, models, device, dtype)
+    cells = _speed_cells(config, models, device, dtype, failed_plugins)
     isolate = config.isolation != "inprocess"
     with _progress(len(cells), "speed/memory", config.quiet) as bar:
         return sweep(cells, run, subprocess_isolation=isolate, timeout=config.cell_timeout, progress=bar,
@@ -194,8 +197,8 @@ def cmd_run(args) -> int:
     from harness.registry import TASKS
 
     config = config_from_args(args)
-    _load_plugins(config)
-    models, broken = _resolve_models(config)
+    failed_plugins = _load_plugins(config)
+    models, broken = _resolve_models(config, failed_plugins)
     tasks = TASKS.resolve(config.tasks) if not config.skip_train else []
     TASKS.get(config.bench_task)
     device = resolve_device(config.device)
@@ -210,7 +213,7 @@ def cmd_run(args) -> int:
         if not config.skip_train:
             _train(config, run, models, tasks, device, dtype)
         if not config.skip_bench:
-            _bench(config, run, models, device, dtype)
+            _bench(config, run, models, device, dtype, failed_plugins)
 
     code = _interruptible(run, body)
     if code:
@@ -230,8 +233,8 @@ def cmd_bench(args) -> int:
     from harness.registry import TASKS
 
     config = config_from_args(args)
-    _load_plugins(config)
-    models, broken = _resolve_models(config)
+    failed_plugins = _load_plugins(config)
+    models, broken = _resolve_models(config, failed_plugins)
     TASKS.get(config.bench_task)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
@@ -241,7 +244,7 @@ def cmd_bench(args) -> int:
               f"configurations at L={','.join(map(str, config.length_list))}, batch {config.bench_batch}, "
               f"{device} {dtype}, {','.join(config.mode_list)}", file=sys.stderr)
     code = _interruptible(run, lambda: (_record_broken(run, broken, [], config, device, dtype),
-                                        _bench(config, run, models, device, dtype)))
+                                        _bench(config, run, models, device, dtype, failed_plugins)))
     if code:
         return code
     _print_tables(config, run.run_id)

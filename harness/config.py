@@ -122,6 +122,8 @@ class RunConfig:
                       "(the papers' steps and batches)", default="smoke", choices=tuple(SCALES))
     seeds: str = _opt("comma-separated training seeds (the papers average 5)", commands=("run",),
                       default="0", metavar="S1,S2,...")
+    data_seed: int = _opt("seed of generated data and splits; training seeds (--seeds) vary only the "
+                          "model, so every seed sees the same data", commands=("run",), default=0, metavar="S")
     modes: str = _opt("speed/memory modes: train_step (forward+backward+AdamW step) and/or forward",
                       default="train_step", metavar="MODES")
     steps: int = _opt("training steps (overrides the scale preset)", commands=("run",), metavar="N")
@@ -187,6 +189,7 @@ class RunConfig:
         if self.warmup < 0:
             raise UserError(f"--warmup {self.warmup}: expected an integer of at least 0")
         parse_int_list("seeds", self.seeds, minimum=0)
+        self.data_seed = parse_int_list("data-seed", str(self.data_seed), minimum=0)[0]
         return self
 
     @property

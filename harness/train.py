@@ -138,7 +138,8 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
     chash = config_hash(arch)
     key = cell_key(kind="accuracy", model=model_name, model_config_hash=chash, task=task_name,
                    task_version=task_cls.spec.version, scale=config.scale, seed=seed, dtype=dtype,
-                   device=device, train=dataclasses.asdict(settings), data_dir=config.data_dir)
+                   device=device, train=dataclasses.asdict(settings), data_dir=config.data_dir,
+                   data_seed=config.data_seed)
     base = dict(kind="accuracy", model=model_name, model_family=entry.family, model_config=arch,
                 model_config_hash=chash, task=task_name, task_version=task_cls.spec.version,
                 batch_size=settings.batch_size, dtype=dtype, device=device, mode="train", seed=seed,
@@ -149,7 +150,7 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
     ok, reason = entry.availability()
     if not ok:
         return make_record(status="unavailable", error=reason, **base)
-    task = task_cls(scale=config.scale, seed=seed, data_dir=config.data_dir, cache_dir=config.cache_dir)
+    task = task_cls(scale=config.scale, seed=config.data_seed, data_dir=config.data_dir, cache_dir=config.cache_dir)
     base["seq_len"] = task.seq_len
     try:
         splits = {s: task.load(s) for s in ("train", "val", "test")}
