@@ -59,9 +59,10 @@ class Cell:
         """The model's resolved config for this cell. A learned position table sized by
         `max_positions` (e.g. MEGA's simple bias) is widened to the cell's length, as the official
         long-length measurements did; the widened value is part of the recorded config."""
-        config = entry.config(self.task, self.overrides)
+        overrides = entry.known_overrides(self.task, self.overrides)
+        config = entry.config(self.task, overrides)
         if isinstance(config.get("max_positions"), int) and config["max_positions"] < self.seq_len:
-            config = entry.config(self.task, {**self.overrides, "max_positions": self.seq_len})
+            config = entry.config(self.task, {**overrides, "max_positions": self.seq_len})
         return config
 
     def identity(self, config_hash: str, task_version: str) -> dict:

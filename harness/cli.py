@@ -68,6 +68,16 @@ def _resolve_models(config: RunConfig, failed_plugins: dict) -> tuple[list[str],
     return models, broken
 
 
+def _check_overrides(config: RunConfig, models: list[str], task: str) -> None:
+    """Every --set key must be a config key of at least one selected model."""
+    from harness.registry import MODELS
+
+    for key in config.model_overrides:
+        if models and not any(key in MODELS.get(m).config(task) for m in models):
+            raise UserError(f"--set {key}=...: none of {', '.join(models)} has a config key '{key}' "
+                            f"(see the model_config of a stored record for the keys)")
+
+
 def _record_broken(run, broken: dict, tasks: list[str], config: RunConfig, device: str, dtype: str) -> None:
     from harness.store import make_record
 
@@ -111,6 +121,7 @@ def _speed_cells(config: RunConfig, models: list[str], device: str, dtype: str, 
     includes = [p for p in config.include if str(p) not in failed_plugins]  # the child re-imports them
     return [Cell(model=m, task=config.bench_task, seq_len=L, batch_size=config.bench_batch, dtype=dtype,
                  device=device, mode=mode, warmup=config.warmup, iters=config.iters, threads=config.threads,
+                 overrides=config.model_overrides,
                  includes=includes)
             for m in models for mode in config.mode_list for L in config.length_list]
 
@@ -200,6 +211,7 @@ def cmd_run(args) -> int:
     failed_plugins = _load_plugins(config)
     models, broken = _resolve_models(config, failed_plugins)
     tasks = TASKS.resolve(config.tasks) if not config.skip_train else []
+    _check_overrides(config, models, config.bench_task)
     TASKS.get(config.bench_task)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
@@ -236,6 +248,7 @@ def cmd_bench(args) -> int:
     failed_plugins = _load_plugins(config)
     models, broken = _resolve_models(config, failed_plugins)
     TASKS.get(config.bench_task)
+    _check_overrides(config, models, config.bench_task)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     run = _open_run(config, ["python", "-m", "harness", *args.argv])

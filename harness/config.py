@@ -126,6 +126,9 @@ class RunConfig:
                           "model, so every seed sees the same data", commands=("run",), default=0, metavar="S")
     modes: str = _opt("speed/memory modes: train_step (forward+backward+AdamW step) and/or forward",
                       default="train_step", metavar="MODES")
+    set: list = _opt("override a model-config value for every model, e.g. --set compile=true or "
+                     "--set chunk_size=256 (repeatable; values parse as JSON, else as text)",
+                     default_factory=list, metavar="KEY=VALUE", action="append")
     steps: int = _opt("training steps (overrides the scale preset)", commands=("run",), metavar="N")
     lr: float = _opt("peak learning rate (overrides scale and model defaults)", commands=("run",),
                      metavar="LR")
@@ -189,8 +192,25 @@ class RunConfig:
         if self.warmup < 0:
             raise UserError(f"--warmup {self.warmup}: expected an integer of at least 0")
         parse_int_list("seeds", self.seeds, minimum=0)
+        self.model_overrides  # noqa: B018 (validates --set)
         self.data_seed = parse_int_list("data-seed", str(self.data_seed), minimum=0)[0]
         return self
+
+    @property
+    def model_overrides(self) -> dict:
+        """--set KEY=VALUE pairs as a dict (JSON values: true, 3, 0.1, "x"; anything else is text)."""
+        import json
+
+        out = {}
+        for item in self.set or []:
+            key, sep, value = str(item).partition("=")
+            if not sep or not key.strip().isidentifier():
+                raise UserError(f"--set {item!r}: expected KEY=VALUE with a config key, e.g. --set compile=true")
+            try:
+                out[key.strip()] = json.loads(value)
+            except ValueError:
+                out[key.strip()] = value
+        return out
 
     @property
     def scale_preset(self) -> Scale:

@@ -84,6 +84,11 @@ class ModelEntry:
         cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cfg
 
+    def known_overrides(self, task: str | None, overrides: dict | None) -> dict:
+        """The subset of `overrides` whose keys this model's config has (for --set across models)."""
+        keys = self.config(task)
+        return {k: v for k, v in (overrides or {}).items() if k in keys}
+
     def train_config(self, task: str | None) -> dict:
         return dict(self.train_configs.get(task, {})) if task else {}
 

@@ -134,7 +134,8 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
     entry = MODELS.get(model_name)
     task_cls = TASKS.get(task_name).cls
     settings = resolve_settings(model_name, task_name, config)
-    arch = entry.config(task_name)
+    overrides = entry.known_overrides(task_name, config.model_overrides)
+    arch = entry.config(task_name, overrides)
     chash = config_hash(arch)
     key = cell_key(kind="accuracy", model=model_name, model_config_hash=chash, task=task_name,
                    task_version=task_cls.spec.version, scale=config.scale, seed=seed, dtype=dtype,
@@ -165,7 +166,7 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
     started = time.perf_counter()
     try:
         result = _fit(model_name, task_name, seed, splits, settings, torch.device(device), dtype,
-                      ckpt_path, progress, config.threads, config.cell_timeout)
+                      ckpt_path, progress, config.threads, config.cell_timeout, overrides)
     except (Diverged, CellTimeout) as exc:
         return make_record(status="error", error=str(exc), **base)
     except Exception as exc:  # plugin faults and OOM become records; the run goes on
@@ -179,12 +180,12 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
 
 
 def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, ckpt_path, progress, threads,
-         timeout=None):
+         timeout=None, overrides=None):
     deadline = time.perf_counter() + timeout if timeout else None
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model, _, _, _ = build_classifier(model_name, task_name)
+    model, _, _, _ = build_classifier(model_name, task_name, overrides)
     model.to(device)
     optimizer = torch.optim.AdamW(param_groups(model, s.lr, s.weight_decay), lr=s.lr, betas=s.betas, eps=s.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, s))

@@ -114,6 +114,8 @@ CASES = [
     (["data", "check", "--task", "listops", "--data-dir", "no_such_dir"], 1, "no_such_dir"),
     (["data", "generate", "--task", "listops", "--out", "gen", "--n=-5"], 2, "--n"),
     (["data", "generate", "--task", "text", "--out", "gen"], 2, "invalid choice: 'text'"),
+    (["bench", "--set", "compile"], 2, "expected KEY=VALUE"),
+    (["bench", "--models", "transformer", "--set", "chunk_size=16"], 2, "has a config key 'chunk_size'"),
     (["nonsense-command"], 2, "invalid choice: 'nonsense-command'"),
 ]
 
