@@ -233,7 +233,8 @@ def measure_cell(cell: Cell) -> dict:
                       timer="cuda-events" if cuda else "perf_counter",
                       threads=None if cuda else torch.get_num_threads())
         tokens = cell.batch_size * cell.seq_len * (2 if task_cls.spec.dual else 1)
-        return make_record(status="ok", n_params=n_params, timing=timing, memory=memory,
+        runtime = model.backbone.runtime_info() if hasattr(model.backbone, "runtime_info") else None
+        return make_record(status="ok", n_params=n_params, timing=timing, memory=memory, runtime=runtime,
                            throughput_tokens_per_s=tokens / (median / 1e3), **base)
     except Exception as exc:  # a plugin fault or OOM must become a record, not a crash
         status = "oom" if is_oom(exc) else "error"

@@ -26,7 +26,11 @@ def package_version(name: str) -> str | None:
 
 
 def git_state(root: Path = REPO_ROOT) -> dict:
-    """{'sha': ..., 'dirty': bool} of the harness checkout; None values outside a git checkout."""
+    """{'sha': ..., 'dirty': bool} of the harness checkout. A copy without .git (e.g. a tree shipped
+    to a GPU machine) can state it through HARNESS_GIT_SHA (and HARNESS_GIT_DIRTY=1); else None."""
+    if os.environ.get("HARNESS_GIT_SHA"):
+        return {"sha": os.environ["HARNESS_GIT_SHA"], "dirty": os.environ.get("HARNESS_GIT_DIRTY") == "1",
+                "source": "HARNESS_GIT_SHA"}
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
 

@@ -14,7 +14,8 @@ Record fields (schema_version 1; `load_records` flattens nested dicts with dots,
   error, n_params, seed, scale, provenance, metrics {accuracy, val_accuracy, loss, ...},
   higher_is_better {metric: bool}, timing {median_ms, p20_ms, p80_ms, n_warmup, n_iters,
   samples_ms}, memory {peak_allocated_bytes, peak_reserved_bytes, footprint_bytes,
-  peak_rss_increase_bytes}, throughput_tokens_per_s, train {settings}, created
+  peak_rss_increase_bytes}, throughput_tokens_per_s, train {settings}, runtime {what the backbone
+  resolved at run time, e.g. which scan kernel ran: from its optional `runtime_info()`}, created
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ RECORD_FIELDS = (
     "schema_version", "run_id", "cell_key", "kind", "model", "model_family", "model_config",
     "model_config_hash", "task", "task_version", "seq_len", "batch_size", "dtype", "device", "mode",
     "status", "error", "n_params", "seed", "scale", "provenance", "metrics", "higher_is_better",
-    "timing", "memory", "throughput_tokens_per_s", "train", "created",
+    "timing", "memory", "throughput_tokens_per_s", "train", "runtime", "created",
 )
 
 

@@ -274,6 +274,10 @@ class MambaBackbone(nn.Module):
             with torch.no_grad():
                 mixer.out_proj.weight /= math.sqrt(n_layers)
 
+    def runtime_info(self) -> dict:
+        """Recorded with every speed cell: which scan actually ran (mamba-ssm kernel or PyTorch)."""
+        return {"scan": self.last_scan}
+
     def scan_backend(self, device) -> str:
         return scan_backend(device, self.scan)
 
