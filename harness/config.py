@@ -106,7 +106,7 @@ class RunConfig:
     """Every option of `run` and `bench`, with its default and help text (shown by --help)."""
 
     models: str = _opt("comma-separated model names or wildcards ('all' = every full-size model)",
-                       default="mega,mega_chunk,transformer,s4d,mamba", metavar="NAMES")
+                       default="mega,mega_chunk,transformer,s4d", metavar="NAMES")
     tasks: str = _opt("comma-separated task names for accuracy runs ('all' = every task)",
                       commands=("run",), default="listops", metavar="NAMES")
     bench_task: str = _opt("task whose per-task model configuration the speed/memory sweep uses "
