@@ -240,7 +240,7 @@ def measure_cell(cell: Cell) -> dict:
         status = "oom" if is_oom(exc) else "error"
         return make_record(status=status, error=short_error(exc), **base)
     finally:
-        del model, optimizer, batch
+        model = optimizer = batch = None  # release the cell's tensors before the next cell
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()

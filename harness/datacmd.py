@@ -75,6 +75,16 @@ class Problems:
         else:
             self.hidden[kind] = self.hidden.get(kind, 0) + 1
 
+    def readable(self, path: Path) -> bool:
+        """True for a non-empty file; otherwise records it as missing or empty."""
+        if not path.is_file():
+            self.add(f"{path}: missing")
+            return False
+        if path.stat().st_size == 0:
+            self.add(f"{path}: empty file")
+            return False
+        return True
+
     def result(self) -> list[str]:
         ordered = [m for minor, m in self.items if not minor] + [m for minor, m in self.items if minor]
         return ordered + [f"... and {n} more problem(s) of the kind: {k}" for k, n in self.hidden.items()]
@@ -118,11 +128,7 @@ def check_listops(data_dir: Path, problems: Problems) -> None:
     manifest = read_manifest(folder, problems)
     for name, official in OFFICIAL["listops"].items():
         path = folder / name
-        if not path.is_file():
-            problems.add(f"{path}: missing")
-            continue
-        if path.stat().st_size == 0:
-            problems.add(f"{path}: empty file")
+        if not problems.readable(path):
             continue
         rows = 0
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
@@ -174,11 +180,7 @@ def check_text(data_dir: Path, problems: Problems) -> None:
     from tasks.text import read_export
     for part in ("train", "test"):
         path = root / f"{part}.{kind}"
-        if not path.is_file():
-            problems.add(f"{path}: missing")
-            continue
-        if path.stat().st_size == 0:
-            problems.add(f"{path}: empty file")
+        if not problems.readable(path):
             continue
         try:
             docs, _ = read_export(kind, path)
@@ -201,11 +203,7 @@ def check_retrieval(data_dir: Path, problems: Problems) -> None:
         return
     for name, official in OFFICIAL["retrieval"].items():
         path = folder / name
-        if not path.is_file():
-            problems.add(f"{path}: missing")
-            continue
-        if path.stat().st_size == 0:
-            problems.add(f"{path}: empty file")
+        if not problems.readable(path):
             continue
         rows = 0
         with open(path, "rb") as f:
@@ -237,11 +235,7 @@ def check_image(data_dir: Path, problems: Problems) -> None:
         return
     for name in TRAIN_FILES + (TEST_FILE,):
         path = folder / name
-        if not path.is_file():
-            problems.add(f"{path}: missing")
-            continue
-        if path.stat().st_size == 0:
-            problems.add(f"{path}: empty file")
+        if not problems.readable(path):
             continue
         try:
             images, _ = read_cifar_batch(path)

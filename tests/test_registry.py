@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from harness.errors import UserError
-from harness.registry import MODELS, TASKS, ModelEntry, Registry, include_file, natural_key, register_model
+from harness.registry import MODELS, TASKS, ModelEntry, Registry, include_file, natural_key
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,5 @@
 """Reliability: resumable training, interruption, concurrent writers, timeouts, plugin faults."""
 
-import os
 import signal
 import subprocess
 import sys

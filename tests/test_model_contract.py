@@ -1,0 +1,84 @@
+"""The model contract, checked once for every built-in model (tiny variants on CPU):
+registration metadata, forward/backward, padding invariance, bf16 autocast, and the LRA
+"apples-to-apples" parameter budget of the baselines."""
+
+import pytest
+import torch
+
+import models  # noqa: F401  (registers every built-in family)
+from harness.heads import count_parameters
+from harness.registry import FAMILIES, MODELS
+
+LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
+TRAIN_KEYS = {"lr", "weight_decay", "batch_size", "warmup_steps", "total_steps"}
+BUILTIN = [n for n in MODELS.names() if MODELS.get(n).origin.startswith("models.") and not n.endswith("_tiny")]
+RUNNABLE = [n for n in BUILTIN if MODELS.get(n).availability()[0]]
+BUDGETED = ("s4", "s4d", "linear_transformer", "performer", "mamba")  # within 10% of the Transformer
+
+
+def pad_mask(lengths, L):
+    return torch.arange(L)[None, :] >= torch.tensor(lengths)[:, None]
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_registration_metadata(name):
+    entry = MODELS.get(name)
+    assert entry.family in FAMILIES and entry.paper and entry.complexity.startswith("O(")
+    assert "d_model" in entry.defaults
+    assert set(LRA_TASKS) <= set(entry.task_configs), "per-task defaults for every LRA task"
+    for task in entry.train_configs:
+        assert set(entry.train_config(task)) - {"betas"} == TRAIN_KEYS
+    tiny = MODELS.get(f"{name}_tiny")
+    assert tiny.tiny_of == name and tiny.config()["d_model"] <= 64
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_forward_backward_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = MODELS.get(f"{name}_tiny").build()
+    d = MODELS.get(f"{name}_tiny").config()["d_model"]
+    x = torch.randn(2, 24, d)
+    y = model(x, pad_mask([24, 17], 24))
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    y.pow(2).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_padding_does_not_change_real_positions(name):
+    torch.manual_seed(0)
+    model = MODELS.get(f"{name}_tiny").build().eval()
+    d = MODELS.get(f"{name}_tiny").config()["d_model"]
+    L, extra = 20, 6
+    x = torch.randn(2, L, d)
+    mask = pad_mask([20, 12], L)
+    with torch.no_grad():
+        y1 = model(x, mask)
+        x2 = x.clone()
+        x2[mask] = 7 * torch.randn(int(mask.sum()), d)  # other pad content
+        x2 = torch.cat([x2, 7 * torch.randn(2, extra, d)], dim=1)  # and more padding
+        y2 = model(x2, pad_mask([20, 12], L + extra))
+    torch.testing.assert_close(y2[:, :L][~mask], y1[~mask], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_bf16_autocast_stays_close_to_fp32(name):
+    torch.manual_seed(0)
+    model = MODELS.get(f"{name}_tiny").build().eval()
+    d = MODELS.get(f"{name}_tiny").config()["d_model"]
+    x = torch.randn(2, 32, d)
+    with torch.no_grad():
+        ref = model(x, None)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x, None).float()
+    rel = (low - ref).norm() / ref.norm()
+    assert rel < 0.05, float(rel)
+
+
+@pytest.mark.parametrize("name", BUDGETED)
+@pytest.mark.parametrize("task", LRA_TASKS)
+def test_parameter_budget_within_10_percent_of_the_transformer(name, task):
+    ours = count_parameters(MODELS.get(name).build(task))
+    ref = count_parameters(MODELS.get("transformer").build(task))
+    assert abs(ours / ref - 1) <= 0.10, (ours, ref)
