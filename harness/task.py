@@ -117,7 +117,8 @@ class Task(abc.ABC):
     # -- to implement ---------------------------------------------------------------------------
     @abc.abstractmethod
     def sizes(self, scale: str) -> dict:
-        """{'train': n, 'val': n, 'test': n} for a scale (plus optional 'seq_len')."""
+        """{'train': n, 'val': n, 'test': n} for a scale, plus optional 'seq_len', and optional
+        'batch_size' / 'total_steps' caps on the training settings at that scale."""
 
     @abc.abstractmethod
     def build(self, split: str) -> TaskData:

@@ -63,6 +63,12 @@ def resolve_settings(model_name: str, task_name: str, config: RunConfig) -> Trai
         s.batch_size = scale.batch_size
     if scale.lr is not None:
         s.lr = scale.lr
+    # A task may cap batch and steps at a scale (e.g. Path-X smoke: 16K pixels on a CPU).
+    hints = TASKS.get(task_name).cls(scale=config.scale).sizes(config.scale)
+    if "batch_size" in hints:
+        s.batch_size = min(s.batch_size, hints["batch_size"])
+    if "total_steps" in hints:
+        s.total_steps = min(s.total_steps, hints["total_steps"])
     if config.steps is not None:
         s.total_steps = config.steps
     if config.batch_size is not None:

@@ -58,7 +58,7 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package 
 FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
                  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 SCALES = {
-    "smoke": dict(train=2000, val=250, test=250, pool=2),
+    "smoke": dict(train=2000, val=250, test=250, pool=2, batch_size=16),
     "small": dict(train=10000, val=1000, test=2000, pool=1),
     "paper": dict(train=45000, val=5000, test=10000, pool=1),
 }

@@ -893,7 +893,7 @@ class Pathfinder(PathfinderBase):
                     "Pixels as real values, normalised (p/255-0.5)/0.5",
     )
     SCALES = {
-        "smoke": dict(train=200, val=25, test=25, generate=250, pool=2),
+        "smoke": dict(train=200, val=25, test=25, generate=250, pool=2, batch_size=16),
         "small": dict(train=8000, val=1000, test=1000, generate=10000, pool=1),
         "paper": dict(train=160000, val=20000, test=20000, generate=None, pool=1),
     }
@@ -911,7 +911,7 @@ class PathX(PathfinderBase):
         description="Path-X: Pathfinder at 128x128 (curv_contour_length_14), 16K pixels as real values",
     )
     SCALES = {
-        "smoke": dict(train=32, val=4, test=4, generate=40, pool=8),
+        "smoke": dict(train=32, val=4, test=4, generate=40, pool=8, batch_size=2, total_steps=30),
         "small": dict(train=800, val=100, test=100, generate=1000, pool=2),
         "paper": dict(train=160000, val=20000, test=20000, generate=None, pool=1),
     }
