@@ -14,7 +14,7 @@ only, the label read as a float and cast to int, each text's raw bytes cut at 10
 `seq_len` (4000 per document at paper scale, LRA's `max_length`), ids byte+1, 0 = pad (vocab 257).
 
 Without the AAN files the task is an honest stand-in, `stand-in(synthetic-citation)` (lra.md §9):
-two documents of random lowercase pseudo-words, each carrying one "citation" span `[XXXX]` of four
+two documents of random lowercase pseudo-words, each carrying one "citation" span (e.g. `[QBRT]`) of four
 letters from A-F at a random position; a positive pair shares the same span, a negative pair has
 two different spans. It tests the dual-encoder plumbing at long lengths; it is not AAN.
 """
