@@ -128,7 +128,7 @@ def build_classifier(model_name: str, task_name: str, overrides: dict | None = N
 
 def measure_cell(cell: Cell) -> dict:
     """Measure one cell here; returns the record fields (status ok/oom/error/unavailable)."""
-    from harness.heads import count_parameters, loss_and_correct
+    from harness.heads import batch_to, count_parameters, loss_and_correct
     from harness.registry import MODELS, TASKS, include_file
     from harness.store import cell_key, config_hash, make_record
 
@@ -159,7 +159,7 @@ def measure_cell(cell: Cell) -> dict:
         model.to(device)
         n_params = count_parameters(model)
         task = task_cls()
-        batch = {k: v.to(device) for k, v in task.random_batch(cell.batch_size, cell.seq_len, generator).items()}
+        batch = batch_to(task.random_batch(cell.batch_size, cell.seq_len, generator), device)
         train = cell.mode == "train_step"
         if train:
             model.train()

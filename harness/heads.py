@@ -75,11 +75,14 @@ class SequenceModel(nn.Module):
         d_in = d_model * ((4 if interaction == "nli" else 2) if spec.dual else 1)
         self.head = ClassifierHead(d_in, head_hidden or 2 * d_model, spec.num_classes, dropout)
 
-    def encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, L) inputs, (B, L) pad mask -> (B, L, d) features with pads zeroed."""
+    def encode(self, x: torch.Tensor, mask: torch.Tensor, has_pad: bool | None = None) -> torch.Tensor:
+        """(B, L) inputs, (B, L) pad mask -> (B, L, d) features with pads zeroed. `has_pad` (from
+        `batch_to`) saves asking the device whether the mask is empty."""
         keep = (~mask).unsqueeze(-1)
         h = self.embed_dropout(self.embed(x)) * keep
-        out = self.backbone(h, mask if bool(mask.any()) else None)
+        if has_pad is None:
+            has_pad = bool(mask.any())  # a host-device sync
+        out = self.backbone(h, mask if has_pad else None)
         if not isinstance(out, torch.Tensor) or out.shape != h.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"backbone {type(self.backbone).__name__} returned {got}; the model contract "
@@ -93,17 +96,27 @@ class SequenceModel(nn.Module):
         return (h * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
     def forward(self, batch: dict) -> torch.Tensor:
-        h = self.encode(batch["x"], batch["mask"])
+        h = self.encode(batch["x"], batch["mask"], batch.get("has_pad"))
         if self.spec.target == "token":
             return self.head(h)
         rep = self.pool(h, batch["mask"])
         if self.spec.dual:
-            rep2 = self.pool(self.encode(batch["x2"], batch["mask2"]), batch["mask2"])
+            rep2 = self.pool(self.encode(batch["x2"], batch["mask2"], batch.get("has_pad2")), batch["mask2"])
             if self.interaction == "concat":
                 rep = torch.cat([rep2, rep], dim=-1)
             else:
                 rep = torch.cat([rep, rep2, rep * rep2, rep - rep2], dim=-1)
         return self.head(rep)
+
+
+def batch_to(batch: dict, device) -> dict:
+    """Move a batch's tensors to `device` and note, on the host, whether each mask has any pad
+    (`has_pad`, `has_pad2`): asking the device each step would stall the launch queue."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    for mask in ("mask", "mask2"):
+        if mask in batch:
+            out["has_pad" + mask[4:]] = bool(batch[mask].any())
+    return out
 
 
 def loss_and_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int, int]:

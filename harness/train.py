@@ -27,7 +27,7 @@ import torch
 
 from harness.bench import autocast, build_classifier, is_oom, short_error
 from harness.config import RunConfig
-from harness.heads import count_parameters, loss_and_correct, param_groups
+from harness.heads import batch_to, count_parameters, loss_and_correct, param_groups
 from harness.registry import MODELS, TASKS
 from harness.store import cell_key, config_hash, make_record
 
@@ -104,8 +104,7 @@ def evaluate(model, data, device, dtype, batch_size) -> tuple[float, float]:
     loss_sum = 0.0
     for start in range(0, len(data), batch_size):
         index = torch.arange(start, min(start + batch_size, len(data)))
-        batch = {k: v.to(device, non_blocking=True) for k, v in data.batch(index).items()}
-        batch = _typed(batch)
+        batch = _typed(batch_to(data.batch(index), device))
         with autocast(device.type, dtype):
             logits = model(batch)
         loss, c, n = loss_and_correct(logits, batch["y"])
@@ -215,7 +214,7 @@ def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, c
             state["order"], state["cursor"] = torch.randperm(len(train), generator=generator), 0
         index = state["order"][state["cursor"]: state["cursor"] + s.batch_size]
         state["cursor"] += s.batch_size
-        batch = _typed({k: v.to(device, non_blocking=True) for k, v in train.batch(index).items()})
+        batch = _typed(batch_to(train.batch(index), device))
         with autocast(device.type, dtype):
             logits = model(batch)
         loss, _, _ = loss_and_correct(logits, batch["y"])

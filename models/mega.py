@@ -16,9 +16,10 @@ A block is that sub-layer followed by a normalized FFN (NFFN, §5); a prenorm st
 Two implementations of the same function, chosen by the `impl` config key:
 - "fast" (default): the EMA kernel is built in fp32 and applied as one real FFT of length
   >= L + K - 1 (the backward kernel enters as the conjugate of its spectrum, an anti-causal
-  correlation); softmax attention runs through `F.scaled_dot_product_attention` with the relative
-  bias (and padding as -inf) as an additive float mask; chunks are folded into the batch dimension;
-  `compile=True` additionally runs torch.compile on the element-wise regions around the FFT.
+  correlation), inside a custom op with a hand-written gradient; softmax attention runs through
+  `F.scaled_dot_product_attention` with the relative bias (and padding as -inf) as an additive
+  float mask; chunks are folded into the batch dimension. `compile=True` runs the encoder through
+  torch.compile, which fuses the element-wise work around the (opaque) FFT op.
 - "reference": the equations written out literally (the EMA as an explicit recurrence over time,
   the attention materialised chunk by chunk with an explicitly indexed bias matrix). For tests.
 
@@ -54,6 +55,9 @@ ATTENTIONS = ("softmax", "laplace", "relu2")
 NORMS = ("layernorm", "scalenorm", "rmsnorm", "batchnorm", "syncbatchnorm")
 REL_POS = ("simple", "rotary")
 IMPLS = ("fast", "reference")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+SOFTMAX_KERNELS = ("auto", "sdpa", "matmul")
+MATERIALIZE_MAX_LENGTH = 256  # softmax_kernel=auto: materialise attention up to this length
 
 
 # ------------------------------------------------------------------------------------------------
@@ -84,7 +88,10 @@ class MegaConfig:
     attention_dropout: float = 0.0  # on the attention weights
     feature_dropout: bool = False  # dropout/hidden_dropout drop whole channels (same mask over time)
     impl: str = "fast"  # fast | reference (literal equations, for tests)
-    compile: bool = False  # torch.compile the element-wise regions around the FFT (fast impl)
+    compile: bool = False  # torch.compile the encoder's forward (fast impl; the FFT op stays opaque)
+    compile_mode: str = "default"  # torch.compile mode; reduce-overhead adds CUDA graphs on GPU
+    softmax_kernel: str = "auto"  # sdpa | matmul (materialised, fp32 softmax) | auto: matmul for
+    # attention lengths <= 256 (MEGA-chunk), where it is faster than SDPA with a bias, else sdpa
 
     def __post_init__(self):
         def bad(key, expected):
@@ -105,6 +112,10 @@ class MegaConfig:
             bad("norm", " | ".join(NORMS))
         if self.impl not in IMPLS:
             bad("impl", " | ".join(IMPLS))
+        if self.compile_mode not in COMPILE_MODES:
+            bad("compile_mode", " | ".join(COMPILE_MODES))
+        if self.softmax_kernel not in SOFTMAX_KERNELS:
+            bad("softmax_kernel", " | ".join(SOFTMAX_KERNELS))
         if not isinstance(self.chunk_size, int) or not (self.chunk_size == -1 or self.chunk_size > 0):
             bad("chunk_size", "-1 (full attention) or a positive chunk length")
         if self.truncation is not None and (not isinstance(self.truncation, int) or self.truncation < 1):
@@ -232,8 +243,7 @@ class SequenceNorm(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
-# Element-wise regions of the fast path (plain functions so that `compile=True` can wrap them;
-# the FFT stays outside: compiling complex FFTs fails on some torch versions)
+# Element-wise pieces of the fast path (with `compile=True`, torch.compile fuses them)
 # ------------------------------------------------------------------------------------------------
 def ema_kernel(delta, alpha, beta, gamma, scale: float, length: int) -> torch.Tensor:
     """k[c, t] = scale * sum_n gamma[c,n] p[c,n] beta[c,n] q[c,n]^t, t < length; always fp32.
@@ -249,11 +259,6 @@ def ema_kernel(delta, alpha, beta, gamma, scale: float, length: int) -> torch.Te
     return torch.bmm(weight.unsqueeze(1), vander).squeeze(1)  # (D, K): contraction over h
 
 
-def ema_activation(y: torch.Tensor, x: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
-    """X' = silu(EMA(x) + omega * x): the omega residual uses the un-masked input."""
-    return F.silu(y + x * omega)
-
-
 def split_gates(base: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, d: int, z: int, v: int):
     """mx_proj output (B, L, 2d+z+v) -> update gate u, Q, K (B, L, z), reset gate r, hx."""
     u, zr, hx = base.split([d, z + v, d], dim=-1)
@@ -261,10 +266,6 @@ def split_gates(base: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, d: 
     qk = zz.unsqueeze(-2) * gamma + beta  # (B, L, 2, z): row 0 = Q, row 1 = K
     q, k = qk.unbind(-2)
     return torch.sigmoid(u), q, k, r, hx
-
-
-def gate_input(o: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    return o * r  # attention output times reset gate, input of h_proj
 
 
 def candidate(hx: torch.Tensor, ho: torch.Tensor) -> torch.Tensor:
@@ -275,16 +276,90 @@ def gated_residual(residual: torch.Tensor, u: torch.Tensor, h: torch.Tensor) -> 
     return torch.addcmul(residual, u, h - residual)  # u * H + (1 - u) * residual, eq. 15
 
 
-_COMPILED: dict = {}
+# ------------------------------------------------------------------------------------------------
+# EMA convolution by FFT as an opaque custom op with a hand-written gradient. torch.compile cannot
+# lower complex tensors (spec §11: KeyError 'complex64'), so hiding the FFTs lets it compile and fuse
+# everything else in the block. Saving the input rather than its spectrum also halves the memory
+# kept for backward under bf16 autocast.
+# ------------------------------------------------------------------------------------------------
+def _spectrum(kernel: torch.Tensor, bidirectional: bool, n: int) -> torch.Tensor:
+    """(D, K) kernel -> (d, n/2+1) transfer function of the (bi)directional convolution."""
+    spec = torch.fft.rfft(kernel, n=n)  # (D, n/2+1)
+    if bidirectional:
+        # The backward kernel acts at negative lags (a correlation): its spectrum is the conjugate.
+        # Lag 0 is in both terms, so x_t is counted by both directions (as official). (Lazy conj
+        # views gave wrong results under AOT tracing of this op on torch 2.13: conjugate physically.)
+        d = kernel.shape[0] // 2
+        spec = spec[:d] + spec[d:].conj_physical()
+    return spec
 
 
-def region(fn, enabled: bool):
-    """`fn`, or its torch.compile'd version (built once per function and shared)."""
-    if not enabled:
-        return fn
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn)
-    return _COMPILED[fn]
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 for gradcheck
+
+
+def ema_fft_length(L: int, K: int) -> int:
+    """n >= L + K - 1: neither the causal nor the anti-causal part wraps around onto [0, L)."""
+    return fft_length(L + K - 1)
+
+
+@torch.library.custom_op("harness_mega::ema_conv", mutates_args=())
+def ema_conv(x: torch.Tensor, kernel: torch.Tensor, bidirectional: bool) -> torch.Tensor:
+    """Circular convolution of length n = ema_fft_length(L, K) whose [..., :L] is the EMA:
+    y[t] = sum_s k_fwd[s] x[t-s] (+ sum_s k_bwd[s] x[t+s]), x zero outside [0, L).
+
+    x (B, d, L) time-last (the FFT runs along contiguous memory), any float dtype; kernel (D, K)
+    -> (B, d, n) in at least fp32. Returning all n lets the caller's slice fuse into what follows.
+    """
+    n = ema_fft_length(x.shape[-1], kernel.shape[-1])
+    dtype = _compute_dtype(x)
+    spectrum = torch.fft.rfft(x.to(dtype), n=n) * _spectrum(kernel.to(dtype), bidirectional, n)
+    return torch.fft.irfft(spectrum, n=n)
+
+
+@ema_conv.register_fake
+def _(x, kernel, bidirectional):
+    n = ema_fft_length(x.shape[-1], kernel.shape[-1])
+    return x.new_empty((*x.shape[:-1], n), dtype=_compute_dtype(x))
+
+
+@torch.library.custom_op("harness_mega::ema_conv_backward", mutates_args=())
+def ema_conv_backward(grad_y: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor,
+                      bidirectional: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adjoints of `ema_conv` (grad_y (B, d, n)): grad_x = correlation of grad_y with the kernel;
+    grad_k[t] = sum_{b,s} grad_y[s] x[s-t] (forward rows), sum_{b,s} grad_y[s] x[s+t] (backward rows)."""
+    L, K = x.shape[-1], kernel.shape[-1]
+    n = ema_fft_length(L, K)
+    dtype = _compute_dtype(x)
+    gy = torch.fft.rfft(grad_y.to(dtype), n=n)  # (B, d, n/2+1)
+    spec = _spectrum(kernel.to(dtype), bidirectional, n)
+    grad_x = torch.fft.irfft(gy * spec.conj_physical(), n=n)[..., :L]
+    cross = (gy * torch.fft.rfft(x.to(dtype), n=n).conj_physical()).sum(0)  # (d, n/2+1)
+    r = torch.fft.irfft(cross, n=n)  # r[t] = sum grad_y[s] x[s-t], circular; (d, n)
+    grad_k = r[:, :K]  # lags 0..K-1
+    if bidirectional:  # lag -t sits at n - t
+        grad_k = torch.cat([grad_k, torch.cat([r[:, :1], r[:, n - K + 1:].flip(-1)], dim=-1)])
+    return grad_x.to(x.dtype).contiguous(), grad_k.to(kernel.dtype).contiguous()
+
+
+@ema_conv_backward.register_fake
+def _(grad_y, x, kernel, bidirectional):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(kernel)
+
+
+def _ema_conv_setup(ctx, inputs, output):
+    x, kernel, bidirectional = inputs
+    ctx.save_for_backward(x, kernel)
+    ctx.bidirectional = bidirectional
+
+
+def _ema_conv_grad(ctx, grad_y):
+    x, kernel = ctx.saved_tensors
+    grad_x, grad_k = ema_conv_backward(grad_y, x, kernel, ctx.bidirectional)
+    return grad_x, grad_k, None
+
+
+ema_conv.register_autograd(_ema_conv_grad, setup_context=_ema_conv_setup)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -299,14 +374,12 @@ class MultiHeadEMA(nn.Module):
     Bidirectional: rows [0:d] form a causal kernel, rows [d:2d] an anti-causal one; x_t enters both.
     """
 
-    def __init__(self, d: int, h: int, bidirectional: bool, truncation: int | None,
-                 impl: str = "fast", compile_regions: bool = False):
+    def __init__(self, d: int, h: int, bidirectional: bool, truncation: int | None, impl: str = "fast"):
         super().__init__()
         self.d, self.h = d, h
         self.bidirectional = bidirectional
         self.truncation = truncation
         self.impl = impl
-        self.compile_regions = compile_regions
         rows = 2 * d if bidirectional else d
         self.delta = nn.Parameter(torch.empty(rows, h, 1))
         self.alpha = nn.Parameter(torch.empty(rows, h, 1))
@@ -331,8 +404,7 @@ class MultiHeadEMA(nn.Module):
 
     def kernel(self, length: int) -> torch.Tensor:
         """(D, length) fp32 kernel; rows [0:d] forward, [d:2d] backward when bidirectional."""
-        build = region(ema_kernel, self.compile_regions)
-        return build(self.delta, self.alpha, self.beta, self.gamma, self.scale, length)
+        return ema_kernel(self.delta, self.alpha, self.beta, self.gamma, self.scale, length)
 
     def coefficients(self):
         """(p*beta, q, gamma) as (D, h) fp32 tensors, for the recurrent forms."""
@@ -350,25 +422,16 @@ class MultiHeadEMA(nn.Module):
         return out.to(x.dtype)
 
     def conv_fft(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """EMA(x) without omega residual/activation by one real FFT along time: (B, L, d) fp32."""
-        B, L, d = x.shape
-        K = self.kernel_length(L)
-        xf = x.float()
+        """EMA(x) without omega residual/activation, by one real FFT along time: (B, L, d) fp32."""
+        L = x.shape[1]
         if padding_mask is not None:
-            xf = xf.masked_fill(padding_mask.unsqueeze(-1), 0.0)  # pads contribute nothing
-        # n >= L + K - 1: neither the causal nor the anti-causal part wraps around onto [0, L).
-        n = fft_length(L + K - 1)
-        spec = torch.fft.rfft(self.kernel(K), n=n)  # (D, n/2+1)
-        if self.bidirectional:
-            # Backward kernel at negative lags = correlation: its spectrum is the conjugate. Lag 0
-            # appears in both terms, so x_t is counted by both directions (as official).
-            spec = spec[:d] + spec[d:].conj()
-        y = torch.fft.irfft(torch.fft.rfft(xf, n=n, dim=1) * spec.t(), n=n, dim=1)  # (B, n, d)
-        return y[:, :L]
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)  # pads contribute nothing
+        y = ema_conv(x.transpose(1, 2).contiguous(), self.kernel(self.kernel_length(L)), self.bidirectional)
+        return y[..., :L].transpose(1, 2)  # (B, d, n) -> (B, L, d) view
 
     def forward_fft(self, x, padding_mask=None) -> torch.Tensor:
         y = self.conv_fft(x, padding_mask)
-        return region(ema_activation, self.compile_regions)(y, x.float(), self.omega.float())
+        return F.silu(y + x.float() * self.omega.float())  # the omega residual uses the un-masked x
 
     def forward_recurrence(self, x, padding_mask=None) -> torch.Tensor:
         """The literal recurrence over time (reference path), truncation included."""
@@ -553,6 +616,18 @@ def hidden_pad_rows(key_pad: torch.Tensor, causal: bool) -> torch.Tensor:
     return key_pad.unsqueeze(1) & sees_real  # (N, n, n)
 
 
+def softmax_weights(scores, bias, key_pad, causal: bool) -> torch.Tensor:
+    """softmax(QK^T z^-1/2 + b) in fp32 with -inf masks (materialised path). scores: (N, n, n) fp32."""
+    n_keys = scores.shape[-1]
+    logits = scores + bias
+    if causal:
+        upper = torch.ones(n_keys, n_keys, dtype=torch.bool, device=scores.device).triu(1)
+        logits = logits.masked_fill(upper, float("-inf"))
+    if key_pad is not None:
+        logits = logits.masked_fill(hidden_pad_rows(key_pad, causal), float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
 def elementwise_weights(scores, bias, key_pad, causal: bool, fn) -> torch.Tensor:
     """A = f(QK^T / n + b) times multiplicative masks; no row normalisation.
 
@@ -602,7 +677,7 @@ class MovingAverageGatedAttention(nn.Module):
         self.prenorm = cfg.prenorm
         self.impl = cfg.impl
         self.norm = SequenceNorm(cfg.norm, d, cfg.norm_affine)
-        self.move = MultiHeadEMA(d, cfg.h_dim, cfg.bidirectional, cfg.truncation, cfg.impl, cfg.compile)
+        self.move = MultiHeadEMA(d, cfg.h_dim, cfg.bidirectional, cfg.truncation, cfg.impl)
         self.v_proj = nn.Linear(d, v)
         self.mx_proj = nn.Linear(d, d + z + v + d)  # one GEMM: update gate, Z, reset gate, H input
         self.h_proj = nn.Linear(v, d)
@@ -621,9 +696,6 @@ class MovingAverageGatedAttention(nn.Module):
             nn.init.zeros_(layer.bias)
         nn.init.normal_(self.gamma, 0.0, 0.02)
 
-    def _fn(self, fn):
-        return region(fn, self.cfg.compile and self.impl == "fast")
-
     def chunk_length(self, L: int) -> int:
         return L if self.chunk_size <= 0 or L <= self.chunk_size else self.chunk_size
 
@@ -634,14 +706,13 @@ class MovingAverageGatedAttention(nn.Module):
         h = self.norm(x, padding_mask) if self.prenorm else x
         value = self.hidden_dropout(F.silu(self.v_proj(h)))  # (B, L, v): from the normed input
         ema = self.dropout(self.move(h, padding_mask))  # (B, L, d)
-        u, q, k, r, hx = self._fn(split_gates)(self.mx_proj(ema), self.gamma, self.beta,
-                                                self.d, self.z, self.v)
+        u, q, k, r, hx = split_gates(self.mx_proj(ema), self.gamma, self.beta, self.d, self.z, self.v)
         if self.impl == "reference":
             o = self.attend_reference(q, k, value, padding_mask)
         else:
             o = self.attend(q, k, value, padding_mask)  # (B, L, v)
-        cand = self._fn(candidate)(hx, self.h_proj(self._fn(gate_input)(o, r)))
-        out = self._fn(gated_residual)(residual, u, self.dropout(cand))
+        cand = candidate(hx, self.h_proj(o * r))  # reset gate on the attention output
+        out = gated_residual(residual, u, self.dropout(cand))
         if not self.prenorm:
             out = self.norm(out, padding_mask)
         return out[:, :L]
@@ -656,8 +727,8 @@ class MovingAverageGatedAttention(nn.Module):
         vv = v.reshape(N, n, self.v)
         key_pad = None if padding_mask is None else padding_mask.reshape(N, n)
         bias = self.rel_pos_bias(n)  # (n, n) fp32, shared by every chunk
-        p = self.attention_dropout.p if self.training else 0.0
-        if self.attention == "softmax":
+        if self.attention == "softmax" and self.use_sdpa(n):
+            p = self.attention_dropout.p if self.training else 0.0
             bias = bias.to(v.dtype)  # cast before any batch-sized mask is built
             if self.causal:
                 upper = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
@@ -670,9 +741,16 @@ class MovingAverageGatedAttention(nn.Module):
                                                dropout_p=p, scale=self.z ** -0.5)  # (N, 1, n, v)
             return o.reshape(B, L, self.v)
         scores = torch.bmm(q, k.transpose(1, 2)).float()  # (N, n, n)
-        weights = elementwise_weights(scores, bias, key_pad, self.causal, ELEMENTWISE[self.attention])
+        if self.attention == "softmax":
+            weights = softmax_weights(scores * self.z ** -0.5, bias, key_pad, self.causal)
+        else:
+            weights = elementwise_weights(scores, bias, key_pad, self.causal, ELEMENTWISE[self.attention])
         o = torch.bmm(self.attention_dropout(weights).to(v.dtype), vv)  # (N, n, v)
         return o.reshape(B, L, self.v)
+
+    def use_sdpa(self, n: int) -> bool:
+        kernel = self.cfg.softmax_kernel
+        return kernel == "sdpa" or (kernel == "auto" and n > MATERIALIZE_MAX_LENGTH)
 
     # -- attention, reference: chunk by chunk, explicit bias, softmax written out -----------------
     def attend_reference(self, q, k, v, padding_mask):
@@ -798,6 +876,8 @@ class MegaEncoder(nn.Module):
         self.cfg = cfg
         self.layers = nn.ModuleList(MegaBlock(cfg) for _ in range(cfg.n_layers))
         self.final_norm = SequenceNorm(cfg.norm, cfg.d_model, cfg.norm_affine) if cfg.prenorm else None
+        if cfg.compile and cfg.impl == "fast":
+            self.compile(mode=cfg.compile_mode)  # in place: parameter names and `step` are unchanged
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         L = x.shape[1]

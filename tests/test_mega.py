@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -149,6 +151,29 @@ def test_fast_bidirectional_fft_equals_official_construction(truncation):
     torch.testing.assert_close(ema.conv_fft(x), official, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("bidirectional,L,K", [(True, 9, 4), (False, 9, 4), (True, 7, 7), (True, 6, 1),
+                                                 (False, 5, 5)])
+def test_ema_conv_op_gradient_and_registration(bidirectional, L, K):
+    """The hand-written adjoints of the FFT op against finite differences (fp64), and the op's
+    fake (meta) and autograd registrations against torch.library's own checks."""
+    torch.manual_seed(0)
+    D = 6 if bidirectional else 3
+    x = torch.randn(2, 3, L, dtype=torch.float64, requires_grad=True)  # (B, d, L), time last
+    kernel = torch.randn(D, K, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: M.ema_conv(a, b, bidirectional), (x, kernel))
+    torch.library.opcheck(M.ema_conv, (x.float().detach().requires_grad_(), kernel.float().detach()
+                                       .requires_grad_(), bidirectional))
+
+
+def test_ema_conv_op_keeps_input_dtype_for_its_gradient():
+    x = torch.randn(2, 3, 8, dtype=torch.bfloat16, requires_grad=True)
+    kernel = torch.randn(6, 8, requires_grad=True)
+    y = M.ema_conv(x, kernel, True)
+    assert y.dtype == torch.float32 and y.shape == (2, 3, M.ema_fft_length(8, 8))  # fp32 (pitfall 3)
+    y.sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and kernel.grad.dtype == torch.float32
+
+
 def test_ema_kernel_is_fp32_with_bf16_params():
     ema = random_ema(d=3, bidirectional=True)
     ema32 = random_ema(d=3, bidirectional=True)
@@ -223,13 +248,17 @@ def test_rotary_bias_closed_form_equals_rope_products():
 # ------------------------------------------------------------------------------------------------
 # Fast path == reference path
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("attention", ["softmax", "laplace", "relu2"])
+# every attention function, softmax through both kernels (SDPA, materialised)
+ATTENTION_KERNELS = [("softmax", "sdpa"), ("softmax", "matmul"), ("laplace", "auto"), ("relu2", "auto")]
+
+
+@pytest.mark.parametrize("attention,softmax_kernel", ATTENTION_KERNELS)
 @pytest.mark.parametrize("rel_pos", ["simple", "rotary"])
 @pytest.mark.parametrize("chunk_size", [-1, 8])
 @pytest.mark.parametrize("padded", [False, True])
-def test_fast_equals_reference(attention, rel_pos, chunk_size, padded):
-    cfg = tiny(attention=attention, rel_pos=rel_pos, chunk_size=chunk_size, truncation=11,
-               norm="scalenorm" if padded else "layernorm", prenorm=not padded)
+def test_fast_equals_reference(attention, softmax_kernel, rel_pos, chunk_size, padded):
+    cfg = tiny(attention=attention, softmax_kernel=softmax_kernel, rel_pos=rel_pos, chunk_size=chunk_size,
+               truncation=11, norm="scalenorm" if padded else "layernorm", prenorm=not padded)
     fast, ref = pair(cfg)
     L = 21  # not a multiple of the chunk: padded inside
     x = torch.randn(3, L, 16)
@@ -243,10 +272,11 @@ def test_fast_equals_reference(attention, rel_pos, chunk_size, padded):
         torch.testing.assert_close(pf.grad, pr.grad, atol=2e-4, rtol=2e-4, msg=name)
 
 
-@pytest.mark.parametrize("attention", ["softmax", "laplace", "relu2"])
+@pytest.mark.parametrize("attention,softmax_kernel", ATTENTION_KERNELS)
 @pytest.mark.parametrize("chunk_size", [-1, 8])
-def test_fast_equals_reference_causal(attention, chunk_size):
-    cfg = tiny(attention=attention, chunk_size=chunk_size, bidirectional=False, causal=True,
+def test_fast_equals_reference_causal(attention, softmax_kernel, chunk_size):
+    cfg = tiny(attention=attention, softmax_kernel=softmax_kernel, chunk_size=chunk_size,
+               bidirectional=False, causal=True,
                truncation=None)
     fast, ref = pair(cfg, seed=2)
     x = torch.randn(2, 19, 16)
@@ -256,10 +286,11 @@ def test_fast_equals_reference_causal(attention, chunk_size):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_all_pad_chunk_rule(causal):
+@pytest.mark.parametrize("softmax_kernel", ["sdpa", "matmul"])
+def test_all_pad_chunk_rule(causal, softmax_kernel):
     """Rows that see no real key are left unmasked (official: all-pad chunks), so even outputs at
     pad positions are finite and the fast path agrees with the reference everywhere."""
-    cfg = tiny(chunk_size=8, causal=causal, bidirectional=not causal)
+    cfg = tiny(chunk_size=8, causal=causal, bidirectional=not causal, softmax_kernel=softmax_kernel)
     torch.manual_seed(0)
     fast = liven(M.MovingAverageGatedAttention(cfg))
     ref = M.MovingAverageGatedAttention(M.make_config(**dict(vars(cfg), impl="reference")))
@@ -455,6 +486,7 @@ def test_attention_functions():
 def test_config_mistakes_are_user_errors():
     for bad in (dict(attention="cosine"), dict(norm="groupnorm"), dict(chunk_size=0),
                 dict(truncation=0), dict(causal=True), dict(impl="triton"), dict(colour="red"),
+                dict(compile_mode="fast"), dict(softmax_kernel="flash"),
                 dict(rel_pos="rotary", z_dim=7)):
         with pytest.raises(UserError):
             M.make_config(**bad)
@@ -540,11 +572,30 @@ def test_cuda_bf16_autocast_and_backward():
     assert all(p.grad is not None for p in model.parameters())
 
 
-@CUDA
-def test_cuda_compiled_regions_match_eager():
+def compiled_matches_eager(device: str):
+    """compile=True (torch.compile of the whole encoder, the FFT op opaque) computes what eager does,
+    outputs and gradients, with a padding mask and a ragged chunked length."""
     torch.manual_seed(0)
-    eager = liven(M.MegaEncoder(tiny(chunk_size=16))).cuda()
-    compiled = M.MegaEncoder(tiny(chunk_size=16, compile=True)).cuda()
+    eager = liven(M.MegaEncoder(tiny(chunk_size=16))).to(device)
+    compiled = M.MegaEncoder(tiny(chunk_size=16, compile=True)).to(device)
     compiled.load_state_dict(eager.state_dict())
-    x = torch.randn(2, 64, 16, device="cuda")
-    torch.testing.assert_close(compiled(x), eager(x), atol=1e-4, rtol=1e-4)
+    x = torch.randn(2, 40, 16, device=device)
+    mask = right_pad_mask(2, 40, [40, 29]).to(device)
+    outs = []
+    for model in (eager, compiled):
+        y = model(x, mask)
+        y.masked_fill(mask[..., None], 0).square().sum().backward()
+        outs.append((y[~mask], [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(outs[1][0], outs[0][0], atol=1e-4, rtol=1e-4)
+    for got, want in zip(outs[1][1], outs[0][1]):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor on CPU needs a C++ compiler")
+def test_compiled_matches_eager_cpu():
+    compiled_matches_eager("cpu")
+
+
+@CUDA
+def test_cuda_compiled_matches_eager():
+    compiled_matches_eager("cuda")

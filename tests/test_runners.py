@@ -7,7 +7,7 @@ import torch.nn as nn
 from harness import env
 from harness.bench import Cell, measure_cell, measure_in_subprocess, sweep
 from harness.config import RunConfig
-from harness.heads import param_groups
+from harness.heads import SequenceModel, batch_to, param_groups
 from harness.registry import MODELS, register_model
 from harness.store import RunStore, load_records
 from harness.train import TrainSettings, lr_factor, resolve_settings, train_cell
@@ -94,6 +94,31 @@ def test_subprocess_isolation_and_timeout(tmp_path):
     assert r["status"] == "ok" and r["timing"]["n_iters"] == 3
     slow = measure_in_subprocess(cell("transformer", 2048), timeout=0.5)
     assert slow["status"] == "error" and slow["error"].startswith("timeout")
+
+
+def test_batch_to_notes_padding_on_the_host():
+    """The forward pass is told whether a mask has pads instead of asking the device (a sync), and
+    gets the same answer either way."""
+    from harness.registry import TASKS
+
+    task = TASKS.get("text").cls
+    batch = task().random_batch(3, 12, torch.Generator().manual_seed(0))
+    assert batch_to(batch, "cpu")["has_pad"] is False
+    batch["mask"][1, 8:] = True
+    moved = batch_to(batch, "cpu")
+    assert moved["has_pad"] is True and moved["mask"].equal(batch["mask"])
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x, mask):
+            seen.append(mask)
+            return x
+
+    model = SequenceModel(Probe(), task.spec, 8).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(moved), model(batch))
+        model(batch_to({**batch, "mask": torch.zeros_like(batch["mask"])}, "cpu"))
+    assert seen[0] is not None and seen[1] is not None and seen[2] is None
 
 
 def test_lr_schedule_warmup_then_linear_decay():
