@@ -110,7 +110,8 @@ class RunConfig:
     tasks: str = _opt("comma-separated task names for accuracy runs ('all' = every task)",
                       commands=("run",), default="listops", metavar="NAMES")
     bench_task: str = _opt("task whose per-task model configuration the speed/memory sweep uses "
-                           "(the papers' Table 2 protocol uses text)", default="text", metavar="TASK")
+                           "(the papers' Table 2 protocol uses text; `bench` also takes --task)",
+                           default="text", metavar="TASK", aliases={"bench": ("--task",)})
     lengths: str = _opt("comma-separated sequence lengths of the speed/memory sweep "
                         "(default: the scale's, e.g. 256,512,1024 for smoke)", metavar="L1,L2,...")
     batch_size: int = _opt("batch size of the speed/memory sweep (default: the scale's); for "
@@ -244,7 +245,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         meta = f.metadata
         if command not in meta.get("commands", ()):
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *meta.get("aliases", {}).get(command, ())]
         kwargs = dict(help=meta["help"], dest=f.name)
         default = f.default if f.default is not dataclasses.MISSING else None
         action = meta.get("action")
@@ -259,7 +260,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                 kwargs.pop("metavar")
             if default is not None:
                 kwargs["help"] += f" (default: {default})"
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(*flags, **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

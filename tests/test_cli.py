@@ -51,6 +51,7 @@ def test_run_end_to_end_prints_tables_and_writes_report(workdir, data_cache):
     (["run", "--seeds", "a"], 2, "--seeds"),
     (["bench", "--iters", "0"], 2, "--iters"),
     (["bench", "--bench-task", "txt"], 2, "unknown task 'txt'"),
+    (["bench", "--task", "txt"], 2, "unknown task 'txt'"),  # the spelling of --bench-task
     (["run", "--resume", "20000101-000000-abcdef"], 2, "not found"),
     (["run", "--include", "nope.py"], 2, "no such file"),
 ])

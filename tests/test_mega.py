@@ -599,3 +599,58 @@ def test_compiled_matches_eager_cpu():
 @CUDA
 def test_cuda_compiled_matches_eager():
     compiled_matches_eager("cuda")
+
+
+def flex_matches_reference(device: str, grad: bool):
+    """softmax_kernel=flex (FlexAttention under torch.compile, bias read from an offset table) equals
+    the reference path: padding incl. an all-pad chunk, causal rows, both bias kinds, gradients
+    (FlexAttention has no backward on CPU)."""
+    cases = [dict(chunk_size=-1, rel_pos="simple", causal=False, bidirectional=True),
+             dict(chunk_size=8, rel_pos="rotary", causal=True, bidirectional=False)]
+    for case in cases:
+        torch.manual_seed(0)
+        cfg = tiny(softmax_kernel="flex", compile=True, truncation=None, **case)
+        fast = liven(M.MegaEncoder(cfg)).to(device)
+        ref = M.MegaEncoder(M.make_config(**dict(vars(cfg), impl="reference", compile=False,
+                                                  softmax_kernel="auto"))).to(device)
+        ref.load_state_dict(fast.state_dict())
+        x = torch.randn(2, 24, 16, device=device)
+        mask = right_pad_mask(2, 24, [24, 7]).to(device)
+        grads = []
+        for model in (fast, ref):
+            with torch.set_grad_enabled(grad):
+                y = model(x, mask)
+            if grad:
+                y[~mask].square().sum().backward()
+            grads.append((y[~mask], [p.grad for p in model.parameters()] if grad else []))
+        torch.testing.assert_close(grads[0][0], grads[1][0], **TOL)
+        for got, want in zip(grads[0][1], grads[1][1]):
+            torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("causal,rel_pos", [(False, "simple"), (True, "rotary"), (True, "simple")])
+def test_flex_score_mod_matches_reference_attention(causal, rel_pos):
+    """The FlexAttention score modification (bias from the offset table, causal and padding masks,
+    the all-pad-row guard) against the reference attention, run by flex's eager implementation
+    (on CPU FlexAttention compiles for inference only; training runs are tested on CUDA)."""
+    torch.manual_seed(0)
+    layer = liven(M.MovingAverageGatedAttention(tiny(causal=causal, bidirectional=not causal, rel_pos=rel_pos)))
+    q, k = torch.randn(3, 12, 8), torch.randn(3, 12, 8)
+    v = torch.randn(3, 12, 24)
+    pad = right_pad_mask(3, 12, [12, 5, 0])  # the last row is all pad
+    if causal:
+        pad[0, :2] = True  # left padding: rows 0-1 see only pads
+    with torch.no_grad():
+        for key_pad in (None, pad):
+            got = layer.attend_flex(q, k, v, key_pad, 12)
+            torch.testing.assert_close(got, layer.attend_reference(q, k, v, key_pad), **TOL)
+
+
+@CUDA
+def test_cuda_flex_softmax_matches_reference():
+    flex_matches_reference("cuda", grad=True)
+
+
+def test_flex_needs_compile():
+    with pytest.raises(UserError, match="compile=True"):
+        M.make_config(softmax_kernel="flex")
