@@ -609,7 +609,7 @@ def flex_matches_reference(device: str, grad: bool):
              dict(chunk_size=8, rel_pos="rotary", causal=True, bidirectional=False)]
     for case in cases:
         torch.manual_seed(0)
-        cfg = tiny(softmax_kernel="flex", compile=True, truncation=None, **case)
+        cfg = tiny(softmax_kernel="flex", compile=True, truncation=None, z_dim=16, v_dim=32, **case)
         fast = liven(M.MegaEncoder(cfg)).to(device)
         ref = M.MegaEncoder(M.make_config(**dict(vars(cfg), impl="reference", compile=False,
                                                   softmax_kernel="auto"))).to(device)
@@ -651,6 +651,8 @@ def test_cuda_flex_softmax_matches_reference():
     flex_matches_reference("cuda", grad=True)
 
 
-def test_flex_needs_compile():
+def test_flex_needs_compile_and_width():
     with pytest.raises(UserError, match="compile=True"):
         M.make_config(softmax_kernel="flex")
+    with pytest.raises(UserError, match="minimum head width"):
+        M.make_config(softmax_kernel="flex", compile=True, z_dim=8)
