@@ -492,9 +492,8 @@ class MultiHeadEMA(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             B, L, d = x.shape
             xf = x.float()
-            n = fft_length(2 * L - 1)
-            spec = torch.fft.rfft(self.kernel(L), n=n)  # full-length kernel: no truncation here
-            y = torch.fft.irfft(torch.fft.rfft(xf, n=n, dim=1) * spec.t(), n=n, dim=1)[:, :L]
+            # full-length kernel: the recurrent forms do not truncate
+            y = ema_conv(xf.transpose(1, 2).contiguous(), self.kernel(L), False)[..., :L].transpose(1, 2)
             pb, q, gamma = self.coefficients()
             t = torch.arange(L + 1, device=x.device, dtype=torch.float32)
             powers = torch.exp(torch.log(q).unsqueeze(-1) * t)  # (d, h, L+1): q^0 .. q^L

@@ -10,6 +10,7 @@ import torch
 
 import models.linear_attention as la
 from harness.registry import MODELS
+from tests.checks import assert_every_parameter_gets_a_gradient, assert_padding_invariant, pad_mask
 
 NAMES = ("linear_transformer", "performer")
 
@@ -141,22 +142,13 @@ def test_features_are_deterministic_under_a_seed():
 
 # ---- backbone contract -----------------------------------------------------------------------------
 
-def _mask(lengths, L):
-    return torch.arange(L)[None, :] >= torch.tensor(lengths)[:, None]
-
-
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("causal", [False, True])
 def test_forward_backward_every_parameter_gets_a_gradient(name, causal):
     torch.manual_seed(0)
     model = MODELS.get(f"{name}_tiny").build(overrides=dict(causal=causal, chunk_size=8))
     model.train()
-    x = torch.randn(2, 24, 32)
-    y = model(x, _mask([24, 15], 24))
-    assert y.shape == x.shape and torch.isfinite(y).all()
-    y.pow(2).mean().backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+    assert_every_parameter_gets_a_gradient(model, torch.randn(2, 24, 32), pad_mask([24, 15], 24))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -176,16 +168,7 @@ def test_padding_invariance(name, train):
     torch.manual_seed(0)
     model = MODELS.get(f"{name}_tiny").build(overrides=dict(dropout=0.0))
     model.train(train)
-    L, extra, d = 20, 7, 32
-    x = torch.randn(2, L, d)
-    mask = _mask([20, 13], L)
-    y1 = model(x, mask)
-    x2 = x.clone()
-    x2[mask] = 5 * torch.randn(int(mask.sum()), d)
-    x2 = torch.cat([x2, 5 * torch.randn(2, extra, d)], dim=1)
-    y2 = model(x2, _mask([20, 13], L + extra))
-    keep = ~mask
-    torch.testing.assert_close(y2[:, :L][keep], y1[keep], rtol=1e-4, atol=1e-4)
+    x, mask, _ = assert_padding_invariant(model, 32)
     model.eval()
     torch.testing.assert_close(model(x, mask)[1, :13], model(x[1:, :13], None)[0], rtol=1e-4, atol=1e-4)
 

@@ -9,6 +9,7 @@ import torch
 import models.mamba as mm
 from harness.errors import UserError
 from harness.registry import MODELS
+from tests.checks import assert_every_parameter_gets_a_gradient, assert_padding_invariant, pad_mask
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 
@@ -127,36 +128,18 @@ def test_mamba_ssm_scan_agrees_with_pytorch_scan():
 
 # ---- backbone contract -----------------------------------------------------------------------------
 
-def _mask(lengths, L):
-    return torch.arange(L)[None, :] >= torch.tensor(lengths)[:, None]
-
-
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_forward_backward_every_parameter_gets_a_gradient(bidirectional):
     torch.manual_seed(0)
     model = MODELS.get("mamba_tiny").build(overrides=dict(bidirectional=bidirectional)).train()
-    x = torch.randn(2, 24, 32)
-    y = model(x, _mask([24, 15], 24))
-    assert y.shape == x.shape and torch.isfinite(y).all()
-    y.pow(2).mean().backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+    assert_every_parameter_gets_a_gradient(model, torch.randn(2, 24, 32), pad_mask([24, 15], 24))
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_padding_invariance(bidirectional):
     torch.manual_seed(0)
     model = MODELS.get("mamba_tiny").build(overrides=dict(bidirectional=bidirectional))
-    L, extra, d = 20, 7, 32
-    x = torch.randn(2, L, d)
-    mask = _mask([20, 13], L)
-    y1 = model(x, mask)
-    x2 = x.clone()
-    x2[mask] = 5 * torch.randn(int(mask.sum()), d)  # different pad content
-    x2 = torch.cat([x2, 5 * torch.randn(2, extra, d)], dim=1)  # and more padding
-    y2 = model(x2, _mask([20, 13], L + extra))
-    keep = ~mask
-    torch.testing.assert_close(y2[:, :L][keep], y1[keep], rtol=1e-4, atol=1e-5)
+    x, _, y1 = assert_padding_invariant(model, 32, atol=1e-5)
     # the backward direction starts at the last real position: same as the unpadded sequence alone
     torch.testing.assert_close(y1[1, :13], model(x[1:, :13], None)[0], rtol=1e-4, atol=1e-5)
 

@@ -8,16 +8,13 @@ import torch
 import models  # noqa: F401  (registers every built-in family)
 from harness.heads import count_parameters
 from harness.registry import FAMILIES, MODELS
+from tests.checks import assert_every_parameter_gets_a_gradient, assert_padding_invariant, pad_mask
 
 LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 TRAIN_KEYS = {"lr", "weight_decay", "batch_size", "warmup_steps", "total_steps"}
 BUILTIN = [n for n in MODELS.names() if MODELS.get(n).origin.startswith("models.") and not n.endswith("_tiny")]
 RUNNABLE = [n for n in BUILTIN if MODELS.get(n).availability()[0]]
 BUDGETED = ("s4", "s4d", "linear_transformer", "performer", "mamba")  # within 10% of the Transformer
-
-
-def pad_mask(lengths, L):
-    return torch.arange(L)[None, :] >= torch.tensor(lengths)[:, None]
 
 
 @pytest.mark.parametrize("name", BUILTIN)
@@ -37,12 +34,7 @@ def test_forward_backward_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
     model = MODELS.get(f"{name}_tiny").build()
     d = MODELS.get(f"{name}_tiny").config()["d_model"]
-    x = torch.randn(2, 24, d)
-    y = model(x, pad_mask([24, 17], 24))
-    assert y.shape == x.shape and torch.isfinite(y).all()
-    y.pow(2).mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
-    assert not missing, missing
+    assert_every_parameter_gets_a_gradient(model, torch.randn(2, 24, d), pad_mask([24, 17], 24), nonzero=False)
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
@@ -50,16 +42,8 @@ def test_padding_does_not_change_real_positions(name):
     torch.manual_seed(0)
     model = MODELS.get(f"{name}_tiny").build().eval()
     d = MODELS.get(f"{name}_tiny").config()["d_model"]
-    L, extra = 20, 6
-    x = torch.randn(2, L, d)
-    mask = pad_mask([20, 12], L)
     with torch.no_grad():
-        y1 = model(x, mask)
-        x2 = x.clone()
-        x2[mask] = 7 * torch.randn(int(mask.sum()), d)  # other pad content
-        x2 = torch.cat([x2, 7 * torch.randn(2, extra, d)], dim=1)  # and more padding
-        y2 = model(x2, pad_mask([20, 12], L + extra))
-    torch.testing.assert_close(y2[:, :L][~mask], y1[~mask], rtol=1e-4, atol=1e-4)
+        assert_padding_invariant(model, d, real=12, extra=6, scale=7.0)
 
 
 @pytest.mark.parametrize("name", RUNNABLE)

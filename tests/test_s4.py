@@ -11,6 +11,7 @@ import torch
 import models.s4 as s4
 from harness.heads import param_groups
 from harness.registry import MODELS
+from tests.checks import assert_every_parameter_gets_a_gradient, assert_padding_invariant, pad_mask
 
 NAMES = ("s4", "s4d")
 
@@ -204,23 +205,13 @@ def test_ssm_parameters_carry_optim_hints(name):
 
 # ---- backbone contract -----------------------------------------------------------------------------
 
-def _mask(lengths, L):
-    return torch.arange(L)[None, :] >= torch.tensor(lengths)[:, None]
-
-
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("task", [None, "listops"])  # prenorm/layer defaults; postnorm ListOps layout
 def test_forward_backward_every_parameter_gets_a_gradient(name, task):
     torch.manual_seed(0)
     model = MODELS.get(f"{name}_tiny").build(task)
     model.train()
-    x = torch.randn(2, 24, 32)
-    y = model(x, _mask([24, 15], 24))
-    assert y.shape == x.shape and torch.isfinite(y).all()
-    y.pow(2).mean().backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
-        assert p.grad.abs().sum() > 0, pname
+    assert_every_parameter_gets_a_gradient(model, torch.randn(2, 24, 32), pad_mask([24, 15], 24))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -229,16 +220,7 @@ def test_padding_invariance(name, train):
     torch.manual_seed(0)
     model = MODELS.get(f"{name}_tiny").build(overrides=dict(dropout=0.0, norm="batch"))
     model.train(train)
-    L, extra, d = 20, 7, 32
-    x = torch.randn(2, L, d)
-    mask = _mask([20, 13], L)
-    y1 = model(x, mask)
-    x2 = x.clone()
-    x2[mask] = 5 * torch.randn(int(mask.sum()), d)  # different pad content
-    x2 = torch.cat([x2, 5 * torch.randn(2, extra, d)], dim=1)  # and more padding
-    y2 = model(x2, _mask([20, 13], L + extra))
-    keep = ~mask
-    torch.testing.assert_close(y2[:, :L][keep], y1[keep], rtol=1e-4, atol=1e-4)
+    x, mask, _ = assert_padding_invariant(model, 32)
     # the unpadded sequence alone gives the same outputs as its padded version
     model.eval()
     y_alone = model(x[1:, :13], None)

@@ -1,0 +1,37 @@
+"""Backbone-contract assertions shared by the per-family tests and test_model_contract."""
+
+import torch
+
+
+def pad_mask(lengths, L: int) -> torch.Tensor:
+    """(B, L) right-padding mask, True = pad, for sequences of the given real lengths."""
+    return torch.arange(L)[None, :] >= torch.tensor(lengths)[:, None]
+
+
+def assert_every_parameter_gets_a_gradient(model, x, mask, nonzero: bool = True) -> None:
+    """Forward keeps the shape and is finite; every parameter gets a finite (and, with `nonzero`,
+    non-zero) gradient."""
+    y = model(x, mask)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    y.pow(2).mean().backward()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        if nonzero:
+            assert p.grad.abs().sum() > 0, name
+
+
+def assert_padding_invariant(model, d: int, L: int = 20, real: int = 13, extra: int = 7,
+                             scale: float = 5.0, rtol: float = 1e-4, atol: float = 1e-4):
+    """Real positions do not change with other pad content or with more padding.
+    Returns (x, mask, y) of the first call for further checks."""
+    x = torch.randn(2, L, d)
+    mask = pad_mask([L, real], L)
+    y1 = model(x, mask)
+    x2 = x.clone()
+    x2[mask] = scale * torch.randn(int(mask.sum()), d)  # other pad content
+    x2 = torch.cat([x2, scale * torch.randn(2, extra, d)], dim=1)  # and more padding
+    y2 = model(x2, pad_mask([L, real], L + extra))
+    torch.testing.assert_close(y2[:, :L][~mask], y1[~mask], rtol=rtol, atol=atol)
+    return x, mask, y1
