@@ -5,6 +5,8 @@ A cell is (model, task configuration, sequence length, batch, dtype, mode). For 
    optimiser and a random batch of the task's input shape, all before timing;
 2. run `warmup` untimed iterations, then `iters` timed ones. A `train_step` iteration is forward +
    loss + backward + optimiser step; a `forward` iteration is inference (`torch.inference_mode`);
+   nothing inside an iteration waits for the device (no accuracy counts, no `.item()`), so a model
+   is not charged for an idle GPU while the host catches up;
 3. CUDA: one CUDA-event pair per iteration, one synchronise at the end; memory = the allocator's
    peak since a reset right after the build (`peak_allocated_bytes`, model + optimiser state +
    activations + gradients), its growth over the bytes allocated before the first timed iteration
@@ -126,9 +128,32 @@ def build_classifier(model_name: str, task_name: str, overrides: dict | None = N
     return model, entry, config, task_cls
 
 
+def make_iteration(model, batch: dict, optimizer, device_type: str, dtype: str):
+    """One timed iteration as a closure returning a 0-dim bool tensor, "non-finite", left on the
+    device. A train step when `optimizer` is given (forward + loss + backward + step), else
+    inference. Nothing in it synchronises with the device (tests/test_runners.py checks)."""
+    from harness.heads import task_loss
+
+    def train_step():
+        with autocast(device_type, dtype):
+            logits = model(batch)
+        loss = task_loss(logits, batch["y"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return ~torch.isfinite(loss.detach())
+
+    def forward():
+        with torch.inference_mode(), autocast(device_type, dtype):
+            logits = model(batch)
+        return ~torch.isfinite(logits).all()
+
+    return forward if optimizer is None else train_step
+
+
 def measure_cell(cell: Cell) -> dict:
     """Measure one cell here; returns the record fields (status ok/oom/error/unavailable)."""
-    from harness.heads import batch_to, count_parameters, loss_and_correct
+    from harness.heads import batch_to, count_parameters
     from harness.registry import MODELS, TASKS, include_file
     from harness.store import cell_key, config_hash, make_record
 
@@ -166,22 +191,12 @@ def measure_cell(cell: Cell) -> dict:
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         else:
             model.eval()
+        iteration = make_iteration(model, batch, optimizer, device.type, cell.dtype)
         bad = torch.zeros((), dtype=torch.bool, device=device)  # accumulated without a sync
 
         def step():
             nonlocal bad
-            if train:
-                with autocast(device.type, cell.dtype):
-                    logits = model(batch)
-                loss, _, _ = loss_and_correct(logits, batch["y"])
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                bad = bad | ~torch.isfinite(loss.detach())
-            else:
-                with torch.inference_mode(), autocast(device.type, cell.dtype):
-                    logits = model(batch)
-                bad = bad | ~torch.isfinite(logits).all()
+            bad = bad | iteration()
 
         if cuda:
             torch.cuda.synchronize(device)

@@ -119,12 +119,24 @@ def batch_to(batch: dict, device) -> dict:
     return out
 
 
-def loss_and_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """Mean cross-entropy over scored targets, number correct, number scored."""
+def _flat(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 logits (N, classes) and targets (N,): per-token targets are flattened."""
     logits = logits.float()
-    if logits.dim() == 3:  # per-token targets
-        logits = logits.reshape(-1, logits.shape[-1])
-        y = y.reshape(-1)
+    if logits.dim() == 3:
+        return logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
+    return logits, y
+
+
+def task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over scored targets (-100 = not scored). Stays on the device: a training
+    step that only needs the loss must not wait for the GPU."""
+    return F.cross_entropy(*_flat(logits, y), ignore_index=-100)
+
+
+def loss_and_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """Mean cross-entropy over scored targets, number correct, number scored (the counts are host
+    integers, so this synchronises with the device: for evaluation, not inside timed steps)."""
+    logits, y = _flat(logits, y)
     scored = y != -100
     loss = F.cross_entropy(logits, y, ignore_index=-100)
     correct = int(((logits.argmax(-1) == y) & scored).sum())

@@ -27,7 +27,7 @@ import torch
 
 from harness.bench import autocast, build_classifier, is_oom, short_error
 from harness.config import RunConfig
-from harness.heads import batch_to, count_parameters, loss_and_correct, param_groups
+from harness.heads import batch_to, count_parameters, loss_and_correct, param_groups, task_loss
 from harness.registry import MODELS, TASKS
 from harness.store import cell_key, config_hash, make_record
 
@@ -217,8 +217,8 @@ def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, c
         batch = _typed(batch_to(train.batch(index), device))
         with autocast(device.type, dtype):
             logits = model(batch)
-        loss, _, _ = loss_and_correct(logits, batch["y"])
-        loss_value = float(loss.detach())
+        loss = task_loss(logits, batch["y"])
+        loss_value = float(loss.detach())  # the one host sync per step: stop before a NaN update
         if not math.isfinite(loss_value):
             raise Diverged(f"diverged at step {state['step'] + 1}: loss is {loss_value}")
         scaler.scale(loss).backward()

@@ -1,14 +1,17 @@
 """Speed/memory runner (measurement.md protocol) and accuracy runner (train.py)."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
 
 from harness import env
-from harness.bench import Cell, measure_cell, measure_in_subprocess, sweep
+from harness.bench import Cell, build_classifier, make_iteration, measure_cell, measure_in_subprocess, sweep
 from harness.config import RunConfig
 from harness.heads import SequenceModel, batch_to, param_groups
-from harness.registry import MODELS, register_model
+from harness.registry import MODELS, TASKS, register_model
 from harness.store import RunStore, load_records
 from harness.train import TrainSettings, lr_factor, resolve_settings, train_cell
 
@@ -119,6 +122,86 @@ def test_batch_to_notes_padding_on_the_host():
         torch.testing.assert_close(model(moved), model(batch))
         model(batch_to({**batch, "mask": torch.zeros_like(batch["mask"])}, "cpu"))
     assert seen[0] is not None and seen[1] is not None and seen[2] is None
+
+
+OWN_CODE = tuple(str(Path(__file__).resolve().parents[1] / part) for part in ("harness", "models", "tasks"))
+TINY_MODELS = sorted(name for name in MODELS.names() if name.endswith("_tiny") and MODELS.get(name).availability()[0])
+
+
+def forbid_host_reads(monkeypatch, roots=OWN_CODE):
+    """Make our code's reads of tensor values on the host (`bool`, `int`, `float`, `.item()`,
+    `.tolist()`, `.numpy()`) fail: on a GPU each one waits for every queued kernel. Reads from
+    inside torch (AdamW reads its CPU step counters) stay allowed."""
+    for name in ("__bool__", "__int__", "__float__", "item", "tolist", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self, *args, _name=name, _original=original, **kwargs):
+            frame = sys._getframe(1)
+            if frame.f_code.co_filename.startswith(roots):
+                raise AssertionError(f"host read of a tensor (Tensor.{_name}) at "
+                                     f"{frame.f_code.co_filename}:{frame.f_lineno}")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, guarded)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
+@pytest.mark.parametrize("train", [True, False], ids=["train_step", "forward"])
+@pytest.mark.parametrize("model_name", TINY_MODELS)
+def test_timed_iteration_never_waits_for_the_device(model_name, train, padded, monkeypatch):
+    """A benchmark iteration must not read tensor values on the host: such a read stalls the GPU
+    until the host has launched the rest of the step, which charges host overhead to the model."""
+    torch.manual_seed(0)
+    model, _, _, _ = build_classifier(model_name, "listops", {})
+    batch = TASKS.get("listops").cls().random_batch(2, 64, torch.Generator().manual_seed(0))
+    if padded:
+        batch["mask"][1, 40:] = True
+        batch["x"][1, 40:] = 0
+    batch = batch_to(batch, "cpu")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if train else None
+    model.train(train)
+    iteration = make_iteration(model, batch, optimizer, "cpu", "fp32")
+    forbid_host_reads(monkeypatch)
+    bad = iteration()
+    monkeypatch.undo()
+    assert bad.dtype == torch.bool and not bool(bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("model_name", ["mega_tiny", "mega_chunk_tiny", "transformer_tiny", "s4d_tiny"])
+def test_cuda_iteration_has_no_device_sync(model_name):
+    """The same on a GPU, where torch itself reports every synchronising call."""
+    torch.manual_seed(0)
+    model, _, _, _ = build_classifier(model_name, "listops", {})
+    model.cuda().train()
+    batch = TASKS.get("listops").cls().random_batch(2, 64, torch.Generator().manual_seed(0))
+    batch["mask"][1, 40:] = True
+    batch = batch_to(batch, "cuda")
+    iteration = make_iteration(model, batch, torch.optim.AdamW(model.parameters(), lr=1e-4), "cuda", "bf16")
+    iteration()  # first call: lazy library initialisation may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        bad = iteration()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert not bool(bad)
+
+
+def test_host_read_guard_catches_a_read(monkeypatch):
+    """The guard above is live: a model that asks the device for a value is caught."""
+    class Reads(nn.Module):
+        def forward(self, x, padding_mask=None):
+            return x * float(x.abs().max().clamp_min(1.0))
+
+    task = TASKS.get("listops").cls
+    model = SequenceModel(Reads(), task.spec, 8)
+    batch = batch_to(task().random_batch(2, 16, torch.Generator().manual_seed(0)), "cpu")
+    iteration = make_iteration(model, batch, None, "cpu", "fp32")
+    iteration()  # unguarded, it runs
+    forbid_host_reads(monkeypatch, roots=(__file__,))
+    with pytest.raises(AssertionError, match="host read of a tensor"):
+        iteration()
 
 
 def test_lr_schedule_warmup_then_linear_decay():
