@@ -96,7 +96,7 @@ class MegaConfig:
     compile: bool = False  # torch.compile the encoder's forward (fast impl; the FFT op stays opaque)
     compile_mode: str = "default"  # torch.compile mode; reduce-overhead adds CUDA graphs on GPU
     softmax_kernel: str = "auto"  # sdpa | matmul (materialised, fp32 softmax) | flex (FlexAttention,
-    # needs compile=True) | auto: matmul for lengths <= 256 (MEGA-chunk), else flex when compiled
+    # needs compile=True and CUDA) | auto: matmul for lengths <= 256 (MEGA-chunk), else flex when compiled
     # on a GPU, else sdpa
 
     def __post_init__(self):
@@ -772,6 +772,11 @@ class MovingAverageGatedAttention(nn.Module):
     def softmax_kernel(self, n: int, cuda: bool) -> str:
         """Which kernel computes a length-n softmax attention (all give the same function)."""
         kernel = self.cfg.softmax_kernel
+        if kernel == "flex" and not cuda:
+            # The CPU build of compiled FlexAttention reads the score modification out of bounds in
+            # a length's last partial tile (wrong results, or NaN, at L=24 and 40); CUDA's bounds it.
+            raise UserError("mega config: softmax_kernel='flex' runs on a CUDA device only; on the CPU "
+                            "use softmax_kernel=auto, sdpa or matmul")
         if kernel == "flex" and self.training and self.attention_dropout.p > 0:
             return "sdpa"  # FlexAttention has no dropout on the weights
         if kernel != "auto":

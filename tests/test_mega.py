@@ -656,3 +656,11 @@ def test_flex_needs_compile_and_width():
         M.make_config(softmax_kernel="flex")
     with pytest.raises(UserError, match="minimum head width"):
         M.make_config(softmax_kernel="flex", compile=True, z_dim=8)
+
+
+def test_flex_refuses_the_cpu():
+    """Compiled FlexAttention on the CPU gave wrong results for lengths that are not a multiple of
+    its tile: asking for it there is a one-line error, not a wrong number."""
+    encoder = M.MegaEncoder(tiny(softmax_kernel="flex", compile=True, z_dim=16, v_dim=32))
+    with pytest.raises(UserError, match="CUDA device only"):
+        encoder(torch.randn(2, 40, 16))
