@@ -37,7 +37,9 @@ class TrainSettings:
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.01  # decoupled (AdamW), on every parameter without an `_optim` hint
     batch_size: int = 32
-    warmup_steps: int = 100  # linear warm-up from ~0 to `lr`
+    warmup_steps: int = 100  # warm-up from `warmup_init_lr` to `lr` (fairseq's schedule)
+    warmup_init_lr: float = 1e-7
+    warmup_power: float = 1.0  # 1 = linear warm-up; MEGA's Path-X uses 2 (quadratic)
     total_steps: int = 1000  # linear decay to 0 at this step
     eval_every: int = 100  # validation interval in steps
     betas: tuple = (0.9, 0.98)
@@ -52,7 +54,7 @@ def resolve_settings(model_name: str, task_name: str, config: RunConfig) -> Trai
     paper = entry.train_config(task_name)
     scale = config.scale_preset
     s = TrainSettings()
-    for key in ("lr", "weight_decay", "batch_size", "warmup_steps", "total_steps"):
+    for key in ("lr", "weight_decay", "batch_size", "warmup_steps", "warmup_power", "total_steps"):
         if key in paper:
             setattr(s, key, paper[key])
     if "betas" in paper:
@@ -89,9 +91,11 @@ def resolve_settings(model_name: str, task_name: str, config: RunConfig) -> Trai
 
 
 def lr_factor(step: int, s: TrainSettings) -> float:
-    """Multiplier of the peak learning rate at optimiser step `step` (0-based)."""
+    """Multiplier of the peak learning rate at optimiser step `step` (0-based): fairseq's warm-up,
+    init + (peak - init) * (step / warmup)^power, then linear decay to 0 at `total_steps`."""
     if step < s.warmup_steps:
-        return max((step + 1) / s.warmup_steps, 1e-4)
+        start = min(s.warmup_init_lr / s.lr, 1.0)
+        return start + (1.0 - start) * (step / s.warmup_steps) ** s.warmup_power
     remaining = s.total_steps - s.warmup_steps
     return max(0.0, 1.0 - (step - s.warmup_steps) / max(remaining, 1))
 

@@ -1000,7 +1000,7 @@ TRAIN_CONFIGS = {  # effective batch = per-GPU x update-freq x GPUs; warmup from
                   betas=_BETAS),
     "pathfinder": dict(lr=1e-2, weight_decay=0.01, batch_size=128, warmup_steps=50000,
                        total_steps=250000, betas=_BETAS),
-    "pathx": dict(lr=1e-2, weight_decay=0.01, batch_size=128, warmup_steps=25000,
+    "pathx": dict(lr=1e-2, weight_decay=0.01, batch_size=128, warmup_steps=25000, warmup_power=2,
                   total_steps=125000, betas=_BETAS),
 }
 TINY = dict(d_model=32, n_layers=2, d_ffn=64, z_dim=16, v_dim=64, h_dim=4)

@@ -205,12 +205,22 @@ def test_host_read_guard_catches_a_read(monkeypatch):
 
 
 def test_lr_schedule_warmup_then_linear_decay():
-    s = TrainSettings(warmup_steps=10, total_steps=110)
+    s = TrainSettings(lr=1e-3, warmup_steps=10, total_steps=110)
     factors = [lr_factor(i, s) for i in range(110)]
-    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    start = 1e-7 / 1e-3  # fairseq starts the warm-up at warmup_init_lr
+    assert factors[0] == pytest.approx(start) and factors[5] == pytest.approx(start + (1 - start) * 0.5)
     assert factors[10] == pytest.approx(1.0) and factors[60] == pytest.approx(0.5)
-    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert all(a < b for a, b in zip(factors[:10], factors[1:11]))  # rises to the peak at step 10
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
     assert lr_factor(110, s) == 0.0
+
+
+def test_warmup_power_two_is_quadratic_as_mega_path_x():
+    s = TrainSettings(lr=1e-2, warmup_steps=100, warmup_power=2.0, total_steps=200)
+    start = 1e-7 / 1e-2
+    assert lr_factor(50, s) == pytest.approx(start + (1 - start) * 0.25)
+    assert lr_factor(100, s) == pytest.approx(1.0)
+    assert MODELS.get("mega").train_config("pathx")["warmup_power"] == 2
 
 
 def test_param_groups_honour_optim_hints():
