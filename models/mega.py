@@ -935,7 +935,9 @@ class MegaEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.layers = nn.ModuleList(MegaBlock(cfg) for _ in range(cfg.n_layers))
-        self.final_norm = SequenceNorm(cfg.norm, cfg.d_model, cfg.norm_affine) if cfg.prenorm else None
+        # The official LRA encoder's final norm is affine whatever norm_affine says (only its LM
+        # decoder has a flag for it).
+        self.final_norm = SequenceNorm(cfg.norm, cfg.d_model, affine=True) if cfg.prenorm else None
         if cfg.compile and cfg.impl == "fast":
             self.compile(mode=cfg.compile_mode)  # in place: parameter names and `step` are unchanged
 

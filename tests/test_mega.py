@@ -526,9 +526,10 @@ def test_registrations_follow_table8(name):
         assert {k: cfg[k] for k in KEYS} == expected, task
         assert cfg["hidden_dropout"] == 0 and cfg["attention_dropout"] == 0
         lr, wd, batch, warmup, total = TRAIN8[task]
+        power = dict(warmup_power=2) if task == "pathx" else {}  # Path-X: warmup-power 2
         assert entry.train_config(task) == dict(lr=lr, weight_decay=wd, batch_size=batch,
                                                 warmup_steps=warmup, total_steps=total,
-                                                betas=(0.9, 0.98))
+                                                betas=(0.9, 0.98), **power)
     tiny_entry = MODELS.get(f"{name}_tiny")
     for task in TABLE8:
         model = tiny_entry.build(task)
@@ -664,3 +665,10 @@ def test_flex_refuses_the_cpu():
     encoder = M.MegaEncoder(tiny(softmax_kernel="flex", compile=True, z_dim=16, v_dim=32))
     with pytest.raises(UserError, match="CUDA device only"):
         encoder(torch.randn(2, 40, 16))
+
+
+def test_final_norm_is_affine_whatever_norm_affine_says():
+    """As the official LRA encoder (SequenceNorm(norm_type, d) after a prenorm stack)."""
+    encoder = M.MegaEncoder(tiny(norm_affine=False, prenorm=True))
+    assert len(list(encoder.final_norm.parameters())) > 0
+    assert all(len(list(layer.mega.norm.parameters())) == 0 for layer in encoder.layers)
