@@ -7,6 +7,7 @@ tables / plots / report. Options and their defaults live in `harness.config.RunC
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import signal
 import sys
@@ -35,6 +36,9 @@ def _load_plugins(config_or_args) -> dict:
 
     MODELS.ensure_loaded()
     TASKS.ensure_loaded()
+    if not getattr(config_or_args, "quiet", False):
+        for source, error in {**MODELS.load_errors, **TASKS.load_errors}.items():
+            print(f"warning: plugin {source} failed to load: {error}", file=sys.stderr)
     failed = {}
     for path in getattr(config_or_args, "include", None) or []:
         try:
@@ -62,6 +66,8 @@ def _resolve_models(config: RunConfig, failed_plugins: dict) -> tuple[list[str],
         try:
             models.extend(n for n in MODELS.resolve(item) if n not in models)
         except UserError:
+            if difflib.get_close_matches(item, MODELS.names(), n=1, cutoff=0.8):
+                raise  # a misspelt registered name, not a missing plugin model: did-you-mean
             broken[item] = "not registered; plugin import failed: " + "; ".join(plugin_errors.values())
     if not models and not broken:
         raise UserError("--models is empty: give one or more model names")
@@ -69,25 +75,67 @@ def _resolve_models(config: RunConfig, failed_plugins: dict) -> tuple[list[str],
 
 
 def _check_overrides(config: RunConfig, models: list[str], task: str) -> None:
-    """Every --set key must be a config key of at least one selected model."""
+    """Every --set key must be a config key of at least one selected model, and every model must
+    accept the values: each is built once on the meta device (no memory, no init cost) before the
+    run is created, so a bad value is a usage error rather than a run full of failed cells."""
+    import torch
+
+    from harness.bench import build_classifier
     from harness.registry import MODELS
 
-    for key in config.model_overrides:
+    overrides = config.model_overrides
+    for key in overrides:
         if models and not any(key in MODELS.get(m).config(task) for m in models):
             raise UserError(f"--set {key}=...: none of {', '.join(models)} has a config key '{key}' "
                             f"(see the model_config of a stored record for the keys)")
+    for name in models:
+        entry = MODELS.get(name)
+        mine = entry.known_overrides(task, overrides)
+        if not mine or not entry.availability()[0]:
+            continue
+        given = " ".join(f"--set {k}={json.dumps(v)}" for k, v in mine.items())
+        try:
+            with torch.device("meta"):
+                build_classifier(name, task, mine)
+        except UserError as exc:
+            raise UserError(f"{given}: model '{name}' rejects it: {exc}") from None
+        except (TypeError, ValueError, ZeroDivisionError) as exc:
+            raise UserError(f"{given}: model '{name}' cannot be built with it ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); check the value's type "
+                            f"and range") from None
+        except Exception:  # not a value problem (e.g. an init that needs real tensors): cells report it
+            continue
 
 
-def _record_broken(run, broken: dict, tasks: list[str], config: RunConfig, device: str, dtype: str) -> None:
+def _record_broken(run, broken: dict, tasks: list[str], config: RunConfig, device: str, dtype: str) -> list[dict]:
     from harness.store import make_record
 
+    records = []
     for name, reason in broken.items():
         cells = [dict(kind="accuracy", task=t, mode="train") for t in tasks]
         if not config.skip_bench:
             cells += [dict(kind="speed", task=config.bench_task, mode=mode, seq_len=L, batch_size=config.bench_batch)
                       for mode in config.mode_list for L in config.length_list]
         for cell in cells:
-            run.append(make_record(model=name, status="error", error=reason, device=device, dtype=dtype, **cell))
+            records.append(make_record(model=name, status="error", error=reason, device=device, dtype=dtype, **cell))
+            run.append(records[-1])
+    return records
+
+
+def _report_failures(records: list[dict]) -> int:
+    """Say why cells failed, one line per model and error (also with --quiet: these are errors);
+    the exit status is 1 when cells failed and none succeeded."""
+    failed = [r for r in records if r.get("status") == "error"]
+    if not failed:
+        return 0
+    groups: dict[tuple, list[str]] = {}
+    for r in failed:
+        where = f"L={r['seq_len']}" if r.get("seq_len") else f"{r.get('task')} seed {r.get('seed')}"
+        groups.setdefault((r["model"], r.get("kind"), r.get("error") or "no message"), []).append(where)
+    print(f"{len(failed)} of {len(records)} cells failed:", file=sys.stderr)
+    for (model, kind, error), where in groups.items():
+        print(f"  {model} {kind} ({', '.join(dict.fromkeys(where))}): {error}", file=sys.stderr)
+    return 0 if any(r.get("status") == "ok" for r in records) else 1
 
 
 def _train_name(model: str, config: RunConfig) -> str:
@@ -100,6 +148,11 @@ def _train_name(model: str, config: RunConfig) -> str:
     return model
 
 
+# Options that do not change which cells a run measures, or how: a resumed run may differ in them.
+RESUME_MAY_CHANGE = {"resume", "quiet", "json", "no_report", "isolation", "cell_timeout", "results_dir",
+                     "checkpoint_every", "include", "cache_dir"}
+
+
 def _open_run(config: RunConfig, command: list[str]):
     from harness import env
     from harness.store import RunStore
@@ -108,6 +161,11 @@ def _open_run(config: RunConfig, command: list[str]):
     if config.resume:
         run = store.open(config.resume)
         previous = run.manifest.get("config", {})
+        changed = [f"--{k.replace('_', '-')} was {previous[k]!r}, now {v!r}" for k, v in config.to_dict().items()
+                   if k not in RESUME_MAY_CHANGE and k in previous and previous[k] != v]
+        if changed:
+            raise UserError(f"--resume {run.run_id}: the options differ from the run's ({'; '.join(changed)}); "
+                            f"repeat the run's options, or start a new run without --resume")
         run.update_manifest(status="running", resumed=(run.manifest.get("resumed") or 0) + 1)
         if previous and not config.quiet:
             print(f"resuming run {run.run_id} ({len(run.done_keys())} cells already measured)", file=sys.stderr)
@@ -171,8 +229,9 @@ def _print_tables(config: RunConfig, run_id: str) -> None:
     from harness.store import load_records
 
     frame = load_records(config.results_dir, [run_id])
-    if config.json:
-        print(frame.to_json(orient="records", default_handler=str))
+    if config.json:  # one object per record; nested fields only in their flattened `a.b` columns
+        nested = [c for c in frame.columns if any(k.startswith(f"{c}.") for k in frame.columns)]
+        print(frame.drop(columns=nested).to_json(orient="records", default_handler=str))
         return
     if config.quiet:
         return
@@ -220,12 +279,14 @@ def cmd_run(args) -> int:
         print(f"run {run.run_id}: models {', '.join(models)}; tasks {', '.join(tasks) or '-'}; "
               f"scale {config.scale}; {device} {dtype}; results in {run.dir}", file=sys.stderr)
 
+    records = []
+
     def body():
-        _record_broken(run, broken, tasks, config, device, dtype)
+        records.extend(_record_broken(run, broken, tasks, config, device, dtype))
         if not config.skip_train:
-            _train(config, run, models, tasks, device, dtype)
+            records.extend(_train(config, run, models, tasks, device, dtype))
         if not config.skip_bench:
-            _bench(config, run, models, device, dtype, failed_plugins)
+            records.extend(_bench(config, run, models, device, dtype, failed_plugins))
 
     code = _interruptible(run, body)
     if code:
@@ -236,8 +297,8 @@ def cmd_run(args) -> int:
 
         path = write_report(config.results_dir, [run.run_id], None)
         if not config.quiet:
-            print(f"report: {path}")
-    return 0
+            print(f"report: {path}", file=sys.stderr if config.json else sys.stdout)
+    return _report_failures(records)
 
 
 def cmd_bench(args) -> int:
@@ -256,12 +317,14 @@ def cmd_bench(args) -> int:
         print(f"run {run.run_id}: speed/memory of {', '.join(models)} with the {config.bench_task} "
               f"configurations at L={','.join(map(str, config.length_list))}, batch {config.bench_batch}, "
               f"{device} {dtype}, {','.join(config.mode_list)}", file=sys.stderr)
-    code = _interruptible(run, lambda: (_record_broken(run, broken, [], config, device, dtype),
-                                        _bench(config, run, models, device, dtype, failed_plugins)))
+    records = []
+    code = _interruptible(run, lambda: records.extend(
+        _record_broken(run, broken, [], config, device, dtype) + _bench(config, run, models, device, dtype,
+                                                                        failed_plugins)))
     if code:
         return code
     _print_tables(config, run.run_id)
-    return 0
+    return _report_failures(records)
 
 
 def _param_count(entry, task_name: str) -> int | None:
@@ -322,8 +385,6 @@ def cmd_ls(args) -> int:
             print("Models\n" + frame.to_string(index=False))
         if task_rows:
             print("\nTasks\n" + pd.DataFrame(task_rows).drop(columns=["origin", "description"]).to_string(index=False))
-    for source, error in errors.items():
-        print(f"warning: plugin {source} failed to load: {error}", file=sys.stderr)
     return 0
 
 

@@ -13,7 +13,10 @@ from harness.errors import UserError
 # -- value parsers (each raises UserError naming the flag) ---------------------------------------
 
 
-def parse_int_list(flag: str, text: str, minimum: int = 1) -> list[int]:
+MAX_INT = 2**31 - 1  # beyond any length, batch or seed a run can use; keeps torch from overflowing
+
+
+def parse_int_list(flag: str, text: str, minimum: int = 1, maximum: int = MAX_INT) -> list[int]:
     items = [t.strip() for t in str(text).split(",")]
     if not text or not any(items):
         raise UserError(f"--{flag} is empty: give comma-separated integers, e.g. 1024,2048,4096")
@@ -32,7 +35,10 @@ def parse_int_list(flag: str, text: str, minimum: int = 1) -> list[int]:
                                 f"give comma-separated integers, e.g. 1024,2048 (or 1k,2k)")
         if value < minimum:
             raise UserError(f"--{flag} {text!r}: {value} must be at least {minimum}")
-        out.append(value)
+        if value > maximum:
+            raise UserError(f"--{flag} {text!r}: {value} must be at most {maximum}")
+        if value not in out:  # a repeat would measure or train the same cell twice
+            out.append(value)
     return out
 
 
@@ -43,17 +49,35 @@ def positive_int(flag: str, value) -> int:
         raise UserError(f"--{flag} {value!r}: expected a positive integer")
     if number < 1:
         raise UserError(f"--{flag} {value!r}: expected a positive integer (at least 1)")
+    if number > MAX_INT:
+        raise UserError(f"--{flag} {value!r}: expected a positive integer of at most {MAX_INT}")
     return number
 
 
-def positive_float(flag: str, value) -> float:
+def positive_float(flag: str, value, maximum: float = float("inf")) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise UserError(f"--{flag} {value!r}: expected a positive number")
-    if not number > 0:
-        raise UserError(f"--{flag} {value!r}: expected a positive number")
+    if not 0 < number < float("inf"):
+        raise UserError(f"--{flag} {value!r}: expected a positive, finite number")
+    if number > maximum:
+        raise UserError(f"--{flag} {value!r}: expected a positive number of at most {maximum:g}")
     return number
+
+
+def directory(flag: str, path, must_exist: bool) -> str:
+    """A folder argument: not empty, not a file; an input folder must exist."""
+    from pathlib import Path
+
+    if not str(path or "").strip():
+        raise UserError(f"--{flag} is empty: give a folder path")
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--{flag} {path}: is a file, not a folder")
+    if must_exist and not folder.is_dir():
+        raise UserError(f"--{flag} {path}: no such folder (check the path)")
+    return str(path)
 
 
 def choice(flag: str, value: str, options: tuple) -> str:
@@ -133,7 +157,8 @@ class RunConfig:
     steps: int = _opt("training steps (overrides the scale preset)", commands=("run",), metavar="N")
     lr: float = _opt("peak learning rate (overrides scale and model defaults)", commands=("run",),
                      metavar="LR")
-    warmup: int = _opt("warm-up iterations before timing (at least 3)", default=3, metavar="N")
+    warmup: int = _opt("warm-up iterations before timing (measurement.md asks for at least 3; more "
+                       "when a compiler or autotuner runs)", default=3, metavar="N")
     iters: int = _opt("timed iterations per cell (at least 10 recommended)", default=10, metavar="N")
     isolation: str = _opt("run each speed cell in a fresh subprocess, so peak memory and allocator "
                           "state cannot leak between cells (auto = subprocess; inprocess is faster "
@@ -184,7 +209,17 @@ class RunConfig:
         if self.threads is not None:
             self.threads = positive_int("threads", self.threads)
         if self.cell_timeout is not None:
-            self.cell_timeout = positive_float("cell-timeout", self.cell_timeout)
+            self.cell_timeout = positive_float("cell-timeout", self.cell_timeout, maximum=30 * 86400)
+        self.results_dir = directory("results-dir", self.results_dir, must_exist=False)
+        self.cache_dir = directory("cache-dir", self.cache_dir, must_exist=False)
+        if self.data_dir is not None:
+            self.data_dir = directory("data-dir", self.data_dir, must_exist=True)
+        if self.skip_train and self.skip_bench:
+            raise UserError("--skip-train with --skip-bench leaves nothing to run: drop one of them")
+        if self.resume is not None and (not str(self.resume).strip() or any(c in str(self.resume) for c in "/\\")
+                                        or str(self.resume).startswith(".")):
+            raise UserError(f"--resume {self.resume!r}: expected a run id (a folder name in --results-dir, "
+                            f"e.g. 20261122-101500-1a2b3c4), not a path")
         self.iters = positive_int("iters", self.iters)
         try:
             self.warmup = int(self.warmup)
@@ -229,7 +264,10 @@ class RunConfig:
 
     @property
     def mode_list(self) -> list[str]:
-        return [m.strip() for m in str(self.modes).split(",") if m.strip()] or ["train_step"]
+        modes = [m.strip() for m in str(self.modes).split(",") if m.strip()]
+        if not modes:
+            raise UserError(f"--modes {self.modes!r}: give train_step and/or forward")
+        return list(dict.fromkeys(modes))
 
     @property
     def bench_batch(self) -> int:

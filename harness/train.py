@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,8 +203,8 @@ def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, c
     generator = torch.Generator().manual_seed(seed)
     train = splits["train"]
     state = dict(step=0, best_val=-1.0, best_step=0, best_weights=None, order=None, cursor=0)
-    if ckpt_path is not None and ckpt_path.exists():
-        saved = torch.load(ckpt_path, weights_only=False)
+    saved = _load_checkpoint(ckpt_path) if ckpt_path is not None and ckpt_path.exists() else None
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -250,6 +251,24 @@ def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, c
     test_acc, test_loss = evaluate(model, splits["test"], device, dtype, s.eval_batch_size)
     return dict(test_acc=test_acc, test_loss=test_loss, best_val_acc=state["best_val"],
                 best_step=state["best_step"], n_params=count_parameters(model))
+
+
+def _load_checkpoint(path: Path) -> dict | None:
+    """A saved training state, or None (with a warning) when the file cannot be read: a damaged
+    checkpoint is moved aside and the cell starts again from step 0 instead of failing on every
+    --resume."""
+    try:
+        saved = torch.load(path, weights_only=False)
+        if isinstance(saved, dict) and {"model", "optimizer", "scheduler", "generator", "state"} <= saved.keys():
+            return saved
+        problem = "not a training checkpoint"
+    except Exception as exc:  # torch raises several kinds for a torn or foreign file
+        problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    aside = path.with_name(path.name + ".damaged")
+    path.replace(aside)
+    print(f"warning: checkpoint {path} is unreadable ({problem}); moved to {aside.name}, the cell "
+          f"restarts from step 0", file=sys.stderr)
+    return None
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, generator, state, device) -> None:

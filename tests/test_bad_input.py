@@ -117,6 +117,19 @@ CASES = [
     (["bench", "--set", "compile"], 2, "expected KEY=VALUE"),
     (["bench", "--models", "transformer", "--set", "chunk_size=16"], 2, "has a config key 'chunk_size'"),
     (["nonsense-command"], 2, "invalid choice: 'nonsense-command'"),
+    (["bench", "--lengths", "99999999999999999999"], 2, "must be at most 2147483647"),
+    (["bench", "--cell-timeout", "inf"], 2, "positive, finite number"),
+    (["run", "--lr", "inf"], 2, "positive, finite number"),
+    (["run", "--cache-dir", "afile"], 2, "--cache-dir afile: is a file"),
+    (["run", "--data-dir", "typo_dir"], 2, "--data-dir typo_dir: no such folder"),
+    (["bench", "--results-dir", ""], 2, "--results-dir is empty"),
+    (["bench", "--modes", ""], 2, "--modes '': give train_step and/or forward"),
+    (["run", "--skip-train", "--skip-bench"], 2, "leaves nothing to run"),
+    (["bench", "--resume", "../elsewhere/20000101-000000-000abcd"], 2, "not a path"),
+    (["bench", "--models", "mega_tiny", "--set", "d_model=abc"], 2, "model 'mega_tiny' rejects it"),
+    (["bench", "--models", "mega_tiny", "--set", "chunk_size=-5"], 2, "chunk_size=-5 is invalid"),
+    (["bench", "--models", "transformer_tiny", "--set", "d_model=abc"], 2, "cannot be built with it (TypeError"),
+    (["bench", "--models", "transfomer_tiny", "--include", "raises.py"], 2, "did you mean 'transformer_tiny'"),
 ]
 
 
@@ -167,3 +180,40 @@ def test_truncated_records_file_warns_and_keeps_the_rest(workdir, capsys):
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     assert "1024" in captured.out or "1k" in captured.out.lower()
+
+
+def test_resume_with_other_options_is_refused(workdir, capsys):
+    """A resumed run keeps its manifest: other cells under it would be measured but not described."""
+    assert main(["bench", "--models", "transformer_tiny", "--lengths", "16,32", *BENCH, "--quiet"]) == 0
+    run_id = load_records(workdir / "results")["run_id"].iloc[0]
+    capsys.readouterr()
+    assert main(["bench", "--models", "transformer_tiny", "--lengths", "16", *BENCH, "--quiet",
+                 "--resume", run_id]) == 2
+    assert "--lengths was '16,32', now '16'" in capsys.readouterr().err
+    assert main(["bench", "--models", "transformer_tiny", "--lengths", "16,32", *BENCH, "--resume", run_id]) == 0
+
+
+def test_failed_cells_are_explained_and_all_failed_exits_non_zero(workdir, capsys):
+    """A run whose every cell fails says why on stderr and exits 1; one ok cell keeps exit 0."""
+    make_fixtures(workdir)
+    assert main(["bench", "--include", "raises.py", "--models", "raises_model", "--lengths", "16", *BENCH,
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "1 of 1 cells failed" in err and "raises_model speed (L=16): " in err and "plugin import exploded" in err
+    assert main(["bench", "--include", "raises.py", "--models", "raises_model,transformer_tiny", "--lengths", "16",
+                 *BENCH, "--quiet"]) == 0
+    assert "1 of 2 cells failed" in capsys.readouterr().err
+
+
+def test_repeated_seeds_and_modes_run_once():
+    from harness.config import RunConfig
+
+    config = RunConfig(seeds="0,0,1", modes="forward,forward").validate()
+    assert config.seed_list == [0, 1] and config.mode_list == ["forward"]
+
+
+def test_json_output_is_one_json_document(workdir, capsys):
+    assert main(["run", "--models", "transformer_tiny", "--skip-train", "--lengths", "16", *BENCH[2:],
+                 "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["model"] == "transformer_tiny" and "timing" not in rows[0] and rows[0]["timing.median_ms"] > 0

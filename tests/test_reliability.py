@@ -41,6 +41,23 @@ def test_training_resumes_from_checkpoint_exactly(tmp_path, data_cache):
     assert not list((run.dir / "checkpoints").glob("*.pt"))  # removed once the cell is done
 
 
+def test_damaged_checkpoint_is_moved_aside_and_training_restarts(tmp_path, data_cache, capsys):
+    from harness import env
+
+    cfg = RunConfig(scale="smoke", steps=30, checkpoint_every=10, cache_dir=str(data_cache)).validate()
+    reference = train_cell("transformer_tiny", "listops", 0, cfg, device="cpu", dtype="fp32")
+    run = RunStore(tmp_path).create(["test"], cfg.to_dict(), env.capture())
+    with pytest.raises(KeyboardInterrupt):
+        train_cell("transformer_tiny", "listops", 0, cfg, device="cpu", dtype="fp32", run=run, progress=StopAt(15))
+    (checkpoint,) = (run.dir / "checkpoints").glob("*.pt")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])  # torn by a crash mid-write
+    resumed = train_cell("transformer_tiny", "listops", 0, cfg, device="cpu", dtype="fp32", run=run)
+    assert resumed["status"] == "ok"
+    assert resumed["metrics"]["accuracy"] == reference["metrics"]["accuracy"]  # from step 0, same seed
+    assert "is unreadable" in capsys.readouterr().err
+    assert checkpoint.with_name(checkpoint.name + ".damaged").exists()
+
+
 def test_cell_timeout_ends_training_with_an_error_record(data_cache):
     cfg = RunConfig(scale="smoke", steps=100000, cell_timeout=1.0, cache_dir=str(data_cache)).validate()
     t0 = time.perf_counter()
