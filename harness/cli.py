@@ -29,7 +29,7 @@ def _progress(total: int, desc: str, quiet: bool):
                 dynamic_ncols=True)
 
 
-def _load_plugins(config_or_args) -> dict:
+def load_plugins(config_or_args) -> dict:
     """Import --include files; returns {file: error} for those that raised on import (reported as
     warnings, recorded against the models they would have provided; the other models still run)."""
     from harness.registry import MODELS, TASKS, PluginImportError, include_file
@@ -267,7 +267,7 @@ def cmd_run(args) -> int:
     from harness.registry import TASKS
 
     config = config_from_args(args)
-    failed_plugins = _load_plugins(config)
+    failed_plugins = load_plugins(config)
     models, broken = _resolve_models(config, failed_plugins)
     tasks = TASKS.resolve(config.tasks) if not config.skip_train else []
     _check_overrides(config, models, config.bench_task)
@@ -306,7 +306,7 @@ def cmd_bench(args) -> int:
     from harness.registry import TASKS
 
     config = config_from_args(args)
-    failed_plugins = _load_plugins(config)
+    failed_plugins = load_plugins(config)
     models, broken = _resolve_models(config, failed_plugins)
     TASKS.get(config.bench_task)
     _check_overrides(config, models, config.bench_task)
@@ -347,7 +347,7 @@ def _param_count(entry, task_name: str) -> int | None:
 def cmd_ls(args) -> int:
     from harness.registry import MODELS, TASKS
 
-    _load_plugins(args)
+    load_plugins(args)
     pattern = args.pattern or "*"
     model_rows, task_rows = [], []
     task_names = [t for t in TASKS.names() if TASKS.get(t).cls.spec.lra] or TASKS.names()
@@ -465,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     warnings.simplefilter("default")
+    # one `warning: ...` line: Python's format adds our source file and line, noise to a user
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

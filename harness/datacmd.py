@@ -22,6 +22,7 @@ Python API: `check(task, data_dir) -> list[str]`, `generate(task, out_dir, n, se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -91,14 +92,29 @@ class Problems:
 
 
 def read_manifest(folder: Path, problems: Problems) -> dict | None:
+    """The folder's manifest.json, or None when there is none or it is damaged (a problem, and the
+    counts are then checked against the official release)."""
     path = folder / "manifest.json"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        manifest = json.loads(path.read_text())
+    except OSError as exc:
+        problems.add(f"{path}: cannot be read ({exc.strerror or exc})")
+        return None
+    except ValueError as exc:
         problems.add(f"{path}: not valid JSON ({exc})")
         return None
+    if not isinstance(manifest, dict):
+        problems.add(f"{path}: damaged, expected a JSON object; regenerate the data or delete manifest.json")
+        return None
+    counts, files = manifest.get("counts", {}), manifest.get("files", {})
+    if not (isinstance(counts, dict) and all(type(v) is int for v in counts.values())  # bool is no count
+            and isinstance(files, dict) and all(isinstance(v, str) for v in files.values())):
+        problems.add(f"{path}: damaged, expected 'counts' of whole numbers and 'files' mapping each file "
+                     f"to its sha256; regenerate the data or delete manifest.json")
+        return None
+    return manifest
 
 
 def verify_checksums(folder: Path, manifest: dict, problems: Problems) -> None:
@@ -334,17 +350,29 @@ def check(task_name: str, data_dir: str | Path, difficulty: str = "hard") -> lis
 
 
 # -- generate --------------------------------------------------------------------------------------
-def prepare_out(folder: Path) -> None:
-    """Create `folder`; refuse to mix new data into a folder that already holds some."""
+def prepare_out(folder: Path) -> list[Path]:
+    """Create `folder`; refuse to mix new data into a folder that already holds some. Returns the
+    folders it created, deepest first, for `remove_empty` after a failure."""
     if folder.exists() and any(folder.iterdir()):
         raise UserError(f"--out: {folder} already holds data; choose another --out or delete it first",
                         exit_code=1)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out: cannot create {folder} ({exc.strerror}); choose a writable folder", exit_code=1)
     if not os.access(folder, os.W_OK):
         raise UserError(f"--out: {folder} is not writable; choose a writable folder", exit_code=1)
+    return created
+
+
+def remove_empty(folder: Path, created: list[Path]) -> None:
+    """After a failed generation: remove the empty folders it left in `folder`, then those
+    `prepare_out` created, deepest first, so no empty output stays behind (files stay, to be looked at)."""
+    inside = sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+    for path in inside + created:
+        with contextlib.suppress(OSError):  # a folder holding files stays
+            path.rmdir()
 
 
 def generate(task_name: str, out_dir: str | Path, n: int | None = None, seed: int = 0, workers: int = 1,
@@ -357,6 +385,8 @@ def generate(task_name: str, out_dir: str | Path, n: int | None = None, seed: in
         raise UserError(f"--n {n}: expected a positive number of examples")
     if int(workers) < 1:
         raise UserError(f"--workers {workers}: expected at least 1")
+    if int(seed) < 0:  # numpy's generators take no negative seed: refuse it before creating --out
+        raise UserError(f"--seed {seed}: expected a non-negative integer, e.g. --seed 0")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: is a file, expected a directory", exit_code=1)
@@ -369,8 +399,12 @@ def generate(task_name: str, out_dir: str | Path, n: int | None = None, seed: in
         held_out = max(1, round(total * 0.02))  # the release's 96/2/2 proportions
         sizes = dict(train=total - 2 * held_out, val=held_out, test=held_out, min_length=500, max_length=2000)
         folder = out_dir / "listops-1000"
-        prepare_out(folder)
-        checksums = generate_files(folder, int(seed), sizes)
+        created = prepare_out(folder)
+        try:
+            checksums = generate_files(folder, int(seed), sizes)
+        except BaseException:
+            remove_empty(folder, created)
+            raise
         manifest = dict(generator="tasks.listops (re-implementation of lra_benchmarks/data/listops.py)",
                         seed=int(seed), params=dict(max_depth=10, max_args=10, min_length=500, max_length=2000),
                         counts={k: sizes[k] for k in ("train", "val", "test")},
@@ -381,9 +415,13 @@ def generate(task_name: str, out_dir: str | Path, n: int | None = None, seed: in
         resolution = PATHFINDER_RESOLUTION[task_name]
         folder = out_dir / f"pathfinder{resolution}" / DIFFICULTIES.get(difficulty, difficulty)
         params = lra_params(resolution, difficulty)
-        prepare_out(folder)
-        manifest = generate_dataset(folder, int(n) if n is not None else OFFICIAL["pathfinder"], int(seed),
-                                    params, int(workers), metadata_format, progress=progress)
+        created = prepare_out(folder)
+        try:
+            manifest = generate_dataset(folder, int(n) if n is not None else OFFICIAL["pathfinder"], int(seed),
+                                        params, int(workers), metadata_format, progress=progress)
+        except BaseException:
+            remove_empty(folder, created)
+            raise
     manifest["path"] = str(folder / "manifest.json")
     return manifest
 

@@ -4,7 +4,8 @@ Guarantees:
 - the manifest is replaced atomically (temporary file + rename);
 - each record is one `write()` of one line on an O_APPEND descriptor under an exclusive `flock`,
   then flushed and fsync'ed: concurrent writers never interleave, a killed run loses at most the
-  line being written, and that torn line is skipped on load with a warning naming file and line;
+  line being written, and that torn line is skipped on load with a warning naming file and line
+  (the first few per file; the rest are counted in one more warning);
 - a missing measurement is null with a status saying why, never 0.
 
 Record fields (schema_version 1; `load_records` flattens nested dicts with dots, e.g. `timing.median_ms`):
@@ -27,13 +28,13 @@ import hashlib
 import json
 import os
 import secrets
-import sys
 import warnings
 from pathlib import Path
 
 from harness.errors import UserError
 
 SCHEMA_VERSION = 1
+WARNED_LINES = 3  # damaged lines of one file warned one by one; a badly damaged file must not flood stderr
 STATUSES = ("ok", "oom", "error", "skipped", "unavailable")
 RECORD_FIELDS = (
     "schema_version", "run_id", "cell_key", "kind", "model", "model_family", "model_config",
@@ -107,24 +108,33 @@ def _locked(path: Path):
 
 
 def read_jsonl(path: Path, warn=True) -> list[dict]:
-    """Records of one file; a corrupt or torn line is skipped with a warning naming file and line."""
-    out = []
+    """Records of one file; a corrupt or torn line is skipped with a warning naming file and line
+    (the first WARNED_LINES of them, then one warning counting the rest). A file that cannot be read
+    at all (a folder, no permission) is a UserError."""
+    out, damaged = [], 0
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return out
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the records ({exc.strerror or exc}); expected a file of "
+                        f"JSON lines", exit_code=1)
     for line_no, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            if warn:
-                warnings.warn(f"{path}:{line_no}: skipped a corrupt record ({exc})", stacklevel=2)
+            reason = None if isinstance(record, dict) else "not a JSON object"
+        except ValueError:  # a torn write or binary garbage: the decoder's detail helps nobody
+            reason = "not JSON"
+        if reason:
+            damaged += 1
+            if warn and damaged <= WARNED_LINES:
+                warnings.warn(f"{path}:{line_no}: skipped a corrupt record ({reason})", stacklevel=2)
             continue
         out.append(record)
+    if warn and damaged > WARNED_LINES:
+        warnings.warn(f"{path}: skipped {damaged - WARNED_LINES} more corrupt records", stacklevel=2)
     return out
 
 
@@ -140,9 +150,12 @@ class Run:
     @property
     def manifest(self) -> dict:
         try:
-            return json.loads(self.manifest_path.read_text())
+            manifest = json.loads(self.manifest_path.read_text())
         except (OSError, ValueError) as exc:
             raise UserError(f"{self.manifest_path}: unreadable manifest ({exc})", exit_code=1)
+        if not isinstance(manifest, dict):  # valid JSON, but every reader expects an object
+            raise UserError(f"{self.manifest_path}: unreadable manifest (not a JSON object)", exit_code=1)
+        return manifest
 
     def update_manifest(self, **fields) -> None:
         with _locked(self.dir / ".manifest.lock"):
@@ -218,13 +231,16 @@ class RunStore:
             return []
         return sorted(p.name for p in self.root.iterdir() if (p / "run.json").is_file())
 
-    def manifests(self, runs: list[str] | None = None) -> list[dict]:
+    def manifests(self, runs: list[str] | None = None, warn=True) -> list[dict]:
+        """The readable manifests; an unreadable one is left out with a warning (`warn=False` when
+        `load_records` already warned about these runs)."""
         out = []
         for run_id in runs or self.run_ids():
             try:
                 out.append(Run(self.root / run_id).manifest)
             except UserError as exc:
-                print(f"warning: {exc}", file=sys.stderr)
+                if warn:
+                    warnings.warn(str(exc), stacklevel=2)
         return out
 
 
@@ -232,7 +248,9 @@ def load_records(results_dir: str | Path = "results", runs: list[str] | None = N
     """Every record of every run (or of `runs`) as one pandas DataFrame, nested fields dotted.
 
     Columns include the RECORD_FIELDS plus e.g. `timing.median_ms`, `memory.peak_allocated_bytes`,
-    `metrics.accuracy`; `run_started` and `git_sha` come from the manifests.
+    `metrics.accuracy`; `run_started` and `git_sha` come from the manifests. Damage is warned about,
+    never fatal: a corrupt line is skipped, an unreadable manifest leaves those two columns empty,
+    and a run whose records file cannot be read at all is left out.
     """
     import pandas as pd
 
@@ -249,9 +267,14 @@ def load_records(results_dir: str | Path = "results", runs: list[str] | None = N
         try:
             manifest = run.manifest
         except UserError as exc:
-            warnings.warn(str(exc))
+            warnings.warn(str(exc), stacklevel=2)
             manifest = {}
-        for record in run.records():
+        try:
+            records = run.records()
+        except UserError as exc:  # one unreadable run must not hide the others
+            warnings.warn(f"{exc}; run {run_id} skipped", stacklevel=2)
+            continue
+        for record in records:
             record.setdefault("run_id", run_id)
             record["run_started"] = manifest.get("started")
             record["git_sha"] = manifest.get("git_sha")

@@ -824,9 +824,11 @@ class PathfinderBase(Task):
                     info = json.loads(manifest.read_text())
                     made, params = info["seed"], SnakeParams(**{k: tuple(v) if isinstance(v, list) else v
                                                                  for k, v in info["params"].items()})
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise UserError(f"{manifest}: unreadable manifest ({type(exc).__name__}: {exc})", exit_code=1)
-                return self.regenerated(made, info["counts"]["images"], params, reduction)
+                    images = int(info["counts"]["images"])
+                except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+                    raise UserError(f"{manifest}: unreadable manifest ({type(exc).__name__}: {exc}); "
+                                    f"regenerate it with `python -m harness data generate`", exit_code=1)
+                return self.regenerated(made, images, params, reduction)
             if self.scale == "paper" and s["pool"] == 1:
                 return "official-release"
             return f"official-release(subset {reduction}, split_seed={self.split_seed})"

@@ -186,3 +186,13 @@ def test_regenerated_stand_in_provenance_and_pooling(tmp_path):
 def test_paper_scale_without_data_asks_for_it(tmp_path):
     with pytest.raises(UserError, match="data generate --task pathx"):
         PathX(scale="paper", cache_dir=tmp_path).build("train")
+
+
+@pytest.mark.parametrize("damage", ['{"seed": 3, "params": [1]}',
+                                    '{"seed": 3, "params": {}, "counts": {"images": "many"}}'])
+def test_damaged_generated_manifest_is_a_one_line_error(tmp_path, damage):
+    folder = tmp_path / "pathfinder32" / "curv_contour_length_14"
+    generate_dataset(folder, 2, seed=3, params=lra_params(32, "hard"), workers=1, batch_size=2)
+    (folder / "manifest.json").write_text(damage)
+    with pytest.raises(UserError, match="unreadable manifest"):
+        Pathfinder(data_dir=tmp_path).provenance

@@ -2,16 +2,18 @@
 
 `add_commands(subparsers)` adds them to the harness CLI; each parser's `func(args)` returns the exit
 code. Mistakes a user can fix (unknown run ids, bad lengths, unwritable paths) raise UserError,
-which the harness CLI prints as one line. Shared flags (--results-dir, --quiet, --json, --include)
-come from `harness.config.RunConfig`, the one source of defaults and help text.
+which the harness CLI prints as one line. Warnings (damaged records, unreadable manifests) print as
+one `warning: ...` line each; --quiet hides them. Shared flags (--results-dir, --quiet, --json,
+--include) come from `harness.config.RunConfig`, the one source of defaults and help text.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
-from pathlib import Path
+import warnings
 
 from harness.config import add_arguments, parse_int_list, positive_float
 from harness.errors import UserError
@@ -22,7 +24,27 @@ FORMATS = ("markdown", "latex", "html")
 
 
 def _length(args) -> int:
-    return parse_int_list("length", str(args.length))[0]
+    lengths = parse_int_list("length", str(args.length))
+    if len(lengths) > 1:  # the efficiency table is one length; the by-length tables show them all
+        raise UserError(f"--length {args.length!r}: give one sequence length, e.g. --length 4096 "
+                        f"(the by-length tables already show every measured length)")
+    return lengths[0]
+
+
+def _prepare(command):
+    """Shared start of the report commands: no warnings with --quiet, and the --include files
+    imported as `run` imports them (a missing file is a one-line error)."""
+    @functools.wraps(command)
+    def wrapped(args) -> int:
+        with warnings.catch_warnings():
+            if args.quiet:
+                warnings.simplefilter("ignore")
+            if args.include:  # importing the registry costs seconds: only when asked
+                from harness.cli import load_plugins
+
+                load_plugins(args)
+            return command(args)
+    return wrapped
 
 
 def _runs_arg(parser: argparse.ArgumentParser) -> None:
@@ -42,21 +64,26 @@ def _aggregate_arg(parser: argparse.ArgumentParser) -> None:
                              "instead of showing the latest run's record")
 
 
+@_prepare
 def cmd_table(args) -> int:
     from harness.report import tables
     from harness.report.html import banner_line, resolve_runs
     from harness.store import RunStore, load_records
 
+    length = _length(args)
     run_ids = resolve_runs(args.results_dir, args.runs)
     records = load_records(args.results_dir, run_ids or None)
     if records.empty:
         raise UserError(f"no results in {args.results_dir}: nothing to tabulate; run `python -m harness run` "
                         f"or `bench` first, or point --results-dir at a results folder", exit_code=1)
-    table_list = tables.all_tables(records, length=_length(args), aggregate=args.aggregate)
+    table_list = tables.all_tables(records, length=length, aggregate=args.aggregate)
     if args.json:
         print(json.dumps([tables.to_json(t) for t in table_list], indent=2))
         return 0
-    manifests = RunStore(args.results_dir).manifests(sorted(set(records["run_id"].dropna())))
+    if args.quiet:  # the tables were built (so bad records still fail), not printed
+        return 0
+    # load_records has already warned about unreadable manifests
+    manifests = RunStore(args.results_dir).manifests(sorted(set(records["run_id"].dropna())), warn=False)
     banner = "\n".join(banner_line(m) for m in manifests)
     if args.format == "markdown":
         print("\n".join(f"> {line}" for line in banner.splitlines()) + "\n")
@@ -68,20 +95,22 @@ def cmd_table(args) -> int:
     return 0
 
 
+@_prepare
 def cmd_report(args) -> int:
-    from harness.report.html import default_report_path, resolve_runs, write_report
+    from harness.report.html import resolve_runs, write_report
 
+    length = _length(args)
     run_ids = resolve_runs(args.results_dir, args.runs)
     if not run_ids:
         raise UserError(f"no results in {args.results_dir}: nothing to report; run `python -m harness "
                         f"run` first or point --results-dir at a results folder", exit_code=1)
-    out = Path(args.out) if args.out else default_report_path(run_ids)
-    path = write_report(args.results_dir, run_ids, out, length=_length(args), aggregate=args.aggregate,
+    path = write_report(args.results_dir, run_ids, args.out, length=length, aggregate=args.aggregate,
                         quiet=args.quiet)
     print(json.dumps({"report": str(path)}) if args.json else path)
     return 0
 
 
+@_prepare
 def cmd_compare(args) -> int:
     from harness.report.compare import compare_runs, format_comparison
 
@@ -115,7 +144,8 @@ def add_commands(subparsers) -> None:
                     "tables, plots and provenance; Markdown and LaTeX copies of the tables go next to it.")
     _runs_arg(report)
     report.add_argument("--out", default=None, metavar="reports/NAME.html",
-                        help="where to write the report (default: reports/report-<latest run id>.html)")
+                        help="where to write the report: an .html path outside --results-dir; NAME.md "
+                             "and NAME.tex go beside it (default: reports/report-<latest run id>.html)")
     _length_arg(report)
     _aggregate_arg(report)
     add_arguments(report, "report")

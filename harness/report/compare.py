@@ -148,6 +148,9 @@ def compare_runs(results_dir, run_a: str, run_b: str, threshold_pct: float = 10.
 
 
 def _int(value):
+    """A whole-number field for display; '?' when a damaged record lacks it (NaN after `prepare`)."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "?"
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
@@ -174,7 +177,7 @@ def format_comparison(frame: pd.DataFrame, run_a: str, run_b: str, threshold_pct
     display = {}
     for i, row in frame.iterrows():
         cell = (f"{row['model']} · {row['task']}"
-                + (f" · L={int(row['seq_len'])} · b={int(row['batch_size'])} · {row['dtype']} · "
+                + (f" · L={_int(row['seq_len'])} · b={_int(row['batch_size'])} · {row['dtype']} · "
                    f"{row['device']} · {row['mode']}" if row["kind"] == "speed" else f" · seed {_int(row['seed'])}"))
         change = row["change_pct"]
         display[f"{i:04d}"] = {

@@ -27,6 +27,7 @@ from harness.report import plots, tables
 from harness.store import RunStore, load_records
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+TITLE = "Long-sequence benchmark report"
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
 
@@ -235,12 +236,44 @@ def default_report_path(run_ids: list[str]) -> Path:
     return Path("reports") / f"report-{run_ids[-1] if run_ids else 'empty'}.html"
 
 
+def _written_by_us(path: Path, marker: str) -> bool:
+    """Whether an existing file is an earlier copy of this report (so replacing it loses nothing)."""
+    with open(path, "rb") as f:
+        return marker.encode() in f.read(4096)
+
+
+def check_report_path(out_path: Path, results_dir) -> None:
+    """Refuse an --out whose writing would destroy results or other files, or lose the report.
+
+    The page and its `.md` / `.tex` copies share the stem, so only an `.html` name keeps the three
+    apart; inside the results folder they could replace a run's files; an existing file is replaced
+    only when it is an earlier copy of this report."""
+    if out_path.resolve().is_relative_to(Path(results_dir).resolve()):
+        raise UserError(f"--out {out_path}: inside --results-dir {results_dir}, where it could replace "
+                        f"stored results; write the report elsewhere, e.g. reports/NAME.html")
+    if out_path.suffix.lower() != ".html":
+        raise UserError(f"--out {out_path}: expected a name ending in .html (the .md and .tex copies of "
+                        f"the tables go beside it), e.g. reports/NAME.html")
+    for path, marker in ((out_path, f"<title>{TITLE}"), (out_path.with_suffix(".md"), "# Benchmark tables"),
+                         (out_path.with_suffix(".tex"), "% Benchmark tables")):
+        try:
+            ours = not path.exists() or (path.is_file() and _written_by_us(path, marker))
+        except OSError as exc:
+            raise UserError(f"--out {out_path}: cannot read {path} ({exc.strerror or exc})", exit_code=1)
+        if not ours:
+            raise UserError(f"--out {out_path}: {path} exists and is not an earlier copy of this report; "
+                            f"move it away or choose another --out")
+
+
 def write_report(results_dir, runs: list[str] | None, out_path=None, length: int = 4096,
                  aggregate: bool = False, images: bool | None = None, quiet: bool = False) -> Path:
     """Write the HTML report of `runs` (all runs when None) to `out_path` (None: the default
     `reports/report-<latest run id>.html`), with `<name>.md` and `<name>.tex` copies of the
     tables beside it. `images`: PNGs of the figures via kaleido (None = when kaleido and a
-    browser are available; a one-line note on stderr otherwise)."""
+    browser are available; a one-line note on stderr otherwise). An `out_path` that
+    `check_report_path` refuses is a UserError, raised before any work."""
+    if out_path is not None:
+        check_report_path(Path(out_path), results_dir)
     run_ids = resolve_runs(results_dir, runs)
     records = load_records(results_dir, run_ids or None)
     if records.empty:
@@ -248,7 +281,7 @@ def write_report(results_dir, runs: list[str] | None, out_path=None, length: int
                         f"first or point --results-dir at a results folder", exit_code=1)
     df = tables.prepare(records)
     run_ids = [r for r in run_ids if r in set(df["run_id"])] or run_ids
-    manifests = RunStore(results_dir).manifests(run_ids)
+    manifests = RunStore(results_dir).manifests(run_ids, warn=False)  # load_records warned already
     summaries = [environment_summary(m) for m in manifests]
 
     table_list = tables.all_tables(records, length=length, aggregate=aggregate)
@@ -274,7 +307,7 @@ def write_report(results_dir, runs: list[str] | None, out_path=None, length: int
                            autoescape=select_autoescape(["html"])).get_template("report.html")
     latest = summaries[-1] if summaries else environment_summary({})
     page = template.render(
-        title="Long-sequence benchmark report",
+        title=TITLE,
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         latest=latest, runs=summaries, n_records=len(df),
         n_models=df["model"].nunique(), models=sorted(set(df["model"].dropna()), key=tables._natural),
