@@ -107,6 +107,24 @@ def _locked(path: Path):
         os.close(fd)
 
 
+RECORD_TEXT_FIELDS = ("kind", "model", "task", "status", "mode", "device", "dtype")
+RECORD_INT_FIELDS = ("seq_len", "batch_size", "seed")
+
+
+def _record_problem(record) -> str | None:
+    """Why a parsed line cannot be a record (tables group and sort by these fields), or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    for key in RECORD_TEXT_FIELDS:
+        if record.get(key) is not None and not isinstance(record[key], str):
+            return f"{key} is not text"
+    for key in RECORD_INT_FIELDS:
+        value = record.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"{key} is not an integer"
+    return None
+
+
 def read_jsonl(path: Path, warn=True) -> list[dict]:
     """Records of one file; a corrupt or torn line is skipped with a warning naming file and line
     (the first WARNED_LINES of them, then one warning counting the rest). A file that cannot be read
@@ -124,7 +142,7 @@ def read_jsonl(path: Path, warn=True) -> list[dict]:
             continue
         try:
             record = json.loads(line)
-            reason = None if isinstance(record, dict) else "not a JSON object"
+            reason = _record_problem(record)
         except ValueError:  # a torn write or binary garbage: the decoder's detail helps nobody
             reason = "not JSON"
         if reason:
@@ -136,6 +154,11 @@ def read_jsonl(path: Path, warn=True) -> list[dict]:
     if warn and damaged > WARNED_LINES:
         warnings.warn(f"{path}: skipped {damaged - WARNED_LINES} more corrupt records", stacklevel=2)
     return out
+
+
+# What readers of a manifest rely on; a damaged manifest is unreadable rather than a crash later.
+MANIFEST_FIELD_TYPES = {"environment": dict, "config": dict, "command": (list, str), "run_id": str,
+                        "status": str}
 
 
 class Run:
@@ -155,6 +178,14 @@ class Run:
             raise UserError(f"{self.manifest_path}: unreadable manifest ({exc})", exit_code=1)
         if not isinstance(manifest, dict):  # valid JSON, but every reader expects an object
             raise UserError(f"{self.manifest_path}: unreadable manifest (not a JSON object)", exit_code=1)
+        wrong = [key for key, kind in MANIFEST_FIELD_TYPES.items()
+                 if manifest.get(key) is not None and not isinstance(manifest[key], kind)]
+        gpus = (manifest.get("environment") or {}).get("gpus") if "environment" not in wrong else None
+        if gpus is not None and not (isinstance(gpus, list) and all(isinstance(g, dict) for g in gpus)):
+            wrong.append("environment.gpus")
+        if wrong:
+            raise UserError(f"{self.manifest_path}: unreadable manifest ({', '.join(wrong)} of the wrong type)",
+                            exit_code=1)
         return manifest
 
     def update_manifest(self, **fields) -> None:

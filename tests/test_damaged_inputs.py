@@ -103,6 +103,28 @@ def test_manifest_that_is_not_an_object_is_warned_and_the_records_kept(results, 
         RunStore(results).open(RUN_A).manifest
 
 
+@pytest.mark.parametrize("field,value", [("environment", [1]), ("command", 5), ("config", [1]),
+                                         ("environment", {"gpus": [1]})])
+def test_manifest_with_a_field_of_the_wrong_type_is_warned_and_the_records_kept(results, capsys, field, value):
+    manifest = json.loads((results / RUN_A / "run.json").read_text())
+    (results / RUN_A / "run.json").write_text(json.dumps({**manifest, field: value}))
+    for command in (["table"], ["report", "--out", "r.html"]):
+        with pytest.warns(UserWarning, match="of the wrong type"):
+            assert run_cli(capsys, [*command, "--results-dir", "results"])[0] == 0
+
+
+@pytest.mark.parametrize("field,value", [("model", ["m"]), ("seq_len", "long"), ("status", 1)])
+def test_record_with_a_field_of_the_wrong_type_is_skipped(results, capsys, field, value):
+    bad = {**speed(64, 1.0), field: value}
+    with open(results / RUN_A / "records.jsonl", "a") as f:
+        f.write(json.dumps(bad) + "\n")
+    with pytest.warns(UserWarning, match=f"skipped a corrupt record \\({field} is not"):
+        code, out, _ = run_cli(capsys, ["table", "--results-dir", "results"])
+    assert code == 0 and "Time (ms) by sequence length" in out
+    with pytest.warns(UserWarning, match="corrupt record"):
+        assert run_cli(capsys, ["compare", RUN_A, RUN_B, "--results-dir", "results"])[0] in (0, 1)
+
+
 def test_records_file_that_is_a_folder_skips_that_run(results, capsys):
     records = results / RUN_A / "records.jsonl"
     records.unlink()
