@@ -24,7 +24,7 @@ def test_registration_metadata(name):
     assert "d_model" in entry.defaults
     assert set(LRA_TASKS) <= set(entry.task_configs), "per-task defaults for every LRA task"
     for task in entry.train_configs:
-        assert set(entry.train_config(task)) - {"betas"} == TRAIN_KEYS
+        assert set(entry.train_config(task)) - {"betas", "warmup_power"} == TRAIN_KEYS
     tiny = MODELS.get(f"{name}_tiny")
     assert tiny.tiny_of == name and tiny.config()["d_model"] <= 64
 
