@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness.errors import UserError
 
@@ -68,8 +69,6 @@ def positive_float(flag: str, value, maximum: float = float("inf")) -> float:
 
 def directory(flag: str, path, must_exist: bool) -> str:
     """A folder argument: not empty, not a file; an input folder must exist."""
-    from pathlib import Path
-
     if not str(path or "").strip():
         raise UserError(f"--{flag} is empty: give a folder path")
     folder = Path(path).expanduser()

@@ -350,29 +350,28 @@ def check(task_name: str, data_dir: str | Path, difficulty: str = "hard") -> lis
 
 
 # -- generate --------------------------------------------------------------------------------------
-def prepare_out(folder: Path) -> list[Path]:
-    """Create `folder`; refuse to mix new data into a folder that already holds some. Returns the
-    folders it created, deepest first, for `remove_empty` after a failure."""
+@contextlib.contextmanager
+def output_folder(folder: Path):
+    """Create `folder` for new data, refusing one that already holds some; if the generation inside
+    the `with` fails, remove the empty folders it leaves (files stay, to be looked at)."""
     if folder.exists() and any(folder.iterdir()):
         raise UserError(f"--out: {folder} already holds data; choose another --out or delete it first",
                         exit_code=1)
-    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out: cannot create {folder} ({exc.strerror}); choose a writable folder", exit_code=1)
     if not os.access(folder, os.W_OK):
         raise UserError(f"--out: {folder} is not writable; choose a writable folder", exit_code=1)
-    return created
-
-
-def remove_empty(folder: Path, created: list[Path]) -> None:
-    """After a failed generation: remove the empty folders it left in `folder`, then those
-    `prepare_out` created, deepest first, so no empty output stays behind (files stay, to be looked at)."""
-    inside = sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
-    for path in inside + created:
-        with contextlib.suppress(OSError):  # a folder holding files stays
-            path.rmdir()
+    try:
+        yield folder
+    except BaseException:
+        inside = sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+        for path in inside + created:
+            with contextlib.suppress(OSError):  # a folder holding files stays
+                path.rmdir()
+        raise
 
 
 def generate(task_name: str, out_dir: str | Path, n: int | None = None, seed: int = 0, workers: int = 1,
@@ -399,12 +398,8 @@ def generate(task_name: str, out_dir: str | Path, n: int | None = None, seed: in
         held_out = max(1, round(total * 0.02))  # the release's 96/2/2 proportions
         sizes = dict(train=total - 2 * held_out, val=held_out, test=held_out, min_length=500, max_length=2000)
         folder = out_dir / "listops-1000"
-        created = prepare_out(folder)
-        try:
+        with output_folder(folder):
             checksums = generate_files(folder, int(seed), sizes)
-        except BaseException:
-            remove_empty(folder, created)
-            raise
         manifest = dict(generator="tasks.listops (re-implementation of lra_benchmarks/data/listops.py)",
                         seed=int(seed), params=dict(max_depth=10, max_args=10, min_length=500, max_length=2000),
                         counts={k: sizes[k] for k in ("train", "val", "test")},
@@ -415,13 +410,9 @@ def generate(task_name: str, out_dir: str | Path, n: int | None = None, seed: in
         resolution = PATHFINDER_RESOLUTION[task_name]
         folder = out_dir / f"pathfinder{resolution}" / DIFFICULTIES.get(difficulty, difficulty)
         params = lra_params(resolution, difficulty)
-        created = prepare_out(folder)
-        try:
+        with output_folder(folder):
             manifest = generate_dataset(folder, int(n) if n is not None else OFFICIAL["pathfinder"], int(seed),
                                         params, int(workers), metadata_format, progress=progress)
-        except BaseException:
-            remove_empty(folder, created)
-            raise
     manifest["path"] = str(folder / "manifest.json")
     return manifest
 

@@ -55,29 +55,18 @@ def resolve_settings(model_name: str, task_name: str, config: RunConfig) -> Trai
     paper = entry.train_config(task_name)
     scale = config.scale_preset
     s = TrainSettings()
-    for key in ("lr", "weight_decay", "batch_size", "warmup_steps", "warmup_power", "total_steps"):
-        if key in paper:
-            setattr(s, key, paper[key])
+    _override(s, **{key: paper.get(key) for key in ("lr", "weight_decay", "batch_size", "warmup_steps",
+                                                    "warmup_power", "total_steps")})
     if "betas" in paper:
         s.betas = tuple(paper["betas"])
-    if scale.total_steps is not None:
-        s.total_steps = scale.total_steps
-    if scale.batch_size is not None:
-        s.batch_size = scale.batch_size
-    if scale.lr is not None:
-        s.lr = scale.lr
+    _override(s, total_steps=scale.total_steps, batch_size=scale.batch_size, lr=scale.lr)
     # A task may cap batch and steps at a scale (e.g. Path-X smoke: 16K pixels on a CPU).
     hints = TASKS.get(task_name).cls(scale=config.scale).sizes(config.scale)
     if "batch_size" in hints:
         s.batch_size = min(s.batch_size, hints["batch_size"])
     if "total_steps" in hints:
         s.total_steps = min(s.total_steps, hints["total_steps"])
-    if config.steps is not None:
-        s.total_steps = config.steps
-    if config.batch_size is not None:
-        s.batch_size = config.batch_size
-    if config.lr is not None:
-        s.lr = config.lr
+    _override(s, total_steps=config.steps, batch_size=config.batch_size, lr=config.lr)
     if scale.warmup_fraction is not None or config.steps is not None:
         s.warmup_steps = max(1, int(round((scale.warmup_fraction or 0.1) * s.total_steps)))
     s.warmup_steps = min(s.warmup_steps, s.total_steps)
@@ -89,6 +78,13 @@ def resolve_settings(model_name: str, task_name: str, config: RunConfig) -> Trai
         s.checkpoint_every = 0 if scale.name == "smoke" else max(s.eval_every, 500)
     s.eval_batch_size = max(s.batch_size, 16)
     return s
+
+
+def _override(s: TrainSettings, **values) -> None:
+    """Set the given settings, skipping those left unset (None)."""
+    for key, value in values.items():
+        if value is not None:
+            setattr(s, key, value)
 
 
 def lr_factor(step: int, s: TrainSettings) -> float:

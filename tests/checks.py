@@ -35,3 +35,13 @@ def assert_padding_invariant(model, d: int, L: int = 20, real: int = 13, extra: 
     y2 = model(x2, pad_mask([L, real], L + extra))
     torch.testing.assert_close(y2[:, :L][~mask], y1[~mask], rtol=rtol, atol=atol)
     return x, mask, y1
+
+
+def assert_bf16_close_to_fp32(model, d: int, rel_tol: float = 0.05) -> None:
+    """Under CPU bf16 autocast the output stays within `rel_tol` (relative norm) of fp32."""
+    x = torch.randn(2, 32, d)
+    y = model(x, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yb = model(x, None)
+    rel = ((yb.float() - y).norm() / y.norm()).item()
+    assert rel < rel_tol, rel

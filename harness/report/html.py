@@ -28,6 +28,7 @@ from harness.store import RunStore, load_records
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 TITLE = "Long-sequence benchmark report"
+TABLES_HEADING = "Benchmark tables"  # first line of the .md / .tex copies; check_report_path looks for it
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
 
@@ -224,9 +225,9 @@ def export_images(figures: list[tuple], out_dir: Path) -> tuple[list[Path], str 
 
 def _text_copy(table_list: list, fmt: str, banners: list[str]) -> str:
     if fmt == "markdown":
-        head = "# Benchmark tables\n\n" + "".join(f"- {b}\n" for b in banners) + "\n"
+        head = f"# {TABLES_HEADING}\n\n" + "".join(f"- {b}\n" for b in banners) + "\n"
         return head + "\n".join(tables.render(t, "markdown") for t in table_list)
-    head = ("% Benchmark tables; needs \\usepackage{booktabs}\n"
+    head = (f"% {TABLES_HEADING}; needs \\usepackage{{booktabs}}\n"
             + "".join(f"% {b}\n" for b in banners) + "\n")
     return head + "\n".join(tables.render(t, "latex") for t in table_list)
 
@@ -254,8 +255,8 @@ def check_report_path(out_path: Path, results_dir) -> None:
     if out_path.suffix.lower() != ".html":
         raise UserError(f"--out {out_path}: expected a name ending in .html (the .md and .tex copies of "
                         f"the tables go beside it), e.g. reports/NAME.html")
-    for path, marker in ((out_path, f"<title>{TITLE}"), (out_path.with_suffix(".md"), "# Benchmark tables"),
-                         (out_path.with_suffix(".tex"), "% Benchmark tables")):
+    for path, marker in ((out_path, f"<title>{TITLE}"), (out_path.with_suffix(".md"), f"# {TABLES_HEADING}"),
+                         (out_path.with_suffix(".tex"), f"% {TABLES_HEADING}")):
         try:
             ours = not path.exists() or (path.is_file() and _written_by_us(path, marker))
         except OSError as exc:
