@@ -131,6 +131,14 @@ def capture() -> dict:
     }
 
 
+def hardware(device: str) -> dict:
+    """The `Hardware` fields of a cell run here on `device` (cheap: no NVML, no git)."""
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return {"device_name": torch.cuda.get_device_name(0), "host": socket.gethostname(),
+                "device_count": torch.cuda.device_count()}
+    return {"device_name": cpu_model(), "host": socket.gethostname(), "device_count": None}
+
+
 def resolve_device(device: str) -> str:
     from harness.errors import UserError
 

@@ -71,6 +71,14 @@ class ModelEntry:
     description: str = ""
     tiny_of: str | None = None  # for `*_tiny` variants: the full-size model's name
     tiny_overrides: dict = field(default_factory=dict)
+    runtime_keys: tuple = ()  # config keys that choose how, not what, the model computes
+
+    def split_config(self, config: dict) -> tuple[dict, dict]:
+        """(architecture, runtime settings) of a resolved config: the architecture is the model's
+        identity (hashed); runtime settings (implementation, compilation, kernels) are recorded
+        beside it, so eager and compiled runs of one model stay comparable."""
+        arch = {k: v for k, v in config.items() if k not in self.runtime_keys}
+        return arch, {k: v for k, v in config.items() if k in self.runtime_keys}
 
     def config(self, task: str | None = None, overrides: dict | None = None) -> dict:
         """Resolved architecture kwargs: defaults < per-task config < tiny shrink < user overrides.
@@ -257,9 +265,12 @@ def register_model(
     requires: tuple | list = (),
     probe: Callable[[], str | None] | None = None,
     description: str = "",
+    runtime: tuple | list = (),
     override: bool = False,
 ):
     """Decorator for a backbone factory. `tiny` (architecture overrides) also registers `name_tiny`.
+    `runtime` names the config keys that are execution settings (e.g. `compile`, a kernel choice):
+    recorded and shown as a variant, but not part of the architecture's identity.
 
     Example::
 
@@ -272,6 +283,9 @@ def register_model(
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     if "d_model" not in defaults:
         raise ValueError(f"model '{name}': defaults must include d_model")
+    unknown_runtime = [k for k in runtime if k not in defaults]
+    if unknown_runtime:
+        raise ValueError(f"model '{name}': runtime keys {unknown_runtime} are not in its defaults")
 
     def decorator(factory):
         origin = f"{factory.__module__}:{factory.__qualname__}"
@@ -282,6 +296,7 @@ def register_model(
             defaults=dict(defaults), task_configs=dict(task_configs or {}),
             train_configs=dict(train_configs or {}), requires=tuple(requires), probe=probe,
             origin=origin, description=description or (inspect.getdoc(factory) or "").split("\n")[0],
+            runtime_keys=tuple(runtime),
         )
         MODELS.add(ModelEntry(name=name, **common), override=override)
         if tiny is not None:

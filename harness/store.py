@@ -8,23 +8,17 @@ Guarantees:
   (the first few per file; the rest are counted in one more warning);
 - a missing measurement is null with a status saying why, never 0.
 
-Record fields (schema_version 1; `load_records` flattens nested dicts with dots, e.g. `timing.median_ms`):
-  schema_version, run_id, cell_key, kind ("speed" | "accuracy"), model, model_family,
-  model_config, model_config_hash, task, task_version, seq_len, batch_size, dtype, device, mode
-  ("train_step" | "forward" | "train"), status ("ok" | "oom" | "error" | "skipped" | "unavailable"),
-  error, n_params, seed, scale, provenance, metrics {accuracy, val_accuracy, loss, ...},
-  higher_is_better {metric: bool}, timing {median_ms, p20_ms, p80_ms, n_warmup, n_iters,
-  samples_ms}, memory {peak_allocated_bytes, peak_reserved_bytes, footprint_bytes,
-  peak_rss_increase_bytes}, throughput_tokens_per_s, train {settings}, runtime {what the backbone
-  resolved at run time, e.g. which scan kernel ran: from its optional `runtime_info()`}, created
+Records are `harness.records.Record` (schema_version 2, typed provenance, timing, memory and
+hardware); `load_records` upgrades schema-1 lines on reading and flattens nested fields with dots
+for pandas, e.g. `timing.median_ms`, `provenance.kind`, `hardware.device_name`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import os
 import secrets
@@ -32,16 +26,10 @@ import warnings
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.records import SCHEMA_VERSION, STATUSES, Record, RecordError, config_hash  # noqa: F401
 
-SCHEMA_VERSION = 1
 WARNED_LINES = 3  # damaged lines of one file warned one by one; a badly damaged file must not flood stderr
-STATUSES = ("ok", "oom", "error", "skipped", "unavailable")
-RECORD_FIELDS = (
-    "schema_version", "run_id", "cell_key", "kind", "model", "model_family", "model_config",
-    "model_config_hash", "task", "task_version", "seq_len", "batch_size", "dtype", "device", "mode",
-    "status", "error", "n_params", "seed", "scale", "provenance", "metrics", "higher_is_better",
-    "timing", "memory", "throughput_tokens_per_s", "train", "runtime", "created",
-)
+RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(Record))
 
 
 def utc_now() -> str:
@@ -54,26 +42,19 @@ def new_run_id() -> str:
     return now.strftime("%Y%m%d-%H%M%S-") + f"{now.microsecond // 1000:03d}" + secrets.token_hex(2)
 
 
-def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def cell_key(**identity) -> str:
     """What makes two cells 'the same measurement' (used by resume)."""
     return config_hash(identity)
 
 
 def make_record(**fields) -> dict:
+    """A new record, checked by `Record` (typed parts, statuses, field types), as the plain dict that
+    travels between processes and into the store."""
     unknown = set(fields) - set(RECORD_FIELDS)
     if unknown:
         raise ValueError(f"unknown record fields: {sorted(unknown)}")
-    record = {name: None for name in RECORD_FIELDS}
-    record.update(schema_version=SCHEMA_VERSION, created=utc_now(), metrics={}, higher_is_better={},
-                  timing={}, memory={})
-    record.update(fields)
-    if record["status"] not in STATUSES:
-        raise ValueError(f"status must be one of {STATUSES}, got {record['status']!r}")
-    return record
+    fields.setdefault("created", utc_now())
+    return Record(**fields).to_dict()
 
 
 def _finite(value):
@@ -107,28 +88,11 @@ def _locked(path: Path):
         os.close(fd)
 
 
-RECORD_TEXT_FIELDS = ("kind", "model", "task", "status", "mode", "device", "dtype")
-RECORD_INT_FIELDS = ("seq_len", "batch_size", "seed")
-
-
-def _record_problem(record) -> str | None:
-    """Why a parsed line cannot be a record (tables group and sort by these fields), or None."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    for key in RECORD_TEXT_FIELDS:
-        if record.get(key) is not None and not isinstance(record[key], str):
-            return f"{key} is not text"
-    for key in RECORD_INT_FIELDS:
-        value = record.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            return f"{key} is not an integer"
-    return None
-
-
-def read_jsonl(path: Path, warn=True) -> list[dict]:
-    """Records of one file; a corrupt or torn line is skipped with a warning naming file and line
-    (the first WARNED_LINES of them, then one warning counting the rest). A file that cannot be read
-    at all (a folder, no permission) is a UserError."""
+def read_jsonl(path: Path, warn=True, manifest: dict | None = None) -> list[dict]:
+    """Records of one file, checked and upgraded to the current schema by `Record.from_dict`
+    (`manifest`: the run's, for the hardware of schema-1 lines); a corrupt or torn line is skipped
+    with a warning naming file and line (the first WARNED_LINES of them, then one warning counting
+    the rest). A file that cannot be read at all (a folder, no permission) is a UserError."""
     out, damaged = [], 0
     try:
         raw = path.read_bytes()
@@ -140,9 +104,11 @@ def read_jsonl(path: Path, warn=True) -> list[dict]:
     for line_no, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
+        reason = None
         try:
-            record = json.loads(line)
-            reason = _record_problem(record)
+            record = Record.from_dict(json.loads(line), manifest).to_dict()
+        except RecordError as exc:
+            reason = str(exc)
         except ValueError:  # a torn write or binary garbage: the decoder's detail helps nobody
             reason = "not JSON"
         if reason:
@@ -194,8 +160,10 @@ class Run:
             manifest.update(fields)
             atomic_write_json(self.manifest_path, manifest)
 
-    def append(self, record: dict) -> None:
-        record = _finite(dict(record, run_id=self.run_id))
+    def append(self, record: dict | Record) -> None:
+        if isinstance(record, Record):
+            record = record.to_dict()
+        record = _finite(Record.from_dict(dict(record, run_id=self.run_id)).to_dict())
         line = (json.dumps(record, default=str, allow_nan=False) + "\n").encode()
         with _locked(self.records_path) as fd:
             size = os.fstat(fd).st_size
@@ -204,8 +172,8 @@ class Run:
             os.write(fd, line)
             os.fsync(fd)
 
-    def records(self) -> list[dict]:
-        return read_jsonl(self.records_path)
+    def records(self, manifest: dict | None = None) -> list[dict]:
+        return read_jsonl(self.records_path, manifest=manifest)
 
     def done_keys(self) -> set[str]:
         """Cells finished with a definitive status (errors and timeouts are retried on resume)."""
@@ -279,7 +247,9 @@ def load_records(results_dir: str | Path = "results", runs: list[str] | None = N
     """Every record of every run (or of `runs`) as one pandas DataFrame, nested fields dotted.
 
     Columns include the RECORD_FIELDS plus e.g. `timing.median_ms`, `memory.peak_allocated_bytes`,
-    `metrics.accuracy`; `run_started` and `git_sha` come from the manifests. Damage is warned about,
+    `metrics.accuracy`, `provenance.kind`, `hardware.device_name`; `label` (the row name, model and
+    variant) and `lra_eligible` are derived from the typed record; `run_started` and `git_sha` come
+    from the manifests. Damage is warned about,
     never fatal: a corrupt line is skipped, an unreadable manifest leaves those two columns empty,
     and a run whose records file cannot be read at all is left out.
     """
@@ -301,17 +271,20 @@ def load_records(results_dir: str | Path = "results", runs: list[str] | None = N
             warnings.warn(str(exc), stacklevel=2)
             manifest = {}
         try:
-            records = run.records()
+            records = run.records(manifest)
         except UserError as exc:  # one unreadable run must not hide the others
             warnings.warn(f"{exc}; run {run_id} skipped", stacklevel=2)
             continue
         for record in records:
+            typed = Record.from_dict(record)
             record.setdefault("run_id", run_id)
+            record["label"] = typed.label  # the row name: model [variant]
+            record["lra_eligible"] = typed.lra_eligible
             record["run_started"] = manifest.get("started")
             record["git_sha"] = manifest.get("git_sha")
             rows.append(record)
     if not rows:
-        return pd.DataFrame(columns=list(RECORD_FIELDS))
+        return pd.DataFrame(columns=list(RECORD_FIELDS) + ["label", "lra_eligible"])
     frame = pd.json_normalize(rows, max_level=1)
     for column in RECORD_FIELDS:
         if column not in frame.columns:

@@ -12,9 +12,10 @@ A task is a class registered with `@register_task("name")` that subclasses `Task
             ...
 
 The harness caches built splits (`Task.load`), derives padding masks from lengths (never from token
-value 0, so a black pixel is not padding), and records `provenance` on every result.
-Provenance strings: `official-release`, `user-data(<what>)`, `regenerated(seed=S, <params>)`,
-`stand-in(<name>)`; only `official-release`/`user-data`/`regenerated` count in an LRA average.
+value 0, so a black pixel is not padding), and records `provenance` on every result: a typed
+`harness.records.Provenance` (kind official | user | regenerated | stand-in, source, subset,
+parameters). Only a paper-scale run on the whole of an official or regenerated data set enters an
+LRA average (`Record.lra_eligible`); a subset says so in `subset`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 from harness.errors import UserError
+from harness.records import Provenance
 
 PAD_ID = 0  # token id 0 is padding in every token task
 IGNORE_INDEX = -100  # per-token targets that are not scored
@@ -64,9 +66,12 @@ class TaskData:
     inputs: torch.Tensor  # (N, L) integer ids, or stored real values (e.g. uint8 pixels)
     lengths: torch.Tensor  # (N,) int64, true lengths
     labels: torch.Tensor  # (N,) int64 class ids, or (N, L) int64 with IGNORE_INDEX where unscored
-    provenance: str  # see module docstring
+    provenance: Provenance  # where the split came from (see module docstring)
     inputs2: torch.Tensor | None = None  # second document of dual tasks, (N, L2)
     lengths2: torch.Tensor | None = None
+
+    def __post_init__(self):
+        self.provenance = Provenance.from_value(self.provenance)  # the cache stores it as a dict
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -153,7 +158,8 @@ class Task(abc.ABC):
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({k: v for k, v in data.__dict__.items()}, tmp)
+            saved = dict(data.__dict__, provenance=data.provenance.to_dict())  # weights_only loads plain data
+            torch.save(saved, tmp)
             os.replace(tmp, path)
         return data
 

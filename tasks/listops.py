@@ -27,6 +27,7 @@ import torch
 
 from harness.errors import UserError
 from harness.registry import register_task
+from harness.records import Provenance
 from harness.task import Task, TaskData, TaskSpec
 
 MIN, MAX, MED, SUM_MOD = "[MIN", "[MAX", "[MED", "[SM"
@@ -194,18 +195,28 @@ class ListOps(Task):
         return dict(SCALES[scale])
 
     @property
-    def provenance(self) -> str:
+    def provenance(self) -> Provenance:
+        s = self.sizes(self.scale)
         if self.data_dir is not None:
             manifest = find_release_dir(self.data_dir) / "manifest.json"  # written by `data generate`
             if manifest.is_file():
                 info = json.loads(manifest.read_text())
                 c = info.get("counts", {})
-                return (f"regenerated(seed={info.get('seed')}, n={c.get('train')}/{c.get('val')}/{c.get('test')}, "
-                        f"by `data generate`)")
-            return "official-release"
-        s = self.sizes(self.scale)
-        return (f"regenerated(seed={self.seed}, n={s['train']}/{s['val']}/{s['test']}, "
-                f"length={s['min_length'] + 1}-{s['max_length'] - 1}, max_depth=10, max_args=10)")
+                used = {k: min(s[k], int(c.get(k) or 0)) for k in ("train", "val", "test")}
+                return Provenance("regenerated", "listops-generator (data generate)",
+                                  subset=self._subset(used, self.spec.splits),
+                                  parameters=dict(seed=info.get("seed"), counts=c))
+            return Provenance("official", "lra-release", subset=self._subset(s, self.spec.splits))
+        return Provenance("regenerated", "listops-generator", subset=self._subset(s, self.spec.splits),
+                          parameters=dict(seed=self.seed, length=f"{s['min_length'] + 1}-{s['max_length'] - 1}",
+                                          max_depth=10, max_args=10))
+
+    def _subset(self, sizes: dict, full: dict) -> str | None:
+        """None when the run uses the whole published split sizes, else what it took."""
+        taken = "/".join(str(sizes[k]) for k in ("train", "val", "test"))
+        if self.scale == "paper" and all(sizes[k] >= (full.get(k) or 0) for k in ("train", "val", "test")):
+            return None
+        return f"n={taken}"
 
     def source_dir(self) -> Path:
         if self.data_dir is not None:

@@ -73,6 +73,7 @@ from PIL import Image, ImageDraw
 
 from harness.errors import UserError
 from harness.registry import register_task
+from harness.records import Provenance
 from harness.task import Task, TaskData, TaskSpec
 
 DIFFICULTIES = {"easy": "curv_baseline", "intermediate": "curv_contour_length_9",
@@ -811,12 +812,13 @@ class PathfinderBase(Task):
         return (user, True) if user is not None else (self.generated_dir(), False)
 
     @functools.cached_property
-    def provenance(self) -> str:
+    def provenance(self) -> Provenance:
         s = self.sizes(self.scale)
         reduction = f"n={s['train']}/{s['val']}/{s['test']}"
         if s["pool"] > 1:
             side = self.resolution // s["pool"]
             reduction += f", pool={s['pool']} ({side}x{side})"
+        whole = self.scale == "paper" and s["pool"] == 1
         if self.user_root is not None:
             manifest = self.user_root / "manifest.json"
             if manifest.is_file():  # data written by `data generate`: regenerated, not the release
@@ -828,17 +830,17 @@ class PathfinderBase(Task):
                 except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
                     raise UserError(f"{manifest}: unreadable manifest ({type(exc).__name__}: {exc}); "
                                     f"regenerate it with `python -m harness data generate`", exit_code=1)
-                return self.regenerated(made, images, params, reduction)
-            if self.scale == "paper" and s["pool"] == 1:
-                return "official-release"
-            return f"official-release(subset {reduction}, split_seed={self.split_seed})"
-        return self.regenerated(self.data_seed, s["generate"], self.params, reduction)
+                return self.regenerated(made, images, params, None if whole else reduction)
+            return Provenance("official", "lra-release", subset=None if whole else reduction,
+                              parameters=dict(split_seed=self.split_seed))
+        return self.regenerated(self.data_seed, s["generate"], self.params, None if whole else reduction)
 
-    def regenerated(self, seed: int, images: int, p: SnakeParams, reduction: str) -> str:
-        return (f"regenerated(seed={seed}, images={images}, res={p.window}, contour={p.contour_length}, "
-                f"{reduction}, distractors={p.num_distractor_snakes}x{p.distractor_length}, "
-                f"single_paddles={p.use_single_paddles}, scipy-bytescale emulated, "
-                f"split=80/10/10 seed {self.split_seed})")
+    def regenerated(self, seed: int, images: int, p: SnakeParams, subset: str | None) -> Provenance:
+        return Provenance("regenerated", "pathfinder-generator", subset=subset, parameters=dict(
+            seed=seed, images=images, resolution=p.window, contour=p.contour_length,
+            distractors=f"{p.num_distractor_snakes}x{p.distractor_length}",
+            single_paddles=p.use_single_paddles, bytescale="scipy emulated",
+            split=f"80/10/10 seed {self.split_seed}"))
 
     def cache_key(self, split: str) -> str:
         """Identity of a built split: the base identity (minus `workers`, which never changes the

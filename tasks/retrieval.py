@@ -31,6 +31,7 @@ import torch
 
 from harness.errors import UserError
 from harness.registry import register_task
+from harness.records import Provenance
 from harness.task import Task, TaskData, TaskSpec
 from tasks.byte_text import BYTE_VOCAB, encode_documents, filler, files_fingerprint, plant, seeded_subset
 
@@ -145,13 +146,15 @@ class Retrieval(Task):
         return found
 
     @property
-    def provenance(self) -> str:
+    def provenance(self) -> Provenance:
         s = self.sizes(self.scale)
+        sizes = f"n<={s['train']}/{s['val']}/{s['test']}, seq_len={s['seq_len']}"
         if self.tsv_dir is None:
-            return f"stand-in(synthetic-citation; n={s['train']}/{s['val']}/{s['test']}, seq_len={s['seq_len']})"
-        if self.scale == "paper" and s["seq_len"] == SCALES["paper"]["seq_len"]:
-            return "official-release"
-        return f"official-release(subset n<={s['train']}/{s['val']}/{s['test']}, seq_len={s['seq_len']}, seed={self.seed})"
+            return Provenance("stand-in", "synthetic-citation", subset=sizes.replace("<=", ""),
+                              parameters=dict(seed=self.seed))
+        whole = self.scale == "paper" and s["seq_len"] == SCALES["paper"]["seq_len"]
+        return Provenance("official", "lra-release (aan)", subset=None if whole else sizes,
+                          parameters=dict(seed=self.seed))
 
     def cache_key(self, split: str) -> str:
         ident = super().cache_key(split)

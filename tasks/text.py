@@ -43,6 +43,7 @@ import torch
 
 from harness.errors import UserError
 from harness.registry import register_task
+from harness.records import Provenance
 from harness.task import Task, TaskData, TaskSpec
 from tasks.byte_text import BYTE_VOCAB, encode_documents, filler, files_fingerprint, plant, seeded_subset
 
@@ -223,15 +224,17 @@ class Text(Task):
         return found
 
     @property
-    def provenance(self) -> str:
+    def provenance(self) -> Provenance:
         s = self.sizes(self.scale)
+        sizes = f"n={s['train']}/{s['val']}/{s['test']}, seq_len={s['seq_len']}"
         if self.source is None:
-            return f"stand-in(synthetic-keywords; n={s['train']}/{s['val']}/{s['test']}, seq_len={s['seq_len']})"
+            return Provenance("stand-in", "synthetic-keywords", subset=sizes, parameters=dict(seed=self.seed))
         kind, _ = self.source
         val = "val=test (lra-original)" if self.profile == "lra-original" else \
             f"val=10% of train, split_seed={self.split_seed}"
-        reduced = "" if self.scale == "paper" else f"subset n={s['train']}/{s['val']}/{s['test']}, "
-        return f"user-data(imdb {kind}; {reduced}seq_len={s['seq_len']}, {val})"
+        # IMDb itself (the data LRA Text is built from), read from the user's copy
+        return Provenance("official", f"imdb ({kind})", subset=None if self.scale == "paper" else sizes,
+                          parameters=dict(seq_len=s["seq_len"], validation=val))
 
     @functools.cached_property
     def source_fingerprint(self) -> str:

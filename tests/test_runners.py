@@ -246,7 +246,7 @@ def test_train_cell_best_validation_on_test(data_cache):
     assert r["status"] == "ok", r["error"]
     m = r["metrics"]
     assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["val_accuracy"] <= 1.0 and 1 <= m["best_step"] <= 30
-    assert r["provenance"].startswith("regenerated(seed=0") and r["train"]["total_steps"] == 30
+    assert (r["provenance"]["kind"], r["provenance"]["parameters"]["seed"]) == ("regenerated", 0) and r["train"]["total_steps"] == 30
     assert r["kind"] == "accuracy" and r["higher_is_better"]["accuracy"] is True
     again = train_cell("transformer_tiny", "listops", 0, cfg, device="cpu", dtype="fp32")
     assert again["metrics"]["accuracy"] == m["accuracy"]  # seeded: identical
