@@ -9,8 +9,23 @@ on the test split (evaluating the last checkpoint is what made LRA's ListOps num
 lra.md §10 #15). Settings resolve as: harness defaults < the model's per-task paper setting <
 the scale preset < command-line overrides; the resolved settings are stored on the record.
 
-Long runs save a checkpoint every `checkpoint_every` steps into the run folder and resume from it.
-A non-finite loss ends the cell with status `error` ("diverged at step N").
+Fair budgets (issue 12):
+- `--lr-grid`: the CLI calls `train_cell` once per multiplier; the peak learning rate is the
+  resolved one times the multiplier (per-parameter `_optim` learning rates, e.g. S4's SSM
+  parameters, are absolute settings of the model and are not scaled). Each grid point is its own
+  cell and record (`train.lr`, `train.lr_multiplier`, `train.lr_grid`).
+- `--time-budget SECONDS`: training stops at the first step after SECONDS of optimiser steps
+  (validation and checkpoint time are not counted) or at the last step, whichever comes first;
+  then the model is validated at that step and the best-validation weights so far are tested.
+  The learning-rate schedule stays the resolved one: it is not compressed into the budget, so a
+  cell stopped early has not decayed its learning rate to 0 (`metrics.steps` says where it stopped).
+- `--cell-timeout SECONDS`: a wall-clock safety limit on the whole cell; when it passes, training
+  stops the same way and the best weights are tested (`metrics.stopped = "timeout"`). Only a
+  timeout before the first step, when there is nothing to evaluate, is an error record.
+
+Long runs save a checkpoint every `checkpoint_every` steps into the run folder and resume from it
+(the time-budget clock resumes with them). A non-finite loss ends the cell with status `error`
+("diverged at step N"); running out of memory gives status `oom`.
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ import torch
 
 from harness.bench import autocast, build_classifier, is_oom, short_error
 from harness.config import RunConfig
+from harness.env import hardware
 from harness.heads import batch_to, count_parameters, loss_and_correct, param_groups, task_loss
 from harness.registry import MODELS, TASKS
 from harness.store import cell_key, config_hash, make_record
@@ -98,8 +114,9 @@ def lr_factor(step: int, s: TrainSettings) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, data, device, dtype, batch_size) -> tuple[float, float]:
-    """(accuracy, mean loss) over a split."""
+def evaluate(model, data, device, dtype, batch_size) -> tuple[float, float, int]:
+    """(accuracy, mean loss, number scored) over a split: examples for sequence targets, scored
+    positions for per-token targets."""
     model.eval()
     correct = scored = 0
     loss_sum = 0.0
@@ -112,7 +129,7 @@ def evaluate(model, data, device, dtype, batch_size) -> tuple[float, float]:
         correct, scored = correct + c, scored + n
         loss_sum += float(loss) * n
     model.train()
-    return correct / max(scored, 1), loss_sum / max(scored, 1)
+    return correct / max(scored, 1), loss_sum / max(scored, 1), scored
 
 
 def _typed(batch: dict) -> dict:
@@ -130,28 +147,63 @@ class Diverged(RuntimeError):
 
 
 class CellTimeout(RuntimeError):
-    """The cell ran past --cell-timeout."""
+    """--cell-timeout passed before the first training step: there are no weights worth testing."""
 
 
-def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *, device: str, dtype: str,
-               run=None, progress=None, done_keys: set | None = None) -> dict | None:
-    """Train + evaluate one (model, task, seed); returns a record (never raises for model faults),
-    or None when `done_keys` shows the same cell already finished (resume)."""
+@dataclass
+class Limits:
+    """When to stop training before the last step (None = no such limit)."""
+
+    time_budget: float | None = None  # seconds of optimiser steps (--time-budget)
+    cell_timeout: float | None = None  # wall-clock seconds of the whole fit (--cell-timeout)
+
+
+def input_spec(task):
+    """The spec the classifier embeds inputs with: the task instance's `input_spec()` when it has
+    one (e.g. the pixel statistics of the data set it actually reads), else its class spec."""
+    method = getattr(task, "input_spec", None)
+    return method() if callable(method) else type(task).spec
+
+
+def cell_identity(model_name: str, task_name: str, seed: int, config: RunConfig, *, device: str, dtype: str,
+                  lr_multiplier: float = 1.0) -> dict:
+    """Everything that describes one accuracy cell before it runs: the resolved training settings,
+    the architecture apart from the runtime settings, the variant, and the cell key (resume)."""
     entry = MODELS.get(model_name)
     task_cls = TASKS.get(task_name).cls
     settings = resolve_settings(model_name, task_name, config)
+    settings.lr = settings.lr * lr_multiplier
     overrides = entry.known_overrides(task_name, config.model_overrides)
-    arch = entry.config(task_name, overrides)
+    arch, runtime = entry.split_config(entry.config(task_name, overrides))
     chash = config_hash(arch)
-    key = cell_key(kind="accuracy", model=model_name, model_config_hash=chash, task=task_name,
+    train = dict(dataclasses.asdict(settings), lr_multiplier=lr_multiplier, time_budget=config.time_budget)
+    if config.lr_grid is not None:
+        train["lr_grid"] = config.lr_multipliers
+    key = cell_key(kind="accuracy", model=model_name, model_config_hash=chash, runtime=runtime, task=task_name,
                    task_version=task_cls.spec.version, scale=config.scale, seed=seed, dtype=dtype,
-                   device=device, train=dataclasses.asdict(settings), data_dir=config.data_dir,
-                   data_seed=config.data_seed)
-    base = dict(kind="accuracy", model=model_name, model_family=entry.family, model_config=arch,
-                model_config_hash=chash, task=task_name, task_version=task_cls.spec.version,
-                batch_size=settings.batch_size, dtype=dtype, device=device, mode="train", seed=seed,
-                scale=config.scale, train=dataclasses.asdict(settings), cell_key=key,
-                higher_is_better={"accuracy": True, "val_accuracy": True, "loss": False})
+                   device=device, train=train, data_dir=config.data_dir, data_seed=config.data_seed)
+    return dict(settings=settings, overrides=overrides, key=key, base=dict(
+        kind="accuracy", model=model_name, model_family=entry.family, model_config=arch, runtime_config=runtime,
+        variant=entry.variant(task_name, overrides), model_config_hash=chash, task=task_name, task_version=task_cls.spec.version,
+        batch_size=settings.batch_size, dtype=dtype, device=device, mode="train", seed=seed, scale=config.scale,
+        train=train, cell_key=key, hardware=hardware(device),
+        higher_is_better={"accuracy": True, "val_accuracy": True, "loss": False}))
+
+
+def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *, device: str, dtype: str,
+               run=None, progress=None, done_keys: set | None = None, lr_multiplier: float = 1.0) -> dict | None:
+    """Train + evaluate one (model, task, seed, learning-rate multiplier); returns a record (never
+    raises for model faults), or None when `done_keys` shows the same cell already finished (resume).
+
+    The peak learning rate is the resolved one times `lr_multiplier`. With `config.time_budget` or
+    `config.cell_timeout`, training may stop before the last step; the record is then still `ok`,
+    with the best-validation weights tested, `metrics.steps` < `train.total_steps` and
+    `metrics.stopped` = "time-budget" | "timeout" (None when training reached its last step)."""
+    entry = MODELS.get(model_name)
+    task_cls = TASKS.get(task_name).cls
+    cell = cell_identity(model_name, task_name, seed, config, device=device, dtype=dtype,
+                         lr_multiplier=lr_multiplier)
+    settings, key, base = cell["settings"], cell["key"], cell["base"]
     if done_keys and key in done_keys:
         return None
     ok, reason = entry.availability()
@@ -161,6 +213,7 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
     base["seq_len"] = task.seq_len
     try:
         splits = {s: task.load(s) for s in ("train", "val", "test")}
+        spec = input_spec(task)
     except Exception as exc:
         from harness.errors import UserError
 
@@ -169,16 +222,18 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
         return make_record(status="error", error=f"data: {short_error(exc)}", **base)
     base["provenance"] = splits["train"].provenance
     ckpt_path = (Path(run.dir) / "checkpoints" / f"{key}.pt") if run is not None and settings.checkpoint_every else None
+    limits = Limits(time_budget=config.time_budget, cell_timeout=config.cell_timeout)
     started = time.perf_counter()
     try:
         result = _fit(model_name, task_name, seed, splits, settings, torch.device(device), dtype,
-                      ckpt_path, progress, config.threads, config.cell_timeout, overrides)
+                      ckpt_path, progress, config.threads, limits, cell["overrides"], spec)
     except (Diverged, CellTimeout) as exc:
         return make_record(status="error", error=str(exc), **base)
     except Exception as exc:  # plugin faults and OOM become records; the run goes on
         return make_record(status="oom" if is_oom(exc) else "error", error=short_error(exc), **base)
     metrics = dict(accuracy=result["test_acc"], val_accuracy=result["best_val_acc"], loss=result["test_loss"],
-                   best_step=result["best_step"], steps=settings.total_steps,
+                   n_test=result["n_test"], best_step=result["best_step"], steps=result["steps"],
+                   stopped=result["stopped"], train_step_seconds=round(result["train_step_seconds"], 2),
                    train_seconds=round(time.perf_counter() - started, 2))
     if ckpt_path is not None:
         ckpt_path.unlink(missing_ok=True)
@@ -186,19 +241,23 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
 
 
 def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, ckpt_path, progress, threads,
-         timeout=None, overrides=None):
-    deadline = time.perf_counter() + timeout if timeout else None
+         limits: Limits | None = None, overrides=None, spec=None):
+    limits = limits or Limits()
+    deadline = time.perf_counter() + limits.cell_timeout if limits.cell_timeout else None
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model, _, _, _ = build_classifier(model_name, task_name, overrides)
+    model, _, _, _ = build_classifier(model_name, task_name, overrides, spec=spec)
     model.to(device)
     optimizer = torch.optim.AdamW(param_groups(model, s.lr, s.weight_decay), lr=s.lr, betas=s.betas, eps=s.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, s))
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == "fp16" and device.type == "cuda"))
     generator = torch.Generator().manual_seed(seed)
     train = splits["train"]
-    state = dict(step=0, best_val=-1.0, best_step=0, best_weights=None, order=None, cursor=0)
+    # step_seconds: time spent in optimiser steps, what --time-budget counts (kept across resume);
+    # val_step: the step of the latest validation (a stop validates unless it just did).
+    state = dict(step=0, best_val=-1.0, best_step=0, best_weights=None, order=None, cursor=0,
+                 step_seconds=0.0, val_step=0)
     saved = _load_checkpoint(ckpt_path) if ckpt_path is not None and ckpt_path.exists() else None
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -209,8 +268,28 @@ def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, c
         if saved.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state(saved["cuda_rng"], device)
         state.update(saved["state"])
+
+    def validate():
+        val_acc, _, _ = evaluate(model, splits["val"], device, dtype, s.eval_batch_size)
+        state["val_step"] = state["step"]
+        if val_acc > state["best_val"]:
+            state.update(best_val=val_acc, best_step=state["step"],
+                         best_weights={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+
+    def limit_reached() -> str | None:
+        if limits.time_budget is not None and state["step_seconds"] >= limits.time_budget:
+            return "time-budget"
+        if deadline is not None and time.perf_counter() > deadline:
+            return "timeout"
+        return None
+
     model.train()
+    stopped = None
     while state["step"] < s.total_steps:
+        stopped = limit_reached()
+        if stopped is not None:
+            break
+        step_started = time.perf_counter()
         if state["order"] is None or state["cursor"] + s.batch_size > len(train):
             state["order"], state["cursor"] = torch.randperm(len(train), generator=generator), 0
         index = state["order"][state["cursor"]: state["cursor"] + s.batch_size]
@@ -231,22 +310,24 @@ def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, c
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         state["step"] += 1
+        state["step_seconds"] += time.perf_counter() - step_started
         if progress is not None:
             progress.set_postfix_str(f"{model_name}/{task_name} step {state['step']}/{s.total_steps} "
                                      f"loss {loss_value:.3f}")
         if state["step"] % s.eval_every == 0 or state["step"] == s.total_steps:
-            val_acc, _ = evaluate(model, splits["val"], device, dtype, s.eval_batch_size)
-            if val_acc > state["best_val"]:
-                state.update(best_val=val_acc, best_step=state["step"],
-                             best_weights={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+            validate()
         if ckpt_path is not None and state["step"] % s.checkpoint_every == 0 and state["step"] < s.total_steps:
             _save_checkpoint(ckpt_path, model, optimizer, scheduler, generator, state, device)
-        if deadline is not None and time.perf_counter() > deadline:
-            raise CellTimeout(f"timeout: training exceeded --cell-timeout {timeout:g} s at step {state['step']}")
+    if stopped == "timeout" and state["step"] == 0:
+        raise CellTimeout(f"timeout before the first step: --cell-timeout {limits.cell_timeout:g} s passed "
+                          f"while building the model")
+    if state["best_weights"] is None or state["val_step"] != state["step"]:
+        validate()  # a stop between validations (or before the first one) looks at where it stopped
     model.load_state_dict(state["best_weights"])
-    test_acc, test_loss = evaluate(model, splits["test"], device, dtype, s.eval_batch_size)
-    return dict(test_acc=test_acc, test_loss=test_loss, best_val_acc=state["best_val"],
-                best_step=state["best_step"], n_params=count_parameters(model))
+    test_acc, test_loss, n_test = evaluate(model, splits["test"], device, dtype, s.eval_batch_size)
+    return dict(test_acc=test_acc, test_loss=test_loss, n_test=n_test, best_val_acc=state["best_val"],
+                best_step=state["best_step"], steps=state["step"], stopped=stopped,
+                train_step_seconds=state["step_seconds"], n_params=count_parameters(model))
 
 
 def _load_checkpoint(path: Path) -> dict | None:
