@@ -50,9 +50,14 @@ ACCURACY = {
     "image": dict(mega=0.921, mega_chunk=0.912, transformer=0.884, transformer_vanilla=0.883, s4=0.902),
     "mqar": dict(mega=0.991, mega_chunk=0.975, transformer=0.999, transformer_vanilla=0.998, s4=0.553),
 }
-PROVENANCE = {"listops": "regenerated(seed=0, n=96000)", "text": "user-data(aclImdb)",
+# Typed provenance for the LRA-eligible tasks; schema-1 strings (read by `Provenance.from_legacy`) for
+# the official release, the Fashion-MNIST stand-in and MQAR.
+PROVENANCE = {"listops": {"kind": "regenerated", "source": "listops-generator", "parameters": {"seed": 0}},
+              "text": {"kind": "official", "source": "imdb (aclImdb)"},
               "retrieval": "official-release", "image": "stand-in(fashion-mnist)",
-              "mqar": "regenerated(seed=0, vocab=8192)", "pathx": "regenerated(seed=0, n=200000)"}
+              "mqar": "regenerated(seed=0, vocab=8192)",
+              "pathx": {"kind": "regenerated", "source": "pathfinder-generator", "parameters": {"seed": 0}}}
+N_TEST = {"listops": 2000, "text": 25000, "retrieval": 17437, "image": 10000, "mqar": 3000, "pathx": 20000}
 TASK_LENGTH = {"listops": 2000, "text": 4096, "retrieval": 4000, "image": 1024, "mqar": 512, "pathx": 16384}
 
 # model -> (ms at 1K, time exponent in L/1K, GiB at 1K, memory exponent); batch 4, bf16, H100-like
@@ -72,7 +77,8 @@ def accuracy_record(model, task, seed, accuracy, status="ok", error=None, **extr
                   seq_len=TASK_LENGTH[task], batch_size=32, dtype="bf16", device="cuda", mode="train",
                   status=status, error=error, n_params=1_000_000, seed=seed, scale="paper",
                   provenance=PROVENANCE[task], higher_is_better={"accuracy": True},
-                  metrics=({"accuracy": accuracy, "val_accuracy": accuracy + 0.004, "loss": 0.7}
+                  metrics=({"accuracy": accuracy, "val_accuracy": accuracy + 0.004, "loss": 0.7,
+                            "n_test": N_TEST[task]}
                            if status == "ok" else {}))
     fields.update(extra)
     return make_record(**fields)
@@ -95,6 +101,8 @@ def speed_record(model, length, median_ms=None, peak_gib=None, status="ok", erro
                     "footprint_bytes": int(peak_gib * GIB * 1.1 + 600e6), "peak_rss_increase_bytes": None},
             throughput_tokens_per_s=4 * length / (float(np.median(samples)) / 1000.0))
     fields.update(extra)
+    fields.setdefault("hardware", {"device_name": ENVIRONMENT["cuda_device"] if fields["device"] == "cuda"
+                                   else ENVIRONMENT["cpu"], "host": ENVIRONMENT["hostname"]})
     return make_record(**fields)
 
 
@@ -167,28 +175,42 @@ def _table(tables_list, title_start):
 
 # -- tables ---------------------------------------------------------------------------------------
 
+def _seed_cell(values, extra="") -> str:
+    """The expected accuracy cell of per-seed accuracies (fractions): mean ± sd (n) [95% t interval]."""
+    from scipy import stats
+
+    pct = np.array(values) * 100
+    mean, sd = pct.mean(), pct.std(ddof=1)
+    half = stats.t.ppf(0.975, len(pct) - 1) * sd / np.sqrt(len(pct))
+    return f"{mean:.1f} ± {sd:.1f} (n={len(pct)}{extra}) [{mean - half:.1f}, {mean + half:.1f}]"
+
+
 def test_accuracy_table_lra_order_seeds_and_standin_kept_out_of_avg(results):
     df = tables.prepare(load_records(results))
     table = tables.accuracy_table(df)
     cols = list(table.columns)
-    assert cols[:3] == ["ListOps", "Text", "Retrieval"]  # LRA order, real data only
-    assert cols[3] == "Avg"
-    assert "Image [stand-in: fashion-mnist]" in cols and cols.index("Image [stand-in: fashion-mnist]") > 3
+    assert cols[:4] == ["params", "ListOps", "Text", "Retrieval"]  # LRA order, LRA-eligible data only
+    assert cols[4] == "Avg"
+    standin = "Image [stand-in: fashion-mnist · paper]"
+    assert standin in cols and cols.index(standin) > 4
     assert "Image" not in cols and "mqar" not in cols  # the stand-in never poses as LRA Image
-    # mean ± sample std over three seeds, 1 decimal, with the seed count
+    # mean ± sample std over three seeds, 1 decimal, with the seed count and the 95% t interval
     acc = [0.631 + 0.004 * (s - 1) for s in range(3)]
-    expected = f"{np.mean(acc) * 100:.1f} ± {np.std(np.array(acc) * 100, ddof=1):.1f} (n=3)"
-    assert table.loc["mega", "ListOps"] == expected == "63.1 ± 0.4 (n=3)"
-    # Avg = mean of the three real LRA tasks' means, not including the stand-in column
+    assert table.loc["mega", "ListOps"] == _seed_cell(acc) == "63.1 ± 0.4 (n=3) [62.1, 64.1]"
+    assert table.loc["mega", "params"] == "1.00M"
+    # Avg = mean of the three LRA tasks' means, not including the stand-in column; ± over per-seed averages
     avg = np.mean([0.631, 0.904, 0.913]) * 100
-    assert table.loc["mega", "Avg"] == f"{avg:.1f}"
-    assert float(table.loc["mega", "Avg"]) != pytest.approx(np.mean([63.1, 90.4, 91.3, 92.1]), abs=0.05)
+    assert table.loc["mega", "Avg"] == f"{avg:.1f} ± 0.4 (n=3)"
+    assert table.attrs["cells"][("mega", "Avg")]["mean"] != pytest.approx(np.mean([63.1, 90.4, 91.3, 92.1]),
+                                                                          abs=0.05)
     # failures as text, partial failures counted, missing averages say so
     assert table.loc["transformer_vanilla", "Retrieval"] == "OOM"
     assert table.loc["transformer_vanilla", "Avg"] == "n/a"
-    assert table.loc["s4", "Text"] == "86.3 ± 0.3 (n=2; 1 FAIL)"
+    assert table.loc["s4", "Text"] == _seed_cell([0.861, 0.865], "; 1 FAIL")
     assert ("mega", "ListOps") in table.attrs["bold"] and ("mega", "Avg") in table.attrs["bold"]
-    assert "Path-X excluded" in table.attrs["caption"] and "stand-in" in table.attrs["caption"]
+    assert ("mega_chunk", "ListOps") not in table.attrs["bold"]  # 4 points below: separated
+    assert "Path-X excluded" in table.attrs["caption"] and "never in an average" in table.attrs["caption"]
+    assert "binomial s.e." in table.attrs["caption"] and "Welch" in table.attrs["caption"]
 
 
 def test_avg6_appears_with_pathx_and_other_tasks_have_their_own_table(tmp_path):
@@ -199,11 +221,11 @@ def test_avg6_appears_with_pathx_and_other_tasks_have_their_own_table(tmp_path):
     run.append(accuracy_record("transformer", "pathx", 0, None, status="error", error="did not learn"))
     df = tables.prepare(load_records(tmp_path))
     table = tables.accuracy_table(df)
-    assert list(table.columns) == ["ListOps", "Text", "Path-X", "Avg", "Avg (3)"]
+    assert list(table.columns) == ["params", "ListOps", "Text", "Path-X", "Avg", "Avg (3)"]
     assert table.loc["mega", "Avg"] == "70.0" and table.loc["mega", "Avg (3)"] == "76.7"
     assert table.loc["transformer", "Path-X"] == "FAIL" and table.loc["transformer", "Avg (3)"] == "n/a"
     other = tables.other_tasks_table(df)
-    assert list(other.columns) == ["mqar"] and other.loc["mega", "mqar"] == "99.0 (n=1)"
+    assert list(other.columns) == ["params", "mqar"] and other.loc["mega", "mqar"] == "99.0 (n=1)"
 
 
 def test_efficiency_table_ratios_against_both_transformers(results):
@@ -261,14 +283,15 @@ def test_render_formats(results):
     df = tables.prepare(load_records(results))
     table = tables.accuracy_table(df)
     md = tables.render(table, "markdown")
-    assert "| Model | ListOps | Text | Retrieval | Avg |" in md
-    assert "**63.1 ± 0.4 (n=3)**" in md and "_Test accuracy" in md
+    assert "| Model | params | ListOps | Text | Retrieval | Avg |" in md
+    assert "**63.1 ± 0.4 (n=3) [62.1, 64.1]**" in md and "_Test accuracy" in md
     tex = tables.render(table, "latex")
-    assert r"\begin{tabular}{lrrrrr}" in tex and r"\toprule" in tex
-    assert r"\textbf{63.1 $\pm$ 0.4 (n=3)}" in tex and r"transformer\_vanilla" in tex
-    assert "±" not in tex and "_vanilla" not in tex.replace(r"\_vanilla", "")
+    assert r"\begin{tabular}{lrrrrrr}" in tex and r"\toprule" in tex
+    assert r"\textbf{63.1 $\pm$ 0.4 (n=3) [62.1, 64.1]}" in tex and r"transformer\_vanilla" in tex
+    assert "±" not in tex and "·" not in tex and "√" not in tex
+    assert "_vanilla" not in tex.replace(r"\_vanilla", "")
     page = tables.render(table, "html")
-    assert "<strong>63.1 ± 0.4 (n=3)</strong>" in page and 'class="standin' in page
+    assert "<strong>63.1 ± 0.4 (n=3) [62.1, 64.1]</strong>" in page and 'class="standin' in page
     assert 'title="CUDA out of memory"' in page  # error text as a hover note
     with pytest.raises(UserError, match="--format"):
         tables.render(table, "csv")
@@ -341,10 +364,10 @@ def test_report_is_self_contained_with_tables_models_and_plots(results, tmp_path
     assert "NVIDIA H100 80GB HBM3" in page and "torch 2.11.0+cu130" in page
     assert "d1ff256c0ffe (dirty" in page
     assert "3 warm-up iterations" in page and "10 timed" in page and "CUDA event" in page
-    assert "stand-in(fashion-mnist)" in page and "no (not real LRA data)" in page
+    assert "stand-in: fashion-mnist" in page and "no (stand-in data)" in page
     # Markdown and LaTeX copies next to it
     md, tex = out.with_suffix(".md").read_text(), out.with_suffix(".tex").read_text()
-    assert "| Model | ListOps |" in md and "Efficiency at 4K" in md
+    assert "| Model | params | ListOps |" in md and "Efficiency at 4K" in md
     assert r"\begin{tabular}" in tex and r"\usepackage{booktabs}" in tex
 
 
@@ -389,7 +412,7 @@ def test_cli_table_report_and_empty_results(results, tmp_path, capsys, monkeypat
 
     assert main(["table", "--results-dir", str(results), "--format", "markdown"]) == 0
     out = capsys.readouterr().out
-    assert "> run 20260301-090000-aaaaaa" in out and "| Model | ListOps |" in out
+    assert "> run 20260301-090000-aaaaaa" in out and "| Model | params | ListOps |" in out
     assert main(["table", "--results-dir", str(results), "--format", "latex", "--length", "2k",
                  "--runs", RUN_1]) == 0
     out = capsys.readouterr().out
@@ -440,5 +463,6 @@ def test_cpu_smoke_results_tiny_models_rss_memory_two_modes(tmp_path):
     assert [a.text for a in fig.layout.annotations][:2] == [plots.MODE_TITLES["train_step"],
                                                            plots.MODE_TITLES["forward"]]
     page = write_report(tmp_path / "results", [RUN_1], tmp_path / "r.html", images=False).read_text()
-    assert "Efficiency at 1K (text, forward, fp32, cpu, b=2)" in page and "No accuracy results" in page
+    assert ("Efficiency at 1K (text, forward, fp32, cpu, b=2, AMD EPYC 9454 48-Core Processor)" in page
+            and "No accuracy results" in page)
     assert "fig-accuracy-vs-speed" not in page

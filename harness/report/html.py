@@ -23,6 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from harness.errors import UserError
+from harness.records import LRA_KINDS
 from harness.report import plots, tables
 from harness.store import RunStore, load_records
 
@@ -148,32 +149,67 @@ def methodology(df: pd.DataFrame, manifests: list[dict]) -> list[str]:
         "Lengths are swept in ascending order. A cell that runs out of memory is recorded as OOM and "
         "the model's longer lengths as skipped; any other exception, or a non-finite output or loss, "
         "is recorded as FAIL with its message (hover a cell to read it). A missing number is never 0.",
-        "Accuracy: test accuracy of each (model, task, seed), shown as mean ± sample standard deviation "
-        "over seeds with the seed count. Only real LRA data (official release, the user's copy, or a "
-        "faithful regeneration) counts in the LRA average; stand-in data sets are labelled and kept "
-        "apart. LRA is a diagnostic of long-range modelling, not a proof of it.",
+        "Accuracy: test accuracy of each (row, task, seed), where a row is a model variant (the model "
+        "and the settings changed from its registered configuration). A cell shows the mean ± sample "
+        "standard deviation over seeds with the seed count n and the 95% Student-t interval of the mean; "
+        "the test set's binomial standard error, 100·√(p(1−p)/N), is in the caption and each cell's "
+        "hover note. Bold marks the best mean among rows with at least two seeds and every row not "
+        "separable from it (Welch's t-test p ≥ 0.05, or a gap below twice the test-set standard "
+        "error); with a single seed nothing is ranked.",
+        "Reference rows (ref: majority class; ref: a linear model on the raw input) are fitted by the "
+        "harness on the same splits: context for what the sequence models learned, never ranked or "
+        "averaged. Under an lr grid each cell shows the learning rate with the best mean validation "
+        "accuracy and says which.",
+        "Only LRA-eligible results (paper scale, on the task's whole official data or a faithful "
+        "regeneration) enter the LRA columns and the LRA average; a smoke or small run, a subset, user "
+        "data or a stand-in data set gets its own column naming provenance, scale and size. LRA is a "
+        "diagnostic of long-range modelling, not a proof of it.",
+        "Speed tables are sliced by task configuration, batch, dtype, device, mode and the device's "
+        "name, so two GPUs never share a table; a time whose p80/p20 exceeds 1.5 is marked noisy (~), "
+        "and times whose p20-p80 ranges overlap the fastest's are bold with it (about equal).",
     ]
     if devices:
         text.append(f"Devices measured: {', '.join(devices)}.")
     return text
 
 
+def _not_counted(row) -> str:
+    """Why an accuracy record of an LRA task is not an LRA number, from its typed fields."""
+    reasons = []
+    scale = tables._get(row, "scale")
+    if scale != "paper":
+        reasons.append(f"{scale} scale" if scale else "scale not recorded")
+    kind = tables._get(row, "provenance.kind")
+    if kind is None:
+        reasons.append("provenance unknown")
+    elif kind not in LRA_KINDS:
+        reasons.append(f"{kind} data")
+    elif tables._get(row, "provenance.subset"):
+        reasons.append("a subset")
+    return "no (" + ", ".join(reasons or ["not LRA data"]) + ")"
+
+
 def data_origins(df: pd.DataFrame) -> list[dict]:
-    """Per task and provenance: whether it counts as real LRA data, and which models used it."""
+    """Per task, provenance and scale: the table column, whether it counts as an LRA number, and
+    which rows (model variants) used it."""
     acc = df[df["kind"] == "accuracy"]
     out = []
-    for (task, provenance), group in acc.groupby(["task", "provenance"], dropna=False, sort=True):
-        label, group_name = tables.accuracy_column(task, provenance)
+    keys = ["task", "provenance.kind", "provenance.source", "provenance.subset", "scale"]
+    for _, group in acc.groupby(keys, dropna=False, sort=True):
+        first = group.iloc[0]
+        label, group_name = tables.accuracy_column(first)
+        rows = {tables.row_name(m, lab) for m, lab in zip(group["model"], group["label"])}
         out.append({
-            "task": task, "provenance": provenance if isinstance(provenance, str) else "unknown",
-            "column": label,
+            "task": first["task"], "provenance": tables.provenance_text(first) or "unknown",
+            "scale": tables._get(first, "scale") or "not recorded", "column": label,
             "counted": ("yes" if group_name == "lra" else
-                        "no (not an LRA task)" if group_name == "other" else "no (not real LRA data)"),
+                        "no (not an LRA task)" if group_name == "other" else _not_counted(first)),
             "version": ", ".join(sorted({str(v) for v in group["task_version"].dropna()})) or "?",
-            "models": ", ".join(sorted(set(group["model"].dropna()), key=tables._natural)),
+            "models": ", ".join(sorted(rows, key=tables._natural)),
         })
     order = {t: i for i, t in enumerate(tables.LRA_TASKS)}
-    return sorted(out, key=lambda o: (order.get(o["task"], len(order)), o["task"], o["provenance"]))
+    return sorted(out, key=lambda o: (order.get(o["task"], len(order)), str(o["task"]), o["provenance"],
+                                      o["scale"]))
 
 
 # -- static images ----------------------------------------------------------------------------------
@@ -311,7 +347,7 @@ def write_report(results_dir, runs: list[str] | None, out_path=None, length: int
         title=TITLE,
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         latest=latest, runs=summaries, n_records=len(df),
-        n_models=df["model"].nunique(), models=sorted(set(df["model"].dropna()), key=tables._natural),
+        n_models=df["label"].nunique(), models=sorted(set(df["label"].dropna()), key=tables._natural),
         tables=sections, figures=figure_html, methodology=methodology(df, manifests),
         origins=data_origins(df), length=length, aggregate=aggregate,
         plotlyjs=Markup(get_plotlyjs()),

@@ -1,10 +1,13 @@
 """Plots of stored results (plotly): time, throughput and peak memory against sequence length, and
-accuracy against speed, for one run (latest record per cell) or across runs (colour = model,
+accuracy against speed, for one run (latest record per cell) or across runs (colour = row,
 dash = run). Every function returns a `plotly.graph_objects.Figure`.
 
 Conventions (shared/spec/measurement.md §5.9, harness.md "Tables and reports"):
 - x is log2 with the swept lengths as ticks (plotly's default log ticks would read 2, 5, 10...);
-- one line per model, the same colour for a model in every figure;
+- one line per row label (model and variant: `mega_chunk [compile=true]`), the same colour for a
+  label in every figure, and the legend names the label, never the bare model;
+- one figure per slice (task configuration, batch, dtype, device and the device's name: two GPUs
+  never share an axis);
 - a cell that ran out of memory is drawn as an "OOM" cross above the model's line (there is no
   number to plot, and leaving it out would hide the failure); skipped cells are not drawn;
 - one panel per mode (train_step = forward + backward + optimizer step, forward = inference);
@@ -36,7 +39,7 @@ MODE_TITLES = {"train_step": "train_step (forward + backward + optimizer step)",
 
 
 def model_colors(models) -> dict:
-    """A stable colour per model name (natural order), shared by every figure of a report."""
+    """A stable colour per row label (natural order), shared by every figure of a report."""
     ordered = sorted(set(models), key=tables._natural)
     return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(ordered)}
 
@@ -108,7 +111,8 @@ def _oom_y(values: pd.Series, below: bool = False) -> float:
 def length_figure(df: pd.DataFrame, metric: str, slice_: dict | None = None,
                   across_runs: bool = False, aggregate: bool = False) -> go.Figure | None:
     """`metric` ('time' | 'throughput' | 'memory') against length for one slice (task, batch,
-    dtype, device), one panel per mode. `across_runs`: one line per (model, run), dash = run."""
+    dtype, device, device name), one panel per mode. `across_runs`: one line per (row label, run),
+    dash = run."""
     column, axis_title, scale, hover = METRICS[metric]
     df = tables.prepare(df) if "peak_bytes" not in df else df
     cells = df[df["kind"] == "speed"]
@@ -129,19 +133,19 @@ def length_figure(df: pd.DataFrame, metric: str, slice_: dict | None = None,
     cells = cells.assign(value=(_throughput(cells) if metric == "throughput" else cells[column]) * scale)
     modes = sorted(cells["mode"].dropna().unique(), key=lambda m: (m != "train_step", m))
     fig, col_of = _panels(modes)
-    colors = model_colors(df["model"].dropna())
+    colors = model_colors(df["label"].dropna())
     runs = sorted(cells["run_id"].dropna().unique())
     dash_of = {r: DASHES[i % len(DASHES)] for i, r in enumerate(runs)}
-    group_keys = ["model", "run_id"] if across_runs else ["model"]
+    group_keys = ["label", "run_id"] if across_runs else ["label"]
     shown = set()
     for mode in modes:
         panel = cells[cells["mode"] == mode]
         oom_at = _oom_y(panel.loc[panel["status"] == "ok", "value"], below=metric == "throughput")
         for key, line in panel.groupby(group_keys, sort=False):
-            model = key[0] if isinstance(key, tuple) else key
+            label = key[0] if isinstance(key, tuple) else key
             run = key[1] if across_runs else None
             line = line.sort_values("seq_len")
-            name = f"{model} · {run}" if across_runs else model
+            name = f"{label} · {run}" if across_runs else label
             ok = line[(line["status"] == "ok") & np.isfinite(line["value"])]
             legend_first = name not in shown
             shown.add(name)
@@ -154,7 +158,7 @@ def length_figure(df: pd.DataFrame, metric: str, slice_: dict | None = None,
                 x=ok["seq_len"], y=ok["value"], mode="lines+markers", name=name, legendgroup=name,
                 error_y=spread,
                 showlegend=legend_first,
-                line=dict(color=colors[model], dash=dash_of.get(run, "solid") if across_runs else "solid",
+                line=dict(color=colors[label], dash=dash_of.get(run, "solid") if across_runs else "solid",
                           width=2),
                 marker=dict(size=7),
                 hovertemplate=f"{name}<br>L=%{{x}}<br>{axis_title}: %{{y:{hover}}}<extra></extra>",
@@ -164,10 +168,10 @@ def length_figure(df: pd.DataFrame, metric: str, slice_: dict | None = None,
                 fig.add_trace(go.Scatter(
                     x=oom["seq_len"], y=[oom_at] * len(oom), mode="markers+text", text=["OOM"] * len(oom),
                     textposition="bottom center" if metric == "throughput" else "top center",
-                    textfont=dict(color=colors[model], size=11),
+                    textfont=dict(color=colors[label], size=11),
                     name=f"{name}: OOM", legendgroup=name, showlegend=False,
-                    marker=dict(symbol="x-thin-open", size=14, line=dict(width=3, color=colors[model]),
-                                color=colors[model]),
+                    marker=dict(symbol="x-thin-open", size=14, line=dict(width=3, color=colors[label]),
+                                color=colors[label]),
                     hovertemplate=f"{name}<br>L=%{{x}}: out of memory<extra></extra>",
                 ), row=1, col=col_of[mode])
         _log2_axis(fig, panel["seq_len"].dropna(), row=1, col=col_of[mode])
@@ -191,8 +195,9 @@ def length_figure(df: pd.DataFrame, metric: str, slice_: dict | None = None,
 
 def accuracy_vs_speed(df: pd.DataFrame, length: int = 4096, aggregate: bool = False) -> go.Figure | None:
     """Accuracy (y) against time per step at the efficiency length (x, log), bubble area = peak
-    memory. Accuracy is the LRA Avg where models have one, else the mean over the tasks every
-    plotted model has (named on the axis)."""
+    memory, one bubble per row label. Accuracy is the LRA Avg where rows have one, else the mean
+    over the accuracy columns every plotted row has (named on the axis); the numbers come from the
+    accuracy table's cells, never from its display text. Reference rows have no speed: not drawn."""
     df = tables.prepare(df) if "peak_bytes" not in df else df
     acc_table = tables.accuracy_table(df, aggregate)
     cells = tables.speed_cells(df, aggregate)
@@ -201,56 +206,47 @@ def accuracy_vs_speed(df: pd.DataFrame, length: int = 4096, aggregate: bool = Fa
     slice_ = tables.speed_slices(cells)[0]
     cells = tables.select_slice(cells, slice_)
     at = tables.nearest_length(cells["seq_len"].dropna(), length)
-    speed = {r["model"]: r for _, r in cells[(cells["seq_len"] == at) & (cells["status"] == "ok")].iterrows()}
-    numeric = acc_table.map(lambda s: float(str(s).split()[0]) if _is_number(s) else np.nan)
-    models = [m for m in numeric.index if m in speed]
-    if not models:
+    speed = {r["label"]: r for _, r in cells[(cells["seq_len"] == at) & (cells["status"] == "ok")].iterrows()}
+    numbers = acc_table.attrs.get("cells", {})
+    columns = [c for c in acc_table.columns if c != tables.PARAMS]
+    mean = {(row, c): (numbers.get((row, c)) or {}).get("mean") for row in acc_table.index for c in columns}
+    labels = [r for r in acc_table.index if r in speed]
+    if not labels:
         return None
-    if "Avg" in numeric.columns and numeric.loc[models, "Avg"].notna().any():
-        y_label, scores = "LRA Avg accuracy (%)", numeric.loc[models, "Avg"]
+    averages = {r: mean[(r, "Avg")] for r in labels if "Avg" in columns and mean[(r, "Avg")] is not None}
+    if averages:
+        y_label, scores = "LRA Avg accuracy (%)", averages
     else:
-        task_cols = [c for c in numeric.columns if not c.startswith("Avg")]
-        common = [c for c in task_cols if numeric.loc[models, c].notna().all()]
+        task_cols = [c for c in columns if not c.startswith("Avg")]
+        common = [c for c in task_cols if all(mean[(r, c)] is not None for r in labels)]
         if not common:
             return None
         y_label = f"mean accuracy over {', '.join(common)} (%)"
-        scores = numeric.loc[models, common].mean(axis=1)
-    scores = scores.dropna()
-    if scores.empty:
-        return None
-    colors = model_colors(df["model"].dropna())
-    mem = np.array([speed[m]["peak_bytes"] / tables.GIB for m in scores.index], dtype=float)
+        scores = {r: float(np.mean([mean[(r, c)] for c in common])) for r in labels}
+    colors = model_colors(df["label"].dropna())
+    mem = np.array([speed[r]["peak_bytes"] / tables.GIB for r in scores], dtype=float)
     mem = np.where(np.isfinite(mem), mem, np.nanmin(mem) if np.isfinite(mem).any() else 1.0)
     sizeref = 2.0 * max(float(np.nanmax(mem)), 1e-9) / (60.0 ** 2)  # largest bubble ~60 px
     fig = go.Figure()
-    for model, score, gib in zip(scores.index, scores.values, mem):
+    for (label, score), gib in zip(scores.items(), mem):
         fig.add_trace(go.Scatter(
-            x=[speed[model]["timing.median_ms"]], y=[score], mode="markers+text", name=model,
-            text=[model], textposition="top center",
-            marker=dict(size=[gib], sizemode="area", sizeref=sizeref, sizemin=6, color=colors[model],
+            x=[speed[label]["timing.median_ms"]], y=[score], mode="markers+text", name=label,
+            text=[label], textposition="top center",
+            marker=dict(size=[gib], sizemode="area", sizeref=sizeref, sizemin=6, color=colors[label],
                         opacity=0.75, line=dict(width=1, color="#333")),
-            hovertemplate=(f"{model}<br>time %{{x:.3s}} ms<br>accuracy %{{y:.1f}}%<br>"
+            hovertemplate=(f"{label}<br>time %{{x:.3s}} ms<br>accuracy %{{y:.1f}}%<br>"
                            f"peak memory {gib:.2f} GiB<extra></extra>"),
         ))
-    times = [speed[m]["timing.median_ms"] for m in scores.index]
+    times = [speed[r]["timing.median_ms"] for r in scores]
     tickvals, ticktext = log_ticks(times)
     span = [v for v in times + tickvals if np.isfinite(v) and v > 0]
     fig.update_xaxes(type="log", title_text=f"time per step at L={at} (ms, log; left is faster)",
                      tickvals=tickvals, ticktext=ticktext,
                      range=[math.log10(min(span) / 1.3), math.log10(max(span) * 1.3)])
-    fig.update_layout(showlegend=False)  # every bubble carries its model name
+    fig.update_layout(showlegend=False)  # every bubble carries its row label
     fig.update_yaxes(title_text=y_label)
     return _style(fig, f"Accuracy vs speed — bubble area = peak memory at L={at} "
                        f"({tables.slice_text(slice_)})")
-
-
-def _is_number(text) -> bool:
-    head = str(text).split(" ")[0]
-    try:
-        float(head)
-        return True
-    except ValueError:
-        return False
 
 
 def report_figures(df: pd.DataFrame, length: int = 4096, aggregate: bool = False) -> list[tuple]:
@@ -258,6 +254,9 @@ def report_figures(df: pd.DataFrame, length: int = 4096, aggregate: bool = False
     df = tables.prepare(df)
     out = []
     cells = tables.speed_cells(df, aggregate)
+    # the device's name enters a figure's id only when the records hold more than one (the ids stay
+    # short and stable for the common one-machine report)
+    several_devices = cells["hardware.device_name"].nunique(dropna=False) > 1 if not cells.empty else False
     seen = set()
     for slice_ in tables.speed_slices(cells):
         keep = tuple((k, slice_[k]) for k in tables.SLICE_KEYS if k != "mode")
@@ -265,7 +264,7 @@ def report_figures(df: pd.DataFrame, length: int = 4096, aggregate: bool = False
             continue
         seen.add(keep)
         suffix = tables._slug("-".join(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
-                                       for _, v in keep))
+                                       for k, v in keep if k != "hardware.device_name" or several_devices))
         for metric in ("time", "throughput", "memory"):
             fig = length_figure(df, metric, dict(keep), aggregate=aggregate)
             if fig is not None:

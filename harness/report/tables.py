@@ -1,19 +1,31 @@
-"""Result tables: LRA-style accuracy, the MEGA paper's Table 2 efficiency comparison, and speed /
-memory by sequence length, built with pandas from the records of `harness.store.load_records`.
+"""Result tables: accuracy with its uncertainty, the MEGA paper's Table 2 efficiency comparison, and
+speed / memory by sequence length, built with pandas from the records of `harness.store.load_records`.
 
-Every table is a DataFrame of display strings (index = model) that carries its presentation in
-`df.attrs`: `title`, `caption` (the rule behind the numbers, always stated), `bold` (cells to
-emphasise, as (row, column) pairs), `tips` ((row, column, text) hover notes such as error text) and
-`col_classes` (column -> CSS class). `render(df, fmt)` turns one into Markdown, LaTeX or HTML.
+Every table is a DataFrame of display strings (index = row label) that carries its presentation in
+`df.attrs`: `title`, `caption` (the rules behind the numbers, always stated), `bold` ((row, column)
+pairs), `tips` ((row, column, text) hover notes; column None = the row header), `col_classes`
+(column -> CSS class) and `cells` ((row, column) -> the numbers behind the text, for `to_json` and
+the plots). `render(df, fmt)` turns one into Markdown, LaTeX or HTML.
 
-Conventions (shared/spec/harness.md "Tables and reports", lra.md §8, measurement.md protocol):
+Conventions (shared/spec/statistics.md, harness.md "Tables and reports", lra.md §8, measurement.md):
+- Rows are model variants (`label`: `mega_chunk [compile=true]`), never bare model names, so two
+  variants never hide each other; reference rows (`ref:` models: majority class, a linear model on
+  the raw input) sit below the models, never ranked, never averaged.
 - A duplicated cell (same identity measured by several runs) shows the latest run's record unless
-  `aggregate=True` pools the runs.
-- Accuracy: test accuracy in percent, mean ± sample std over seeds with the seed count. Only real
-  LRA data (`official-release`, `user-data(...)`, `regenerated(...)`) enters the LRA columns and the
-  averages; a `stand-in(...)` task is a different task and gets its own labelled column.
-- Avg = mean over the LRA tasks present other than Path-X (the LRA paper's rule); a second
-  "Avg (k)" includes Path-X (the S4/MEGA rule) when Path-X is present.
+  `aggregate=True` pools the runs. A row whose cells come from several runs says so.
+- Accuracy: test accuracy in percent, mean ± sample sd (n seeds) with the 95% Student-t interval
+  over seeds; the test set's binomial standard error in the caption and the cell's hover note.
+  Bold = the best mean among rows with n >= 2 and every row not separable from it (Welch p >= 0.05
+  or a gap below 2 x the test-set s.e.); a column with a single-seed row ranks nothing.
+- Only LRA-eligible records (paper scale, the task's whole official or faithfully regenerated
+  data: `Record.lra_eligible`) enter the LRA columns and the averages; every other record of an LRA
+  task gets its own column naming provenance, scale and size. Avg = mean over the LRA tasks present
+  other than Path-X (the LRA paper's rule); "Avg (k)" includes Path-X (the S4/MEGA rule).
+- Under an lr grid, each (row, column) shows the learning rate with the best mean validation
+  accuracy, and says which.
+- Speed tables are sliced by task configuration, batch, dtype, device, mode and the device's name
+  (two GPUs never share a table). A time whose p80/p20 exceeds 1.5 is marked noisy (`~`); bold time
+  = the fastest and every time whose p20-p80 range overlaps it (about equal).
 - Efficiency: absolute time and peak memory beside the paper ratios, speed-up = reference time /
   model time and memory = model peak / reference peak, against `transformer_vanilla` (materialised
   softmax, the papers' XFM) and `transformer` (fused attention).
@@ -26,29 +38,45 @@ from __future__ import annotations
 import html
 import math
 import re
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from harness.errors import UserError
+from harness.records import LRA_KINDS
 
 LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 TASK_LABELS = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval", "image": "Image",
                "pathfinder": "Pathfinder", "pathx": "Path-X"}
 REFERENCES = ("transformer_vanilla", "transformer")  # the papers' XFM, and today's fused attention
-SPEED_KEYS = ("model", "task", "seq_len", "batch_size", "dtype", "device", "mode")
-SLICE_KEYS = ("task", "batch_size", "dtype", "device", "mode")  # one table / plot panel each
+# What makes two speed records the same cell: the row (model variant) and the measurement
+# configuration, on one kind of device.
+SPEED_KEYS = ("label", "model", "task", "seq_len", "batch_size", "dtype", "device", "mode",
+              "hardware.device_name")
+SLICE_KEYS = ("task", "batch_size", "dtype", "device", "mode", "hardware.device_name")  # one table each
 FORMATS = ("markdown", "latex", "html")
 GIB = 1024 ** 3
 MIB = 1024 ** 2
 DASH = "–"  # a cell that was never measured
+NOISY = "~"  # prefix of a speed cell whose p80/p20 exceeds NOISY_SPREAD
+NOISY_SPREAD = 1.5
+STOPPED = "†"  # suffix of an accuracy cell with a seed stopped by a time budget or timeout
+ALPHA = 0.05  # Welch's test: p >= ALPHA = not separable
+REF_PREFIX = "ref:"
+REF_NAMES = {"ref:majority": "ref: majority class", "ref:linear": "ref: linear (logistic regression)"}
+PARAMS = "params"
 
 _NUMERIC = ("timing.median_ms", "timing.p20_ms", "timing.p80_ms", "timing.n_warmup", "timing.n_iters",
             "memory.peak_allocated_bytes", "memory.peak_reserved_bytes", "memory.footprint_bytes",
             "memory.peak_rss_increase_bytes", "throughput_tokens_per_s", "metrics.accuracy",
-            "metrics.val_accuracy", "seq_len", "batch_size", "seed", "n_params")
-_TEXT = ("run_id", "created", "kind", "model", "task", "task_version", "dtype", "device", "mode",
-         "status", "error", "provenance", "model_config_hash")
+            "metrics.val_accuracy", "metrics.n_test", "metrics.steps", "seq_len", "batch_size", "seed",
+            "n_params", "train.lr", "train.lr_multiplier", "train.total_steps", "train.batch_size",
+            "train.warmup_steps", "train.time_budget")
+_TEXT = ("run_id", "created", "kind", "model", "label", "task", "task_version", "dtype", "device", "mode",
+         "status", "error", "model_config_hash", "scale", "provenance.kind", "provenance.source",
+         "provenance.subset", "hardware.device_name", "git_sha", "metrics.stopped")
 _STATUS_TEXT = {"oom": "OOM", "error": "FAIL", "skipped": "skipped", "unavailable": "n/a"}
 
 
@@ -73,6 +101,24 @@ def fmt_ratio(value) -> str:
     return fmt_sig(value, 2) + "×" if value is not None and np.isfinite(value) else DASH
 
 
+def fmt_count(value) -> str:
+    """A parameter count: 812, 31.2K, 3.36M, 1.10G."""
+    if value is None or not np.isfinite(value):
+        return DASH
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= factor:
+            return fmt_sig(value / factor, 3) + suffix
+    return str(int(value))
+
+
+def fmt_lr(value) -> str:
+    """6.7e-4, 2e-3 (a learning rate, two significant digits, short exponent)."""
+    if value is None or not np.isfinite(value):
+        return DASH
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def memory_unit(values) -> tuple[str, float]:
     """GiB, or MiB when every value is below 1 GiB (tiny CPU models would read 0.01 GiB)."""
     finite = [v for v in values if v is not None and np.isfinite(v)]
@@ -94,53 +140,145 @@ def length_label(length) -> str:
 
 
 def status_text(status) -> str:
-    return _STATUS_TEXT.get(status, DASH if status is None or pd.isna(status) else str(status))
+    return _STATUS_TEXT.get(status, DASH if _missing(status) else str(status))
 
 
-# -- provenance and task classes -------------------------------------------------------------------
-
-def is_real_data(provenance) -> bool:
-    """Real LRA data: the official release, the user's copy, or a faithful regeneration."""
-    if not isinstance(provenance, str):
-        return False
-    return provenance == "official-release" or provenance.startswith(("user-data", "regenerated"))
+def _missing(value) -> bool:
+    """None, NaN or pandas' NA (a list or dict is a value)."""
+    if value is None or value is pd.NA:
+        return True
+    return isinstance(value, float) and math.isnan(value)
 
 
-def standin_name(provenance) -> str | None:
-    """'stand-in(fashion-mnist)' -> 'fashion-mnist'; None for anything else."""
-    if isinstance(provenance, str) and provenance.startswith("stand-in"):
-        match = re.match(r"stand-in\((.*)\)$", provenance)
-        return match.group(1) if match else provenance[len("stand-in"):].strip("() :") or "unnamed"
-    return None
+def _get(row, key):
+    value = row.get(key) if hasattr(row, "get") else None
+    return None if _missing(value) else value
 
 
-def task_label(task: str) -> str:
-    return TASK_LABELS.get(task, task)
+def _number(value) -> float | None:
+    """A plain float for JSON (None for a missing or non-finite value)."""
+    if _missing(value):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
-def accuracy_column(task: str, provenance) -> tuple[str, str]:
-    """(column label, group): group 'lra' (counts in Avg), 'excluded' (LRA task without real data:
-    stand-in or unknown origin, labelled, never averaged) or 'other' (non-LRA tasks)."""
-    name = standin_name(provenance)
-    if task in LRA_TASKS:
-        if is_real_data(provenance):
-            return task_label(task), "lra"
-        if name:
-            return f"{task_label(task)} [stand-in: {name}]", "excluded"
-        return f"{task_label(task)} [provenance unknown]", "excluded"
-    return (f"{task} [stand-in: {name}]" if name else task), "other"
+def _plain(value):
+    """numpy scalars, arrays and tuples as JSON-ready Python values (NaN -> None)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return _number(value)
+    return None if _missing(value) else value
 
 
 def _natural(name) -> list:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(name))]
 
 
+# -- provenance, scale and columns -----------------------------------------------------------------
+
+def task_label(task: str) -> str:
+    return TASK_LABELS.get(task, task)
+
+
+def is_reference(model) -> bool:
+    """A reference row (majority class, linear model): context, never ranked or averaged."""
+    return isinstance(model, str) and model.startswith(REF_PREFIX)
+
+
+def row_name(model, label) -> str:
+    """The row of a record: its label (model [variant]); reference models get readable names."""
+    label = label if isinstance(label, str) and label else str(model)
+    if not is_reference(model):
+        return label
+    base = REF_NAMES.get(model, "ref: " + model[len(REF_PREFIX):].strip())
+    return base + label[len(model):]  # keeps a variant suffix
+
+
+def provenance_text(row) -> str | None:
+    """'stand-in: fashion-mnist (n=2000/250/250)' from the typed provenance fields (None when absent)."""
+    kind, source, subset = (_get(row, f"provenance.{k}") for k in ("kind", "source", "subset"))
+    if kind is None:
+        return None
+    text = f"{kind}: {source}" if source else str(kind)
+    return f"{text} ({subset})" if subset else text
+
+
+def data_detail(row) -> str:
+    """What an accuracy column's data is: 'stand-in: fashion-mnist · smoke · n=2000/250/250'.
+    An official release read as a subset says 'official subset'."""
+    kind, source, subset = (_get(row, f"provenance.{k}") for k in ("kind", "source", "subset"))
+    scale = _get(row, "scale")
+    if kind is None:
+        parts = ["provenance unknown"]
+    else:
+        head = f"{kind} subset" if kind == "official" and subset else str(kind)
+        parts = [f"{head}: {source}" if source else head]
+    parts.append(f"{scale}" if scale else "scale not recorded")
+    if subset:
+        parts.append(str(subset))
+    return " · ".join(parts)
+
+
+def lra_eligible(row) -> bool:
+    """Paper scale on the whole of the task's own data (`Record.lra_eligible`, from typed fields)."""
+    flag = _get(row, "lra_eligible")
+    if flag is not None:
+        return bool(flag)
+    return (_get(row, "scale") == "paper" and _get(row, "provenance.kind") in LRA_KINDS
+            and _get(row, "provenance.subset") is None)
+
+
+def accuracy_column(row) -> tuple[str, str]:
+    """(column label, group) of an accuracy record: group 'lra' (an LRA number, counts in Avg),
+    'excluded' (an LRA task at another scale or on other data: labelled, never averaged) or
+    'other' (tasks outside LRA)."""
+    task = _get(row, "task") or "?"
+    if task in LRA_TASKS:
+        if lra_eligible(row):
+            return task_label(task), "lra"
+        return f"{task_label(task)} [{data_detail(row)}]", "excluded"
+    plain = (_get(row, "scale") in (None, "paper") and _get(row, "provenance.subset") is None
+             and _get(row, "provenance.kind") in (None, *LRA_KINDS, "random-inputs"))
+    return (task if plain else f"{task} [{data_detail(row)}]"), "other"
+
+
+def not_lra_reasons(acc: pd.DataFrame) -> list[str]:
+    """Why the records of LRA tasks in `acc` are not LRA numbers, e.g. ['smoke scale', 'stand-in data']."""
+    reasons = []
+    for scale in sorted({s for s in acc["scale"] if isinstance(s, str) and s != "paper"}):
+        reasons.append(f"{scale} scale")
+    if acc["scale"].isna().any():
+        reasons.append("scale not recorded")
+    kinds = set(acc["provenance.kind"].dropna())
+    for kind, text in (("stand-in", "stand-in data"), ("user", "user data"),
+                       ("random-inputs", "random inputs")):
+        if kind in kinds:
+            reasons.append(text)
+    if acc["provenance.kind"].isna().any():
+        reasons.append("provenance unknown")
+    # a smaller scale takes smaller splits anyway: a subset is a reason of its own at paper scale only
+    official = acc["provenance.kind"].isin(LRA_KINDS) & (acc["scale"] == "paper")
+    if (official & acc["provenance.subset"].notna()).any():
+        reasons.append("data subsets")
+    return reasons
+
+
 # -- loading and selecting records ------------------------------------------------------------------
 
 def prepare(records: pd.DataFrame) -> pd.DataFrame:
     """Normalise a `load_records` frame: every column the reports read exists with a usable dtype,
-    `kind` is filled in, and `peak_bytes` is the peak memory of the cell (CUDA peak allocated, or
-    the process peak-RSS increase on CPU) with `mem_source` saying which."""
+    `kind` is filled in, `label` (the row: model and variant) falls back to the model name,
+    `lra_eligible` is a bool, `provenance` is the readable provenance text (`kind: source
+    (subset)`), and `peak_bytes` is the peak memory of the cell (CUDA peak allocated, or the
+    process peak-RSS increase on CPU) with `mem_source` saying which."""
     df = records.copy()
     for column in _NUMERIC:
         df[column] = pd.to_numeric(df[column], errors="coerce") if column in df else np.nan
@@ -148,9 +286,18 @@ def prepare(records: pd.DataFrame) -> pd.DataFrame:
         if column not in df:
             df[column] = None
         df[column] = df[column].astype(object).where(df[column].notna(), None)
+    if "train.lr_grid" not in df:
+        df["train.lr_grid"] = None
     missing_kind = df["kind"].isna()
     df.loc[missing_kind & df["timing.median_ms"].notna(), "kind"] = "speed"
     df.loc[missing_kind & df["metrics.accuracy"].notna(), "kind"] = "accuracy"
+    df["label"] = df["label"].where(df["label"].notna(), df["model"])
+    if "lra_eligible" in df:
+        df["lra_eligible"] = df["lra_eligible"].fillna(False).astype(bool)
+    else:
+        df["lra_eligible"] = [lra_eligible(row) for _, row in df.iterrows()] if len(df) else []
+        df["lra_eligible"] = df["lra_eligible"].astype(bool)
+    df["provenance"] = [provenance_text(row) for _, row in df.iterrows()] if len(df) else []
     allocated, rss = df["memory.peak_allocated_bytes"], df["memory.peak_rss_increase_bytes"]
     df["peak_bytes"] = allocated.fillna(rss)
     df["mem_source"] = np.where(allocated.notna(), "cuda", np.where(rss.notna(), "rss", None))
@@ -160,17 +307,27 @@ def prepare(records: pd.DataFrame) -> pd.DataFrame:
 
 def latest(df: pd.DataFrame, keys) -> pd.DataFrame:
     """One record per identity `keys`: the latest run's (run ids sort by start time), then the
-    latest written."""
+    latest written. The row label (model and variant) is always part of the identity, so one
+    variant never hides another."""
+    keys = list(keys)
+    if "label" in df and "label" not in keys:
+        keys.insert(0, "label")
     ordered = df.sort_values(["run_id", "created"], kind="stable")
-    return ordered.drop_duplicates(list(keys), keep="last")
+    return ordered.drop_duplicates(keys, keep="last")
 
 
 def speed_cells(df: pd.DataFrame, aggregate: bool = False) -> pd.DataFrame:
-    """Speed records, one per cell. `aggregate=True` pools runs: the median over runs of the
-    per-run medians (and of p20, p80, peak memory, throughput); status ok if any run was ok."""
+    """Speed records, one per cell (`SPEED_KEYS`), with `run_ids` (the runs behind the cell) and
+    `n_runs`. `aggregate=True` pools runs: the median over runs of the per-run medians (and of
+    p20, p80, peak memory, throughput); status ok if any run was ok."""
     speed = df[(df["kind"] == "speed") & df["seq_len"].notna()]  # a cell without a length has no column
-    if speed.empty or not aggregate:
-        return latest(speed, SPEED_KEYS)
+    if speed.empty:
+        return speed.assign(run_ids=pd.Series(dtype=object), n_runs=pd.Series(dtype=int))
+    if not aggregate:
+        cells = latest(speed, SPEED_KEYS).copy()
+        cells["run_ids"] = [() if _missing(r) else (r,) for r in cells["run_id"]]
+        cells["n_runs"] = 1
+        return cells
     rows = []
     for _, group in speed.groupby(list(SPEED_KEYS), dropna=False, sort=False):
         ok = group[group["status"] == "ok"]
@@ -180,21 +337,24 @@ def speed_cells(df: pd.DataFrame, aggregate: bool = False) -> pd.DataFrame:
             for column in ("timing.median_ms", "timing.p20_ms", "timing.p80_ms", "peak_bytes",
                            "throughput_tokens_per_s"):
                 row[column] = ok[column].median()
+        used = ok if not ok.empty else group
+        row["run_ids"] = tuple(sorted(set(used["run_id"].dropna())))
         row["n_runs"] = group["run_id"].nunique()
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def speed_slices(cells: pd.DataFrame) -> list[dict]:
-    """The (task, batch, dtype, device, mode) combinations present, the papers' protocol first:
-    Text configuration, train_step, CUDA; then the best-populated."""
+    """The (task, batch, dtype, device, mode, device name) combinations present, the papers'
+    protocol first: Text configuration, train_step, CUDA; then the best-populated."""
     if cells.empty:
         return []
     counts = cells.groupby(list(SLICE_KEYS), dropna=False).size().reset_index(name="n")
-    slices = [{k: (None if pd.isna(row[k]) else row[k]) for k in SLICE_KEYS} | {"n": int(row["n"])}
+    slices = [{k: (None if _missing(row[k]) else row[k]) for k in SLICE_KEYS} | {"n": int(row["n"])}
               for _, row in counts.iterrows()]
     slices.sort(key=lambda s: (s["task"] != "text", s["mode"] != "train_step", s["device"] != "cuda",
-                               -s["n"], str(s["dtype"]), -(s["batch_size"] or 0)))
+                               -s["n"], str(s["dtype"]), -(s["batch_size"] or 0),
+                               str(s["hardware.device_name"])))
     return [{k: s[k] for k in SLICE_KEYS} for s in slices]
 
 
@@ -202,26 +362,37 @@ def select_slice(cells: pd.DataFrame, slice_: dict) -> pd.DataFrame:
     """The cells matching every key given in `slice_` (leave `mode` out to keep all modes)."""
     mask = pd.Series(True, index=cells.index)
     for key, value in slice_.items():
-        mask &= cells[key].isna() if value is None else (cells[key] == value)
+        column = cells[key] if key in cells else pd.Series(None, index=cells.index, dtype=object)
+        mask &= column.isna() if value is None else (column == value)
     return cells[mask]
 
 
+def _device_name(slice_: dict) -> str:
+    name = slice_.get("hardware.device_name")
+    return str(name) if name else "device not recorded"
+
+
 def slice_text(slice_: dict) -> str:
-    """'text configuration, batch 4, bf16, cuda, train_step' (mode only when the slice has one)."""
+    """'text configuration, batch 4, bf16, cuda (NVIDIA H100 80GB HBM3), train_step' (mode only
+    when the slice has one; the device's name when the slice has the key)."""
     batch = slice_.get("batch_size")
+    device = slice_.get("device") or "?"
+    if "hardware.device_name" in slice_:
+        device = f"{device} ({_device_name(slice_)})"
     parts = [f"{slice_.get('task') or '?'} configuration",
              f"batch {int(batch)}" if batch is not None and not pd.isna(batch) else "batch ?",
-             slice_.get("dtype") or "?", slice_.get("device") or "?"]
+             slice_.get("dtype") or "?", device]
     if "mode" in slice_:
         parts.append(slice_["mode"] or "?")
     return ", ".join(str(p) for p in parts)
 
 
 def slice_tag(slice_: dict) -> str:
-    """Short form for titles: 'text, train_step, bf16, cuda, b=4'."""
+    """Short form for titles: 'text, train_step, bf16, cuda, b=4, NVIDIA H100 80GB HBM3'."""
     batch = slice_.get("batch_size")
     batch = f"b={int(batch)}" if batch is not None and not pd.isna(batch) else "b=?"
-    return ", ".join(str(slice_.get(k) or "?") for k in ("task", "mode", "dtype", "device")) + f", {batch}"
+    tag = ", ".join(str(slice_.get(k) or "?") for k in ("task", "mode", "dtype", "device")) + f", {batch}"
+    return tag + (f", {_device_name(slice_)}" if "hardware.device_name" in slice_ else "")
 
 
 def nearest_length(lengths, target: int) -> int:
@@ -231,7 +402,8 @@ def nearest_length(lengths, target: int) -> int:
 
 
 def reference_name(models, base: str) -> str | None:
-    """`base`, or its `*_tiny` variant when only tiny models were measured."""
+    """`base`, or its `*_tiny` variant when only tiny models were measured (rows are labels: a
+    variant of the reference, e.g. a compiled one, is not the reference)."""
     models = set(models)
     for name in (base, f"{base}_tiny"):
         if name in models:
@@ -260,18 +432,40 @@ def _memory_definition(cells: pd.DataFrame) -> str:
     return " / ".join(text) or "peak memory"
 
 
+def _row_origins(sources: dict) -> dict:
+    """row -> 'row combines runs A, B (revisions x, y)' for the rows whose cells come from more than
+    one run or git revision; `sources` maps a row to the (run ids, git shas) of its cells."""
+    notes = {}
+    for row, (runs, shas) in sources.items():
+        runs = sorted({str(r) for r in runs if not _missing(r)})
+        shas = sorted({str(s)[:12] for s in shas if not _missing(s)})
+        if len(runs) > 1 or len(shas) > 1:
+            text = f"row combines runs {', '.join(runs)}"
+            if len(shas) > 1:
+                text += f" (revisions {', '.join(shas)})"
+            notes[row] = text
+    return notes
+
+
+def _origins_caption(notes: dict) -> str:
+    if not notes:
+        return ""
+    return " Rows measured by more than one run: " + "; ".join(
+        f"{row}: {text}" for row, text in notes.items()) + "."
+
+
 def _frame(rows: dict, columns: list, title: str, caption: str, bold=(), tips=(), col_classes=None,
-           index_name: str = "Model") -> pd.DataFrame:
-    index = sorted(rows, key=_natural)
+           index_name: str = "Model", order: list | None = None, cells: dict | None = None) -> pd.DataFrame:
+    index = order if order is not None else sorted(rows, key=_natural)
     df = pd.DataFrame([rows[m] for m in index], index=pd.Index(index, name=index_name),
                       columns=columns, dtype=object).fillna(DASH)
     df.attrs.update(title=title, caption=caption, bold=list(bold), tips=list(tips),
-                    col_classes=dict(col_classes or {}))
+                    col_classes=dict(col_classes or {}), cells=dict(cells or {}))
     return df
 
 
-def _bold_best(values: dict, higher_is_better: bool) -> list:
-    """(row, col) of the best finite value per column; only when at least two rows compete."""
+def _bold_least(values: dict) -> list:
+    """(row, col) of the lowest finite value per column; only when at least two rows compete."""
     bold = []
     by_column: dict = {}
     for (row, col), value in values.items():
@@ -280,9 +474,271 @@ def _bold_best(values: dict, higher_is_better: bool) -> list:
     for col, entries in by_column.items():
         if len(entries) < 2:
             continue
-        best = max(v for _, v in entries) if higher_is_better else min(v for _, v in entries)
+        best = min(v for _, v in entries)
         bold += [(row, col) for row, v in entries if np.isclose(v, best, rtol=1e-9, atol=0)]
     return bold
+
+
+# -- speed cells -----------------------------------------------------------------------------------
+
+def spread(row) -> float | None:
+    """p80 / p20 of a speed cell (None without both)."""
+    p20, p80 = _number(_get(row, "timing.p20_ms")), _number(_get(row, "timing.p80_ms"))
+    return p80 / p20 if p20 and p80 is not None and p20 > 0 else None
+
+
+def is_noisy(row) -> bool:
+    value = spread(row)
+    return value is not None and value > NOISY_SPREAD
+
+
+def _speed_ok(row) -> bool:
+    return row["status"] == "ok" and _number(row["timing.median_ms"]) is not None
+
+
+def _speed_data(row) -> dict:
+    """The numbers of one speed cell, for `to_json` and hover notes."""
+    return {"status": row["status"], "median_ms": _number(row["timing.median_ms"]),
+            "p20_ms": _number(row["timing.p20_ms"]), "p80_ms": _number(row["timing.p80_ms"]),
+            "spread": spread(row), "noisy": is_noisy(row), "peak_bytes": _number(row["peak_bytes"]),
+            "n_runs": int(row.get("n_runs") or 1),
+            "run_ids": [r for r in (row.get("run_ids") or (row["run_id"],)) if not _missing(r)],
+            "error": row["error"] if isinstance(row["error"], str) else None}
+
+
+def _time_text(row) -> str:
+    return (NOISY if is_noisy(row) else "") + fmt_ms(row["timing.median_ms"])
+
+
+def _time_tip(row) -> str:
+    data = _speed_data(row)
+    text = f"median {fmt_ms(data['median_ms'])} ms"
+    if data["p20_ms"] is not None and data["p80_ms"] is not None:
+        text += (f"; p20-p80 {fmt_ms(data['p20_ms'])}-{fmt_ms(data['p80_ms'])} ms "
+                 f"(p80/p20 = {data['spread']:.2f}{', noisy' if data['noisy'] else ''})")
+    return text + (f"; run {', '.join(data['run_ids'])}" if data["run_ids"] else "")
+
+
+def _bold_times(entries: dict) -> list:
+    """Rows whose time is bold: the fastest, plus every row whose [p20, p80] overlaps the
+    fastest's (about equal); nothing when fewer than two rows compete."""
+    if len(entries) < 2:
+        return []
+    best = min(entries, key=lambda r: entries[r][0])
+    b_med, b_lo, b_hi = entries[best]
+    b_lo, b_hi = (b_lo if b_lo is not None else b_med), (b_hi if b_hi is not None else b_med)
+    bold = [best]
+    for row, (med, lo, hi) in entries.items():
+        lo, hi = (lo if lo is not None else med), (hi if hi is not None else med)
+        if row != best and not (hi < b_lo or lo > b_hi):
+            bold.append(row)
+    return bold
+
+
+SPEED_BOLD_RULE = ("Bold time = the fastest, plus every time whose p20-p80 range overlaps the fastest's "
+                   "(about equal: not separable); bold memory = the lowest peak. "
+                   f"{NOISY} = noisy: p80/p20 > {NOISY_SPREAD:g} over the timed iterations (a ratio "
+                   f"marked {NOISY} uses a noisy time).")
+
+
+# -- accuracy cells ---------------------------------------------------------------------------------
+
+@dataclass
+class Summary:
+    """One accuracy cell: the seeds' test accuracies (in %) and what follows from them."""
+
+    values: np.ndarray  # per-seed test accuracy, %
+    seeds: list = field(default_factory=list)
+    mean: float | None = None
+    sd: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    se_test: float | None = None  # binomial standard error of the test set, points
+    n_test: int | None = None
+    run_ids: list = field(default_factory=list)
+    failures: dict = field(default_factory=dict)  # status -> count
+    error: str | None = None
+    lr: float | None = None  # the learning rate shown (chosen on validation under a grid)
+    lr_scores: dict = field(default_factory=dict)  # lr -> mean validation accuracy (%), grid only
+    stopped: list = field(default_factory=list)  # (seed, steps, reason) of seeds cut short
+    n_params: list = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+
+def summarise(values, n_test=None) -> Summary:
+    """mean, sample sd, the 95% Student-t interval over seeds and the test-set standard error."""
+    values = np.asarray(values, dtype=float)
+    summary = Summary(values=values)
+    if len(values) == 0:
+        return summary
+    summary.mean = float(values.mean())
+    if len(values) > 1:
+        summary.sd = float(values.std(ddof=1))
+        half = float(stats.t.ppf(0.975, len(values) - 1)) * summary.sd / math.sqrt(len(values))
+        # an accuracy lies in [0, 100]: the t interval is cut there
+        summary.ci_low, summary.ci_high = max(summary.mean - half, 0.0), min(summary.mean + half, 100.0)
+    if n_test:
+        p = min(max(summary.mean / 100.0, 0.0), 1.0)
+        summary.n_test = int(n_test)
+        summary.se_test = 100.0 * math.sqrt(p * (1.0 - p) / n_test)
+    return summary
+
+
+def welch_p(a, b) -> float:
+    """Two-sided p of Welch's t-test; with no spread in either group, 1 when the means are equal
+    and 0 otherwise."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.std() == 0 and b.std() == 0:
+        return 1.0 if np.isclose(a.mean(), b.mean()) else 0.0
+    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return 1.0 if math.isnan(p) else p
+
+
+def tied(a: Summary, best: Summary) -> bool:
+    """Not separable from the best (statistics.md "Ranking and bold"): Welch p >= 0.05, or a gap
+    below 2 x the test-set standard error (the larger of the two)."""
+    se = [s.se_test for s in (a, best) if s.se_test is not None]
+    if se and best.mean - a.mean < 2.0 * max(se):
+        return True
+    return welch_p(a.values, best.values) >= ALPHA
+
+
+def rank(summaries: dict) -> tuple[list, str]:
+    """(rows to bold, why not) for one column of model rows: the best mean among rows with n >= 2
+    and every row tied with it; nothing when a row has a single seed ('single seed') or fewer
+    than two rows have a number."""
+    measured = {row: s for row, s in summaries.items() if s.n >= 1}
+    if any(s.n == 1 for s in measured.values()):
+        return [], "single seed"
+    if len(measured) < 2:
+        return [], "one row"
+    best = max(measured, key=lambda r: measured[r].mean)
+    return [best] + [r for r, s in measured.items() if r != best and tied(s, measured[best])], ""
+
+
+def _has_grid(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) > 1
+
+
+def _cell_summary(group: pd.DataFrame) -> Summary:
+    """The records of one (row, column): under an lr grid, the lr with the best mean validation
+    accuracy is selected first."""
+    ok_mask = (group["status"] == "ok") & group["metrics.accuracy"].notna()
+    lr_scores, chosen = {}, None
+    if group["train.lr_grid"].map(_has_grid).any():
+        ok = group[ok_mask]
+        for lr, points in ok.groupby("train.lr", dropna=True):
+            val = points["metrics.val_accuracy"].dropna()
+            lr_scores[float(lr)] = float(val.mean() * 100.0) if len(val) else float("nan")
+        scored = {lr: v for lr, v in lr_scores.items() if np.isfinite(v)}
+        if scored:
+            chosen = max(scored, key=lambda lr: (scored[lr], -lr))
+        elif lr_scores:
+            chosen = min(lr_scores)
+        if chosen is not None:
+            lrs = group["train.lr"].to_numpy(dtype=float)
+            keep = np.isclose(lrs, chosen) | (np.isnan(lrs) & (group["status"] != "ok").to_numpy())
+            group = group[keep]
+            ok_mask = (group["status"] == "ok") & group["metrics.accuracy"].notna()
+    ok = group[ok_mask]
+    n_test = ok["metrics.n_test"].dropna()
+    summary = summarise(ok["metrics.accuracy"].to_numpy(dtype=float) * 100.0,
+                        int(n_test.median()) if len(n_test) else None)
+    summary.seeds = [None if _missing(s) else int(s) for s in ok["seed"]]
+    summary.run_ids = sorted(set(group["run_id"].dropna()))
+    failed = group[~ok_mask]
+    summary.failures = {str(k): int(v) for k, v in failed["status"].value_counts().items()}
+    errors = [e for e in failed["error"] if isinstance(e, str) and e]
+    summary.error = errors[0] if errors else None
+    summary.lr_scores = lr_scores
+    lrs = ok["train.lr"].dropna()
+    summary.lr = chosen if chosen is not None else (float(lrs.iloc[0]) if lrs.nunique() == 1 else None)
+    for _, rec in group.iterrows():
+        reason = _get(rec, "metrics.stopped")
+        if reason:
+            steps = _get(rec, "metrics.steps")
+            summary.stopped.append((_get(rec, "seed"), None if steps is None else int(steps), str(reason)))
+    summary.n_params = sorted({int(v) for v in group["n_params"].dropna()})
+    return summary
+
+
+def _accuracy_text(s: Summary, grid: bool) -> str:
+    if s.n == 0:
+        for status in ("oom", "error", "unavailable", "skipped"):
+            if s.failures.get(status):
+                return status_text(status)
+        return DASH
+    extra = "; ".join(f"{n} {status_text(status)}" for status, n in s.failures.items())
+    count = f"n={s.n}" + (f"; {extra}" if extra else "")
+    if s.n > 1:
+        text = f"{s.mean:.1f} ± {s.sd:.1f} ({count}) [{s.ci_low:.1f}, {s.ci_high:.1f}]"
+    else:
+        text = f"{s.mean:.1f} ({count})"
+    if grid and s.lr is not None:
+        text += f" lr={fmt_lr(s.lr)}"
+    return text + (STOPPED if s.stopped else "")
+
+
+def _accuracy_tip(s: Summary) -> str | None:
+    parts = []
+    if s.n > 1:
+        parts.append(f"95% CI of the mean [{s.ci_low:.1f}, {s.ci_high:.1f}] over {s.n} seeds (Student t)")
+    if s.se_test is not None:
+        parts.append(f"test-set s.e. {s.se_test:.1f} points (N={s.n_test})")
+    if s.lr_scores:
+        scores = ", ".join(f"{fmt_lr(lr)}: {v:.1f}" for lr, v in sorted(s.lr_scores.items()))
+        parts.append(f"lr {fmt_lr(s.lr)} chosen on validation (mean val accuracy by lr: {scores})")
+    if s.stopped:
+        parts.append("stopped early: " + ", ".join(
+            f"seed {seed}: {reason} at {steps if steps is not None else '?'} steps"
+            for seed, steps, reason in s.stopped))
+    if s.error:
+        parts.append(s.error)
+    return "; ".join(parts) or None
+
+
+def _accuracy_data(s: Summary) -> dict:
+    return {"mean": s.mean, "sd": s.sd, "n": s.n, "ci_low": s.ci_low, "ci_high": s.ci_high,
+            "se_test": s.se_test, "n_test": s.n_test, "values": [float(v) for v in s.values],
+            "seeds": s.seeds, "run_ids": s.run_ids, "failures": s.failures, "lr": s.lr,
+            "lr_scores": {fmt_lr(k): v for k, v in s.lr_scores.items()},
+            "stopped": [{"seed": seed, "steps": steps, "reason": reason}
+                        for seed, steps, reason in s.stopped],
+            "n_params": s.n_params, "error": s.error}
+
+
+def _schedule(rec) -> str | None:
+    """'300 steps, batch 16, lr 2e-3, warmup 30' from a record's train settings."""
+    steps, batch = _get(rec, "train.total_steps"), _get(rec, "train.batch_size")
+    lr, warm = _get(rec, "train.lr"), _get(rec, "train.warmup_steps")
+    if steps is None and batch is None and lr is None:
+        return None
+    parts = [f"{int(steps)} steps" if steps is not None else None,
+             f"batch {int(batch)}" if batch is not None else None,
+             (f"lr grid ×{'/'.join(f'{m:.3g}' for m in rec['train.lr_grid'])} of the base lr"
+              if _has_grid(rec.get("train.lr_grid")) else f"lr {fmt_lr(lr)}" if lr is not None else None),
+             f"warmup {int(warm)}" if warm is not None else None]
+    budget = _get(rec, "train.time_budget")
+    if budget is not None:
+        parts.append(f"time budget {budget:g} s")
+    return ", ".join(p for p in parts if p)
+
+
+def _schedules_caption(acc: pd.DataFrame) -> str:
+    by_row: dict = {}
+    for _, rec in acc.iterrows():
+        text = _schedule(rec)
+        if text:
+            by_row.setdefault(rec["row"], set()).add(text)
+    if not by_row:
+        return ""
+    texts = {row: " / ".join(sorted(v)) for row, v in by_row.items()}
+    if len(set(texts.values())) == 1:
+        return f" Schedule (every row): {next(iter(texts.values()))}."
+    return " Schedules: " + "; ".join(f"{row}: {texts[row]}" for row in sorted(texts, key=_natural)) + "."
 
 
 # -- accuracy tables --------------------------------------------------------------------------------
@@ -291,33 +747,36 @@ def _accuracy_records(df: pd.DataFrame, aggregate: bool) -> pd.DataFrame:
     acc = df[df["kind"] == "accuracy"].copy()
     if acc.empty:
         return acc
-    labels = [accuracy_column(t, p) for t, p in zip(acc["task"], acc["provenance"])]
+    labels = [accuracy_column(row) for _, row in acc.iterrows()]
     acc["column"] = [label for label, _ in labels]
     acc["group"] = [group for _, group in labels]
-    return acc if aggregate else latest(acc, ("model", "task", "seed", "column"))
+    acc["row"] = [row_name(m, lab) for m, lab in zip(acc["model"], acc["label"])]
+    acc["is_ref"] = acc["model"].map(is_reference)
+    # every point of an lr grid is its own cell; without a grid, a re-run replaces the record
+    grid = acc["train.lr_grid"].map(_has_grid)
+    acc["lr_key"] = np.where(grid, acc["train.lr"], np.nan)
+    return acc if aggregate else latest(acc, ("label", "task", "seed", "column", "lr_key"))
 
 
-def _accuracy_cell(group: pd.DataFrame) -> tuple[str, float | None, str | None]:
-    """Display text, the mean (percent) or None, and a hover note for one (model, column)."""
-    ok = group[(group["status"] == "ok") & group["metrics.accuracy"].notna()]
-    values = ok["metrics.accuracy"].to_numpy(dtype=float) * 100.0
-    failed = group[group["status"] != "ok"]
-    counts = failed["status"].value_counts()
-    errors = [e for e in failed["error"] if isinstance(e, str) and e]
-    tip = errors[0] if errors else None
-    if len(values) == 0:
-        for status in ("oom", "error", "unavailable", "skipped"):
-            if counts.get(status):
-                return status_text(status), None, tip
-        return DASH, None, tip
-    mean = float(values.mean())
-    extra = "; ".join(f"{int(n)} {status_text(s)}" for s, n in counts.items())
-    count = f"n={len(values)}" + (f"; {extra}" if extra else "")
-    if len(values) > 1:
-        text = f"{mean:.1f} ± {float(values.std(ddof=1)):.1f} ({count})"
-    else:
-        text = f"{mean:.1f} ({count})"
-    return text, mean, tip
+def _average(used: list, summaries: dict, row: str) -> Summary | None:
+    """The Avg of one row over the columns `used`: the mean of the column means, with the spread
+    of per-seed averages over the seeds every column has."""
+    parts = [summaries.get((row, c)) for c in used]
+    if any(p is None or p.n == 0 for p in parts):
+        return None
+    common = set.intersection(*[set(p.seeds) for p in parts]) - {None}
+    per_seed = [np.mean([p.values[p.seeds.index(seed)] for p in parts]) for seed in sorted(common)]
+    summary = summarise(per_seed)
+    summary.mean = float(np.mean([p.mean for p in parts]))
+    if summary.n > 1:  # the interval around the displayed mean
+        half = float(stats.t.ppf(0.975, summary.n - 1)) * summary.sd / math.sqrt(summary.n)
+        summary.ci_low, summary.ci_high = max(summary.mean - half, 0.0), min(summary.mean + half, 100.0)
+    se = [p.se_test for p in parts]
+    if all(v is not None for v in se):
+        summary.se_test = math.sqrt(sum(v * v for v in se)) / len(se)
+    summary.seeds = sorted(common)
+    summary.run_ids = sorted({r for p in parts for r in p.run_ids})
+    return summary
 
 
 def _accuracy_frame(acc: pd.DataFrame, title: str, caption: str, with_avg: bool) -> pd.DataFrame:
@@ -328,13 +787,33 @@ def _accuracy_frame(acc: pd.DataFrame, title: str, caption: str, with_avg: bool)
     ranked = sorted(task_of, key=lambda c: (order.get(task_of[c], len(order)), _natural(c)))  # LRA order
     lra_cols = [c for c in ranked if group_of[c] in ("lra", "other")]
     excluded = [c for c in ranked if group_of[c] == "excluded"]
-    rows, values, tips = {}, {}, []
-    for (model, column), group in acc.groupby(["model", "column"], sort=False):
-        text, mean, tip = _accuracy_cell(group)
-        rows.setdefault(model, {})[column] = text
-        values[(model, column)] = mean
+    grid = bool(acc["train.lr_grid"].map(_has_grid).any())
+    models = sorted(set(acc.loc[~acc["is_ref"], "row"]), key=_natural)
+    refs = sorted(set(acc.loc[acc["is_ref"], "row"]), key=_natural)
+
+    rows, summaries, tips, data = {}, {}, [], {}
+    for (row, column), group in acc.groupby(["row", "column"], sort=False):
+        summary = _cell_summary(group)
+        summaries[(row, column)] = summary
+        rows.setdefault(row, {})[column] = _accuracy_text(summary, grid)
+        data[(row, column)] = _accuracy_data(summary)
+        tip = _accuracy_tip(summary)
         if tip:
-            tips.append((model, column, tip))
+            tips.append((row, column, tip))
+    for row, group in acc.groupby("row", sort=False):
+        n_params = sorted({int(v) for v in group["n_params"].dropna()})
+        rows.setdefault(row, {})[PARAMS] = (
+            DASH if not n_params else fmt_count(n_params[0]) if len(n_params) == 1
+            else f"{fmt_count(n_params[0])}–{fmt_count(n_params[-1])}")
+        data[(row, PARAMS)] = {"n_params": n_params[0] if len(n_params) == 1 else None,
+                               "n_params_range": [n_params[0], n_params[-1]] if n_params else None}
+
+    bold, unranked = [], []
+    for column in ranked:
+        chosen, why = rank({r: summaries[(r, column)] for r in models if (r, column) in summaries})
+        bold += [(r, column) for r in chosen]
+        if why == "single seed":
+            unranked.append(column)
 
     avg_cols, caption_avg = [], ""
     if with_avg:
@@ -345,39 +824,99 @@ def _accuracy_frame(acc: pd.DataFrame, title: str, caption: str, with_avg: bool)
         if "pathx" in {task_of[c] for c in lra_cols} and len(six) >= 2:
             avg_cols.append((f"Avg ({len(six)})", six))
         for name, used in avg_cols:
-            for model in rows:
-                means = [values.get((model, c)) for c in used]
-                if all(m is not None for m in means):
-                    values[(model, name)] = float(np.mean(means))
-                    rows[model][name] = f"{values[(model, name)]:.1f}"
-                else:
-                    rows[model][name] = "n/a"
+            averages = {}
+            for row in models:
+                summary = _average(used, summaries, row)
+                if summary is None:
+                    rows[row][name] = "n/a"
+                    continue
+                averages[row] = summary
+                rows[row][name] = (f"{summary.mean:.1f} ± {summary.sd:.1f} (n={summary.n})" if summary.n > 1
+                                   else f"{summary.mean:.1f}")
+                data[(row, name)] = _accuracy_data(summary)
+            for row in refs:
+                rows[row][name] = DASH  # context, never averaged
+            chosen, why = rank(averages)
+            bold += [(r, name) for r in chosen]
+            if why == "single seed":
+                unranked.append(name)
         if avg_cols:
             parts = [f"{name} = mean over {', '.join(used)}"
                      + (" (LRA rule: Path-X excluded)" if name == "Avg" else
                         " (Path-X included, as S4 and MEGA report)")
                      for name, used in avg_cols]
-            caption_avg = " " + "; ".join(parts) + "; n/a = a result is missing on one of these tasks."
+            caption_avg = (" " + "; ".join(parts) + "; its ± and n are over the seeds every task has; "
+                           "n/a = a result is missing on one of these tasks.")
     if excluded:
-        caption_avg += (" Columns marked [stand-in: ...] are different data sets standing in for an "
-                        "LRA task: labelled, never in an average.")
-    all_cols = lra_cols + [name for name, _ in avg_cols] + excluded
+        caption_avg += (" A column marked [provenance · scale · size] is not an LRA number (another scale, "
+                        "a subset, or data other than the task's own): labelled, never in an average.")
+    caption += _resolution_caption(summaries)
+    caption += (" Bold = the highest mean among rows with n ≥ 2 and every row not separable from it "
+                "(Welch's t-test p ≥ 0.05, or a gap below 2 × the test-set s.e.).")
+    if unranked:
+        caption += (" Single seed: not ranked." if set(unranked) >= set(ranked) else
+                    f" Single seed: not ranked ({', '.join(unranked)}).")
+    if refs:
+        caption += (" ref: rows = the majority class and a linear model on the raw input, fitted on the same "
+                    "splits: context, never ranked or averaged.")
+    caption += f" {PARAMS} = trainable parameters (a range when they differ between tasks)."
+    caption += _schedules_caption(acc)
+    if grid:
+        caption += (" Under the lr grid each cell shows the learning rate whose mean validation accuracy "
+                    "is best (lr=...) and its test accuracy; every grid point stays in the store.")
+    caption += _stopped_caption(summaries)
+    caption += caption_avg
+    notes = _row_origins({row: (group["run_id"], group["git_sha"])
+                          for row, group in acc.groupby("row", sort=False)})
+    caption += _origins_caption(notes)
+    tips += [(row, None, text) for row, text in notes.items()]
+    all_cols = [PARAMS] + lra_cols + [name for name, _ in avg_cols] + excluded
     col_classes = {name: "avg" for name, _ in avg_cols} | {c: "standin" for c in excluded}
-    return _frame(rows, all_cols, title, caption + caption_avg, bold=_bold_best(values, True),
-                  tips=tips, col_classes=col_classes)
+    return _frame(rows, all_cols, title, caption, bold=bold, tips=tips, col_classes=col_classes,
+                  order=models + refs, cells=data)
+
+
+def _resolution_caption(summaries: dict) -> str:
+    se = [s.se_test for s in summaries.values() if s.se_test is not None]
+    n_test = sorted({s.n_test for s in summaries.values() if s.n_test})
+    if not se:
+        return " Test-set standard error: not recorded (no n_test)."
+    span = f"{min(se):.1f}" if np.isclose(min(se), max(se), atol=0.05) else f"{min(se):.1f}–{max(se):.1f}"
+    sizes = str(n_test[0]) if len(n_test) == 1 else f"{n_test[0]}–{n_test[-1]}"
+    return (f" Test-set resolution: binomial s.e. = 100·√(p(1−p)/N) = {span} points (N = {sizes} test "
+            f"examples; hover a cell for its own).")
+
+
+def _stopped_caption(summaries: dict) -> str:
+    notes = []
+    for (row, column), s in summaries.items():
+        if s.stopped:
+            steps = ", ".join(f"{steps if steps is not None else '?'}" for _, steps, _ in s.stopped)
+            reasons = "/".join(sorted({reason for _, _, reason in s.stopped}))
+            notes.append(f"{row} · {column}: {reasons} at {steps} steps")
+    if not notes:
+        return ""
+    return f" {STOPPED} = training stopped early, best weights evaluated: " + "; ".join(notes) + "."
+
+
+ACCURACY_CAPTION = ("Test accuracy (%): mean ± sample sd ({pooled}), [a, b] = 95% Student-t interval of the "
+                    "mean over seeds; FAIL = the run errored, OOM = out of memory, n/a = unavailable.")
 
 
 def accuracy_table(df: pd.DataFrame, aggregate: bool = False) -> pd.DataFrame | None:
-    """LRA table: one row per model, LRA tasks in LRA order, Avg columns, stand-ins apart."""
+    """Accuracy on LRA tasks: one row per model variant (reference rows below), LRA-eligible tasks in
+    LRA order with the Avg columns, every other scale or data source in its own labelled column."""
     acc = _accuracy_records(df, aggregate)
     acc = acc[acc["group"] != "other"] if not acc.empty else acc
     if acc.empty:
         return None
     pooled = ("n = results pooled over the selected runs" if aggregate else
-              "n = seeds, latest run per (model, task, seed)")
-    caption = (f"Test accuracy (%), mean ± sample std over seeds ({pooled}); best per "
-               f"column in bold; FAIL = the run errored, OOM = out of memory, n/a = unavailable.")
-    return _accuracy_frame(acc, "Long Range Arena accuracy", caption, with_avg=True)
+              "n = seeds, latest run per (row, task, seed)")
+    if (acc["group"] == "lra").any():
+        title = "Long Range Arena accuracy"
+    else:
+        title = f"Accuracy (not LRA numbers: {' / '.join(not_lra_reasons(acc)) or 'not LRA data'})"
+    return _accuracy_frame(acc, title, ACCURACY_CAPTION.format(pooled=pooled), with_avg=True)
 
 
 def other_tasks_table(df: pd.DataFrame, aggregate: bool = False) -> pd.DataFrame | None:
@@ -386,8 +925,10 @@ def other_tasks_table(df: pd.DataFrame, aggregate: bool = False) -> pd.DataFrame
     acc = acc[acc["group"] == "other"] if not acc.empty else acc
     if acc.empty:
         return None
-    caption = ("Test accuracy (%), mean ± sample std over seeds, n = seeds; best per column in bold. "
-               "These tasks are not part of LRA and never enter its average.")
+    pooled = ("n = results pooled over the selected runs" if aggregate else
+              "n = seeds, latest run per (row, task, seed)")
+    caption = (ACCURACY_CAPTION.format(pooled=pooled)
+               + " These tasks are not part of LRA and never enter its average.")
     return _accuracy_frame(acc, "Other tasks (not LRA)", caption, with_avg=False)
 
 
@@ -409,38 +950,49 @@ def efficiency_table(df: pd.DataFrame, length: int = 4096, slice_: dict | None =
              f"L = {at} (nearest measured length; {length} was not measured)")
     cells = cells[cells["seq_len"] == at]
     unit = memory_unit(cells.loc[cells["status"] == "ok", "peak_bytes"])
-    by_model = {row["model"]: row for _, row in cells.iterrows()}
-    refs = [(base, reference_name(by_model, base)) for base in REFERENCES]
-    columns = ["time (ms)", f"peak mem ({unit[0]})"]
+    by_label = {row["label"]: row for _, row in cells.iterrows()}
+    refs = [(base, reference_name(by_label, base)) for base in REFERENCES]
+    time_col, mem_col0 = "time (ms)", f"peak mem ({unit[0]})"
+    columns = [time_col, mem_col0]
     for base, _ in refs:
         columns += [f"speed-up vs {base}", f"memory vs {base}"]
-    rows, values, tips = {}, {}, []
-    for model, row in by_model.items():
-        ok = row["status"] == "ok" and np.isfinite(row["timing.median_ms"])
-        cells_text = {}
+    rows, memory, tips, data, times = {}, {}, [], {}, {}
+    for label, row in by_label.items():
+        ok = _speed_ok(row)
+        text = {}
+        data[(label, time_col)] = data[(label, mem_col0)] = _speed_data(row)
         if ok:
-            cells_text["time (ms)"] = fmt_ms(row["timing.median_ms"])
-            cells_text[columns[1]] = fmt_mem(row["peak_bytes"], unit)
-            values[(model, "time (ms)")] = row["timing.median_ms"]
-            values[(model, columns[1])] = row["peak_bytes"]
+            text[time_col] = _time_text(row)
+            text[mem_col0] = fmt_mem(row["peak_bytes"], unit)
+            times[label] = (row["timing.median_ms"], _number(row["timing.p20_ms"]),
+                            _number(row["timing.p80_ms"]))
+            memory[(label, mem_col0)] = row["peak_bytes"]
+            tips.append((label, time_col, _time_tip(row)))
         else:
-            cells_text["time (ms)"] = cells_text[columns[1]] = status_text(row["status"])
+            text[time_col] = text[mem_col0] = status_text(row["status"])
             if isinstance(row["error"], str) and row["error"]:
-                tips.append((model, "time (ms)", row["error"]))
+                tips.append((label, time_col, row["error"]))
         for base, ref in refs:
             speed_col, mem_col = f"speed-up vs {base}", f"memory vs {base}"
-            ref_row = by_model.get(ref) if ref else None
+            ref_row = by_label.get(ref) if ref else None
             if not ok:
-                cells_text[speed_col] = cells_text[mem_col] = DASH
+                text[speed_col] = text[mem_col] = DASH
             elif ref_row is None:
-                cells_text[speed_col] = cells_text[mem_col] = "n/a"
-            elif ref_row["status"] != "ok":
-                cells_text[speed_col] = cells_text[mem_col] = f"ref {status_text(ref_row['status'])}"
+                text[speed_col] = text[mem_col] = "n/a"
+            elif not _speed_ok(ref_row):
+                text[speed_col] = text[mem_col] = f"ref {status_text(ref_row['status'])}"
             else:
-                cells_text[speed_col] = fmt_ratio(ref_row["timing.median_ms"] / row["timing.median_ms"])
+                speedup = ref_row["timing.median_ms"] / row["timing.median_ms"]
+                noisy = is_noisy(row) or is_noisy(ref_row)
+                text[speed_col] = (NOISY if noisy else "") + fmt_ratio(speedup)
                 mem = row["peak_bytes"] / ref_row["peak_bytes"] if ref_row["peak_bytes"] else np.nan
-                cells_text[mem_col] = fmt_ratio(mem)
-        rows[model] = cells_text
+                text[mem_col] = fmt_ratio(mem)
+                run_ids = sorted(set(_speed_data(row)["run_ids"]) | set(_speed_data(ref_row)["run_ids"]))
+                data[(label, speed_col)] = {"ratio": _number(speedup), "noisy": noisy, "reference": ref,
+                                            "run_ids": run_ids}
+                data[(label, mem_col)] = {"ratio": _number(mem), "reference": ref, "run_ids": run_ids}
+        rows[label] = text
+    bold = [(label, time_col) for label in _bold_times(times)] + _bold_least(memory)
     ref_text = "; ".join(
         f"{base} = " + ({"transformer_vanilla": "materialised softmax attention (the papers' XFM)",
                          "transformer": "fused attention (torch SDPA)"}[base])
@@ -448,15 +1000,20 @@ def efficiency_table(df: pd.DataFrame, length: int = 4096, slice_: dict | None =
         for base, ref in refs)
     caption = (f"At {where}; {slice_text(slice_)}; time = {_timing_protocol(cells)}; peak mem = "
                f"{_memory_definition(cells)}. Speed-up = reference time / model time; memory = model "
-               f"peak / reference peak (the MEGA paper's Table 2 ratios). {ref_text}. "
-               f"Best time and memory in bold.")
+               f"peak / reference peak (the MEGA paper's Table 2 ratios). {ref_text}. {SPEED_BOLD_RULE}")
+    runs = sorted({r for ids in cells["run_ids"] for r in ids if not _missing(r)})
+    shas = sorted({str(s)[:12] for s in cells["git_sha"] if not _missing(s)})
+    if len(runs) > 1 or len(shas) > 1:
+        caption += (f" The rows come from {len(runs)} runs ({', '.join(runs)})"
+                    + (f" of {len(shas)} revisions ({', '.join(shas)})" if len(shas) > 1 else "")
+                    + "; hover a time for its run.")
     title = f"Efficiency at {length_label(at)} ({slice_tag(slice_)})"
-    return _frame(rows, columns, title, caption, bold=_bold_best(values, False), tips=tips)
+    return _frame(rows, columns, title, caption, bold=bold, tips=tips, cells=data)
 
 
 def length_tables(df: pd.DataFrame, slice_: dict | None = None,
                   aggregate: bool = False) -> list[pd.DataFrame]:
-    """Time (ms) and peak memory by length for one slice: rows models, columns lengths."""
+    """Time (ms) and peak memory by length for one slice: rows model variants, columns lengths."""
     cells = speed_cells(df, aggregate)
     if cells.empty:
         return []
@@ -465,28 +1022,42 @@ def length_tables(df: pd.DataFrame, slice_: dict | None = None,
     lengths = sorted({int(x) for x in cells["seq_len"].dropna()})
     columns = [str(x) for x in lengths]
     unit = memory_unit(cells.loc[cells["status"] == "ok", "peak_bytes"])
+    notes = _row_origins({label: ([r for ids in group["run_ids"] for r in ids], group["git_sha"])
+                          for label, group in cells.groupby("label", sort=False)})
     tables = []
-    for metric, title, fmt in (("timing.median_ms", "Time (ms) by sequence length", fmt_ms),
-                               ("peak_bytes", f"Peak memory ({unit[0]}) by sequence length",
-                                lambda v: fmt_mem(v, unit))):
-        rows, values, tips = {}, {}, []
+    for metric, title in (("timing.median_ms", "Time (ms) by sequence length"),
+                          ("peak_bytes", f"Peak memory ({unit[0]}) by sequence length")):
+        rows, memory, tips, data, times = {}, {}, [], {}, {}
         for _, row in cells.iterrows():
             if pd.isna(row["seq_len"]):
                 continue
-            col = str(int(row["seq_len"]))
-            if row["status"] == "ok" and np.isfinite(row[metric]):
-                rows.setdefault(row["model"], {})[col] = fmt(row[metric])
-                values[(row["model"], col)] = row[metric]
+            col, label = str(int(row["seq_len"])), row["label"]
+            data[(label, col)] = _speed_data(row)
+            if _speed_ok(row) and np.isfinite(row[metric]):
+                if metric == "timing.median_ms":
+                    rows.setdefault(label, {})[col] = _time_text(row)
+                    times.setdefault(col, {})[label] = (row[metric], _number(row["timing.p20_ms"]),
+                                                        _number(row["timing.p80_ms"]))
+                    tips.append((label, col, _time_tip(row)))
+                else:
+                    rows.setdefault(label, {})[col] = fmt_mem(row[metric], unit)
+                    memory[(label, col)] = row[metric]
             else:
-                rows.setdefault(row["model"], {})[col] = status_text(row["status"])
+                rows.setdefault(label, {})[col] = status_text(row["status"])
                 if isinstance(row["error"], str) and row["error"]:
-                    tips.append((row["model"], col, row["error"]))
-        what = _timing_protocol(cells) if metric == "timing.median_ms" else _memory_definition(cells)
+                    tips.append((label, col, row["error"]))
+        if metric == "timing.median_ms":
+            bold = [(label, col) for col, entries in times.items() for label in _bold_times(entries)]
+            what, rule = _timing_protocol(cells), SPEED_BOLD_RULE
+        else:
+            bold, what = _bold_least(memory), _memory_definition(cells)
+            rule = "Lowest peak per length in bold."
         caption = (f"{slice_text(slice_)}; {what}. OOM = out of memory; skipped = not run after an "
-                   f"OOM at a shorter length; n/a = unavailable; FAIL = error. Best per length in bold.")
-        tables.append(_frame(rows, columns, f"{title} ({slice_tag(slice_)})",
-                             caption, bold=_bold_best(values, False), tips=tips,
-                             index_name="Model \\ L"))
+                   f"OOM at a shorter length; n/a = unavailable; FAIL = error. {rule}"
+                   + _origins_caption(notes))
+        tables.append(_frame(rows, columns, f"{title} ({slice_tag(slice_)})", caption, bold=bold,
+                             tips=tips + [(r, None, t) for r, t in notes.items()],
+                             index_name="Model \\ L", cells=data))
     return tables
 
 
@@ -534,7 +1105,8 @@ def _markdown(df: pd.DataFrame) -> str:
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                   "^": r"\textasciicircum{}", "±": r"$\pm$", "×": r"$\times$", "–": "--",
-                  "≥": r"$\geq$", "≤": r"$\leq$"}
+                  "≥": r"$\geq$", "≤": r"$\leq$", "·": r"$\cdot$", "†": r"\dag{}", "√": r"$\surd$",
+                  "−": "-"}
 
 
 def latex_escape(text) -> str:
@@ -576,15 +1148,17 @@ def _html(df: pd.DataFrame) -> str:
         for c in df.columns) + "</tr></thead>")
     out.append("<tbody>")
     for model, row in df.iterrows():
-        cells = [f'<th scope="row" class="rowhead">{esc(model)}</th>']
+        row_tip = f' title="{esc(tips[(model, None)])}"' if (model, None) in tips else ""
+        cells = [f'<th scope="row" class="rowhead"{row_tip}>{esc(model)}</th>']
         for c, v in row.items():
             css = [classes.get(c, "num")]
-            if not re.match(r"^[\d.]", str(v)):
+            if not re.match(rf"^{re.escape(NOISY)}?[\d.]", str(v)):
                 css.append("status")
             text = f"<strong>{esc(v)}</strong>" if (model, c) in bold else esc(v)
             tip = f' title="{esc(tips[(model, c)])}"' if (model, c) in tips else ""
             cells.append(f'<td class="{" ".join(css)}"{tip}>{text}</td>')
-        out.append("<tr>" + "".join(cells) + "</tr>")
+        ref = ' class="ref"' if str(model).startswith(REF_PREFIX) else ""  # context rows, muted
+        out.append(f"<tr{ref}>" + "".join(cells) + "</tr>")
     out.append("</tbody></table></div>")
     if df.attrs.get("caption"):
         out.append(f'<p class="caption">{esc(df.attrs["caption"])}</p>')
@@ -614,8 +1188,23 @@ def render_all(records: pd.DataFrame, fmt: str = "markdown", length: int = 4096,
 
 
 def to_json(df: pd.DataFrame) -> dict:
-    """A table as plain data (for `--json`)."""
-    return {"title": df.attrs.get("title"), "caption": df.attrs.get("caption"),
-            "columns": [df.index.name] + [str(c) for c in df.columns],
-            "rows": [[str(model)] + [str(v) for v in row] for model, row in df.iterrows()],
-            "bold": [list(b) for b in df.attrs.get("bold", [])]}
+    """A table as plain data (for `table --json`): numbers, not display strings. Each cell has its
+    `display` text, `bold`, and the numbers behind it: accuracy cells mean, sd, n, ci_low, ci_high,
+    se_test, n_test, per-seed values and the run ids; speed cells median/p20/p80 ms, spread, noisy,
+    peak bytes and run ids; ratio cells the ratio."""
+    bold = {tuple(b) for b in df.attrs.get("bold", [])}
+    numbers = df.attrs.get("cells", {})
+    tips = {(r, c): t for r, c, t in df.attrs.get("tips", [])}
+    rows = []
+    for label, values in df.iterrows():
+        cells = {}
+        for column, text in values.items():
+            cell = {"display": str(text), "bold": (label, column) in bold}
+            cell.update(_plain(numbers.get((label, column), {})))
+            cells[str(column)] = cell
+        row = {"label": str(label), "cells": cells}
+        if (label, None) in tips:
+            row["note"] = tips[(label, None)]
+        rows.append(row)
+    return {"title": df.attrs.get("title"), "caption": df.attrs.get("caption"), "index": df.index.name,
+            "columns": [str(c) for c in df.columns], "rows": rows}
