@@ -112,12 +112,13 @@ def cmd_report(args) -> int:
 
 @_prepare
 def cmd_compare(args) -> int:
-    from harness.report.compare import compare_runs, format_comparison
+    from harness.report.compare import compare_runs, comparison_json, format_comparison
 
     threshold = positive_float("threshold", args.threshold)
     frame, n_regressions = compare_runs(args.results_dir, args.run_a, args.run_b, threshold)
-    if args.json:
-        print(frame.to_json(orient="records", indent=2))
+    if args.json:  # numbers and run ids: accuracy in points, times in ms, memory in bytes
+        print(json.dumps(comparison_json(frame, args.run_a, args.run_b, threshold), indent=2,
+                         allow_nan=False, default=str))
     else:
         text = format_comparison(frame, args.run_a, args.run_b, threshold)
         print(text.strip().splitlines()[-1] if args.quiet else text.rstrip())
@@ -153,13 +154,19 @@ def add_commands(subparsers) -> None:
 
     compare = subparsers.add_parser(
         "compare", help="compare two runs cell by cell; exit 1 on a regression",
-        description="Per matching cell: change of median time, peak memory and accuracy from RUN_A "
-                    "to RUN_B with a verdict (better / worse / within noise / not comparable). "
-                    "Exit status 1 when a cell got worse by more than --threshold percent.")
+        description="Per matching cell: change of accuracy (absolute points, over seeds), median time "
+                    "and peak memory from RUN_A to RUN_B with a verdict (better / worse / within "
+                    "noise / not comparable). Accuracy regresses when the drop is significant "
+                    "(Welch's t-test over seeds, p < 0.05; with one seed, beyond twice the test "
+                    "sets' combined standard error); time when the p20-p80 intervals are apart and "
+                    "the median is more than --threshold percent slower. Eager and compiled runs of "
+                    "one architecture are compared, their differing settings named. Exit status 1 "
+                    "on any regression.")
     compare.add_argument("run_a", metavar="RUN_A", help="the baseline run id")
     compare.add_argument("run_b", metavar="RUN_B", help="the run to check against it")
     compare.add_argument("--threshold", default=10.0, metavar="PCT",
-                         help="percent change beyond which 'worse' is a regression (default: 10)")
+                         help="speed and memory only: percent change beyond which 'worse' is a "
+                              "regression (default: 10); accuracy is judged in points over seeds")
     add_arguments(compare, "compare")
     compare.set_defaults(func=cmd_compare)
 

@@ -1,205 +1,577 @@
 """Compare two runs cell by cell: is B faster, leaner or more accurate than A, or only noisier?
 
-A speed cell matches on (model, task, seq_len, batch_size, dtype, device, mode); an accuracy cell on
-(model, task, seed). Matched cells whose model configuration hash, task version (or, for accuracy,
-data provenance) differ are listed as "not comparable" instead of compared: a different config is
-a different experiment.
+The rules are those of shared/spec/statistics.md ("Comparing runs"):
 
-Verdicts per metric (change in percent of A's value, B - A):
-- median time: "within noise" when the p20-p80 intervals of A and B overlap (the spread of each
-  measurement, flash-linear-attention style), else better / worse; without intervals, a change
-  smaller than the threshold is noise;
-- peak memory: "within noise" below MEMORY_NOISE_PCT (allocator peaks are nearly deterministic);
-- accuracy: "within noise" when the change is smaller than the threshold.
-A regression is a "worse" verdict whose change exceeds `threshold_pct`, or a cell that measured
-in A and fails in B (OOM or error).
+- Accuracy is judged in absolute points over seeds. The records of each run are grouped by
+  (row label, task, scale, data provenance); a group's seeds give mean ± sd (n). A drop is a
+  regression when Welch's t-test calls it significant (two-sided p < 0.05) with n >= 2 on both
+  sides; with n = 1 on a side it must exceed 2 * sqrt(se_A^2 + se_B^2), where
+  se = 100 * sqrt(p (1 - p) / N) is the test set's binomial resolution (N = `metrics.n_test`;
+  unknown N leaves a single seed "not enough data"). No relative-percent rule: 90.4 -> 82.0 is
+  8.4 points whatever the scale. Reference rows (`ref:*`) are compared but never regressions.
+- Speed is a regression only when the [p20, p80] intervals of A and B do not overlap AND the
+  medians differ by more than `threshold_pct` percent (CPU timings of identical code scatter);
+  peak memory is within noise below MEMORY_NOISE_PCT and a regression beyond `threshold_pct`.
+- A cell measured in A that fails in B (OOM, error) is a regression.
+
+Cells are matched on what was measured — speed on (model, task, seq_len, batch_size, dtype,
+device, mode), accuracy on (model, task) — and then on the architecture: the same architecture
+hash is the same experiment even when the execution settings differ (eager vs compiled, another
+attention kernel), and those differences are named in the note as `compile: false → true`. A
+different architecture, task version, scale or data set is "not comparable", with the differing
+keys named; speed cells timed on different devices (`hardware.device_name`) are never compared.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import warnings
+
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from harness.report import tables
 from harness.report.html import resolve_runs
 from harness.store import load_records
 
 MEMORY_NOISE_PCT = 2.0
-ACCURACY_KEYS = ("model", "task", "seed")
-COLUMNS = ["kind", "model", "task", "seq_len", "batch_size", "dtype", "device", "mode", "seed",
-           "metric", "a", "b", "change_pct", "verdict", "regression", "note"]
+ALPHA = 0.05  # Welch's test: a drop with p below this is significant
+SE_FACTOR = 2.0  # single seed: a drop beyond this many combined test-set standard errors
+REFERENCE_PREFIX = "ref:"
+# What was measured; the groups below say which experiment. Row label and device name are not part
+# of it: compare pairs across labels (naming the differing settings) and refuses other devices.
+SPEED_KEYS = ("model", "task", "seq_len", "batch_size", "dtype", "device", "mode")
+ACCURACY_KEYS = ("model", "task")
+# One accuracy experiment in one run: its seeds are pooled into mean ± sd (n).
+ACCURACY_GROUP = ("label", "model_config_hash", "task_version", "scale", "provenance.kind",
+                  "provenance.source", "provenance.subset")
+SPEED_GROUP = ("label", "model_config_hash", "task_version")
+# Pairing of A's and B's experiments within one measured key, tried in order: the very same
+# experiment; the same architecture run another way (another label); the same row with another
+# architecture or data (then "not comparable" with reasons); whatever is left, one to one.
+_DATA = ("scale", "provenance.kind", "provenance.source", "provenance.subset")
+ACCURACY_PAIRING = (ACCURACY_GROUP, ("model_config_hash", "task_version") + _DATA, ("label",) + _DATA,
+                    _DATA, ("label",), ())
+SPEED_PAIRING = (SPEED_GROUP, ("model_config_hash", "task_version"), ("label",), ())
+COLUMNS = ["kind", "model", "label", "task", "seq_len", "batch_size", "dtype", "device", "mode",
+           "scale", "provenance", "metric", "a", "b", "change", "change_pct", "p_value", "test",
+           "verdict", "regression", "note"]
+METRIC_LABELS = {"accuracy": "accuracy (%)", "median_ms": "median time (ms)",
+                 "peak_bytes": "peak memory", "status": "status"}
+_STATUS_TEXT = {"oom": "OOM", "error": "FAIL", "skipped": "skipped", "unavailable": "n/a"}
+_ARROW = "→"
 
 
-def _change(a: float, b: float) -> float:
-    return (b - a) / abs(a) * 100.0 if a else np.nan
+# -- small helpers ----------------------------------------------------------------------------------
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
 
 
-def _verdict(change: float, worse_if_higher: bool, noise: bool, threshold_pct: float) -> tuple[str, bool]:
-    if noise or not np.isfinite(change) or change == 0:
-        return "within noise", False
-    worse = change > 0 if worse_if_higher else change < 0
-    return ("worse", abs(change) > threshold_pct) if worse else ("better", False)
+def _plain(value):
+    """A JSON-ready scalar: numpy numbers as Python numbers, NaN as None."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return None if value is pd.NA else value
 
+
+def _whole(value):
+    """A count or size read back as float by pandas (1024.0) as the integer it is."""
+    value = _plain(value)
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _show(value) -> str:
+    """A setting as text: booleans and numbers as JSON writes them (`false`, `256`), text bare."""
+    value = _plain(value)
+    if value is None:
+        return tables.DASH
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return json.dumps(value, sort_keys=True)
+
+
+def _status_text(status) -> str:
+    return _STATUS_TEXT.get(status, tables.DASH if _missing(status) else str(status))
+
+
+def _diffs(ra: pd.Series, rb: pd.Series, prefixes) -> list[str]:
+    """`key: old → new` for every dotted column under `prefixes` whose value differs."""
+    out, seen = [], set()
+    for prefix in prefixes:
+        keys = sorted({c for c in list(ra.index) + list(rb.index) if c.startswith(prefix + ".")})
+        for column in keys:
+            name = column[len(prefix) + 1:]
+            va, vb = _plain(ra.get(column)), _plain(rb.get(column))
+            if name in seen or va == vb:
+                continue
+            seen.add(name)
+            out.append(f"{name}: {_show(va)} {_ARROW} {_show(vb)}")
+    return out
+
+
+def _first(series: pd.Series):
+    values = [v for v in series if not _missing(v)]
+    return values[0] if values else None
+
+
+def _ident(row: pd.Series, fields) -> tuple:
+    return tuple(None if _missing(row.get(f)) else row.get(f) for f in fields)
+
+
+def _sort_key(key: tuple) -> list:
+    return [tables._natural("" if v is None else v) for v in key]
+
+
+def _pair(keys_a, keys_b, fields, pairing) -> list[tuple]:
+    """Pair A's experiment identities with B's, trying each projection of `pairing` in turn."""
+    left_a, left_b = sorted(keys_a, key=_sort_key), sorted(keys_b, key=_sort_key)
+    pairs = []
+    for projection in pairing:
+        index = [fields.index(f) for f in projection]
+        for ka in list(left_a):
+            match = next((kb for kb in left_b if [kb[i] for i in index] == [ka[i] for i in index]), None)
+            if match is not None:
+                pairs.append((ka, match))
+                left_a.remove(ka)
+                left_b.remove(match)
+    return pairs + [(ka, None) for ka in left_a] + [(None, kb) for kb in left_b]
+
+
+def _provenance(row: pd.Series) -> dict | None:
+    kind = row.get("provenance.kind")
+    if _missing(kind):
+        return None
+    subset = row.get("provenance.subset")
+    return {"kind": kind, "source": _plain(row.get("provenance.source")),
+            "subset": None if _missing(subset) else subset}
+
+
+def _provenance_text(prov: dict | None) -> str:
+    if prov is None:
+        return "data unknown"
+    text = f"{prov['kind']}: {prov['source']}"
+    return f"{text} ({prov['subset']})" if prov.get("subset") else text
+
+
+def _incomparable(ra: pd.Series, rb: pd.Series, kind: str) -> list[str]:
+    """Why two paired experiments are different experiments (empty: they may be compared)."""
+    reasons = []
+    ha, hb = ra.get("model_config_hash"), rb.get("model_config_hash")
+    if not _missing(ha) and not _missing(hb) and ha != hb:
+        arch = _diffs(ra, rb, ("model_config",))
+        reasons.append("architecture " + ("; ".join(arch) if arch else f"hash {ha} {_ARROW} {hb}"))
+    va, vb = ra.get("task_version"), rb.get("task_version")
+    if not _missing(va) and not _missing(vb) and va != vb:
+        reasons.append(f"task version: {va} {_ARROW} {vb}")
+    if kind == "accuracy":
+        if _plain(ra.get("scale")) != _plain(rb.get("scale")):
+            reasons.append(f"scale: {_show(ra.get('scale'))} {_ARROW} {_show(rb.get('scale'))}")
+        pa, pb = _provenance(ra), _provenance(rb)
+        if pa != pb:
+            reasons.append(f"data: {_provenance_text(pa)} {_ARROW} {_provenance_text(pb)}")
+    else:
+        da, db = ra.get("hardware.device_name"), rb.get("hardware.device_name")
+        if not _missing(da) and not _missing(db) and da != db:
+            reasons.append(f"device {da} vs {db}")
+    return reasons
+
+
+def _setting_notes(ra: pd.Series, rb: pd.Series) -> list[str]:
+    """Execution settings and variant keys that differ between two comparable experiments."""
+    return _diffs(ra, rb, ("runtime_config", "variant"))
+
+
+# -- preparing the records --------------------------------------------------------------------------
+
+_EXTRA_NUMERIC = ("metrics.accuracy", "metrics.val_accuracy", "metrics.n_test", "timing.median_ms",
+                  "timing.p20_ms", "timing.p80_ms", "train.lr", "train.lr_multiplier")
+_EXTRA_TEXT = ("label", "scale", "provenance.kind", "provenance.source", "provenance.subset",
+               "hardware.device_name", "model_config_hash", "task_version", "status", "error")
+
+
+def _prepared(records: pd.DataFrame) -> pd.DataFrame:
+    """`tables.prepare` plus the typed columns compare reads, each present with a usable dtype."""
+    df = tables.prepare(records)
+    for column in _EXTRA_NUMERIC:
+        df[column] = pd.to_numeric(df[column], errors="coerce") if column in df else np.nan
+    for column in _EXTRA_TEXT:
+        if column not in df:
+            df[column] = None
+        df[column] = df[column].astype(object).where(df[column].notna(), None)
+    df["label"] = df["label"].where(df["label"].notna(), df["model"])
+    if "peak_bytes" not in df:  # the CUDA peak, else the CPU process's peak-RSS rise
+        peak = pd.Series(np.nan, index=df.index)
+        for column in ("memory.peak_allocated_bytes", "memory.peak_rss_increase_bytes"):
+            if column in df:
+                peak = peak.fillna(pd.to_numeric(df[column], errors="coerce"))
+        df["peak_bytes"] = peak
+    return df.sort_values(["run_id", "created"], kind="stable")
+
+
+def _chosen_lr(group: pd.DataFrame) -> pd.DataFrame:
+    """With an --lr-grid, the grid point the tables show: best mean validation accuracy."""
+    multipliers = group["train.lr_multiplier"].dropna().unique()
+    if len(multipliers) < 2:
+        return group
+    ok = group[group["status"] == "ok"]
+    val = ok.groupby("train.lr_multiplier")["metrics.val_accuracy"].mean().dropna()
+    if val.empty:
+        return group
+    best = val.sort_index().idxmax()  # ties: the smaller multiplier
+    return group[group["train.lr_multiplier"] == best]
+
+
+# -- accuracy -----------------------------------------------------------------------------------------
+
+def _accuracy_side(group: pd.DataFrame) -> tuple[dict, np.ndarray]:
+    """One run's seeds of one experiment: the numbers compare reports, and the values in points."""
+    group = _chosen_lr(group.drop_duplicates(["seed", "train.lr_multiplier"], keep="last"))
+    ok = group[(group["status"] == "ok") & group["metrics.accuracy"].notna()].sort_values("seed")
+    # in points, rounded far below any reported digit so that equal seeds have sd exactly 0
+    values = np.round(ok["metrics.accuracy"].to_numpy(dtype=float) * 100.0, 9)
+    n = len(values)
+    mean = float(values.mean()) if n else None
+    n_test = ok["metrics.n_test"].dropna()
+    n_test = int(n_test.median()) if len(n_test) else None
+    se = (100.0 * math.sqrt((mean / 100.0) * (1 - mean / 100.0) / n_test)
+          if mean is not None and n_test else None)
+    lr = group["train.lr"].dropna()
+    side = {
+        "label": group["label"].iloc[-1], "mean": mean, "sd": float(values.std(ddof=1)) if n >= 2 else None,
+        "n": n, "values": [float(v) for v in values], "seeds": [_whole(s) for s in ok["seed"]],
+        "n_test": n_test, "se_test": se, "lr": float(lr.median()) if len(lr) else None,
+        "failed": int(len(group) - n), "run_ids": _run_ids(group),
+        "device_name": _first(group["hardware.device_name"]),
+        "status": "ok" if n else _first(group["status"]),
+        "error": _first(group["error"]) if not n else None,
+    }
+    return side, values
+
+
+def _accuracy_test(a: dict, va: np.ndarray, b: dict, vb: np.ndarray) -> dict:
+    """Change in points (B - A) and whether it is beyond the noise of seeds and test set."""
+    change = b["mean"] - a["mean"]
+    out = {"change": change, "change_pct": None, "p_value": None, "test": None, "threshold": None}
+    if a["n"] >= 2 and b["n"] >= 2:
+        p = None
+        if not (a["sd"] == 0 and b["sd"] == 0):
+            with warnings.catch_warnings():  # near-identical seeds: scipy warns, the p-value stands
+                warnings.simplefilter("ignore", RuntimeWarning)
+                p = float(stats.ttest_ind(vb, va, equal_var=False).pvalue)
+        if p is None or not math.isfinite(p):  # no spread on either side: any change is real
+            p = 1.0 if change == 0 else 0.0
+        out.update(p_value=p, test="welch", significant=p < ALPHA)
+    elif a["se_test"] is not None and b["se_test"] is not None:
+        threshold = SE_FACTOR * math.sqrt(a["se_test"] ** 2 + b["se_test"] ** 2)
+        out.update(test="test-set se", threshold=threshold, significant=abs(change) > threshold)
+    else:
+        out.update(significant=None)
+    return out
+
+
+def _compare_accuracy(ra: pd.Series, rb: pd.Series, ga: pd.DataFrame, gb: pd.DataFrame, base: dict) -> dict:
+    a, va = _accuracy_side(ga)
+    b, vb = _accuracy_side(gb)
+    notes = _setting_notes(ra, rb)
+    if a["lr"] is not None and b["lr"] is not None and not math.isclose(a["lr"], b["lr"]):
+        notes.append(f"lr: {tables.fmt_sig(a['lr'], 3)} {_ARROW} {tables.fmt_sig(b['lr'], 3)}")
+    if a["device_name"] and b["device_name"] and a["device_name"] != b["device_name"]:
+        notes.append(f"device: {a['device_name']} {_ARROW} {b['device_name']}")
+    for name, side in (("A", a), ("B", b)):
+        if side["failed"] and side["n"]:
+            notes.append(f"{name}: {side['failed']} of {side['failed'] + side['n']} seeds failed")
+    reference = str(base["model"]).startswith(REFERENCE_PREFIX)
+    if not a["n"] or not b["n"]:
+        row = _status_row(base, a, b, b.get("error") or a.get("error"))
+    else:
+        result = _accuracy_test(a, va, b, vb)
+        significant = result.pop("significant")
+        threshold = result.pop("threshold")
+        if significant is None:
+            verdict = "not enough data"
+            notes.append("n = 1 and the test-set size is unknown: no test possible")
+        elif not significant or result["change"] == 0:
+            verdict = "within noise"
+        else:
+            verdict = "worse" if result["change"] < 0 else "better"
+        if threshold is not None:
+            notes.append(f"n = 1: a change must exceed 2·se = {threshold:.1f} pts of the test sets")
+        row = dict(base, metric="accuracy", a=a, b=b, verdict=verdict, regression=verdict == "worse",
+                   note="", **result)
+    if reference and row["regression"]:
+        notes.append("reference row: never a regression")
+        row["regression"] = False
+    row["note"] = "; ".join(n for n in [row["note"]] + notes if n)
+    return row
+
+
+# -- speed and memory --------------------------------------------------------------------------------
 
 def _overlap(a_lo, a_hi, b_lo, b_hi) -> bool | None:
-    values = (a_lo, a_hi, b_lo, b_hi)
-    if any(v is None or not np.isfinite(v) for v in values):
+    if any(_missing(v) or not np.isfinite(v) for v in (a_lo, a_hi, b_lo, b_hi)):
         return None
     return not (a_hi < b_lo or b_hi < a_lo)
 
 
-def _status_row(base: dict, a: pd.Series, b: pd.Series) -> dict:
+def _pct(a: float, b: float) -> float | None:
+    return (b - a) / abs(a) * 100.0 if a else None
+
+
+def _speed_side(r: pd.Series) -> dict:
+    return {"label": r["label"], "value": _plain(r["timing.median_ms"]), "p20": _plain(r["timing.p20_ms"]),
+            "p80": _plain(r["timing.p80_ms"]), "run_ids": [r["run_id"]],
+            "device_name": _plain(r["hardware.device_name"]), "status": r["status"]}
+
+
+def _compare_speed(ra: pd.Series, rb: pd.Series, base: dict, threshold_pct: float) -> list[dict]:
+    settings = _setting_notes(ra, rb)
+    a, b = _speed_side(ra), _speed_side(rb)
+    if not all(r["status"] == "ok" and not _missing(r["timing.median_ms"]) for r in (ra, rb)):
+        row = _status_row(base, a, b, rb["error"] if isinstance(rb["error"], str) else None)
+        row["note"] = "; ".join(n for n in [row["note"]] + settings if n)
+        return [row]
+    change_pct = _pct(a["value"], b["value"])
+    overlap = _overlap(a["p20"], a["p80"], b["p20"], b["p80"])
+    if change_pct is None or change_pct == 0 or overlap:
+        verdict, regression = "within noise", False
+    elif overlap is None and abs(change_pct) <= threshold_pct:  # no interval: the threshold is the noise
+        verdict, regression = "within noise", False
+    else:
+        verdict = "worse" if change_pct > 0 else "better"
+        regression = verdict == "worse" and change_pct > threshold_pct
+    note = [] if overlap is not None else ["no p20/p80: the threshold is the noise"]
+    rows = [dict(base, metric="median_ms", a=a, b=b, change=b["value"] - a["value"], change_pct=change_pct,
+                 p_value=None, test="p20-p80 overlap" if overlap is not None else "threshold",
+                 verdict=verdict, regression=regression, note="; ".join(note + settings))]
+    ma, mb = _whole(ra["peak_bytes"]), _whole(rb["peak_bytes"])
+    if ma is not None and mb is not None:
+        change_pct = _pct(ma, mb)
+        if change_pct is None or abs(change_pct) < MEMORY_NOISE_PCT:
+            verdict, regression = "within noise", False
+        else:
+            verdict = "worse" if change_pct > 0 else "better"
+            regression = verdict == "worse" and change_pct > threshold_pct
+        rows.append(dict(base, metric="peak_bytes",
+                         a={"label": a["label"], "value": ma, "run_ids": a["run_ids"]},
+                         b={"label": b["label"], "value": mb, "run_ids": b["run_ids"]},
+                         change=mb - ma, change_pct=change_pct, p_value=None, test="threshold",
+                         verdict=verdict, regression=regression,
+                         note="; ".join(settings)))
+    return rows
+
+
+# -- both -----------------------------------------------------------------------------------------------
+
+def _status_row(base: dict, a: dict, b: dict, error: str | None) -> dict:
     """Cells where A or B has no number: a change of status, not of value."""
     sa, sb = a["status"], b["status"]
-    row = dict(base, metric="status", a=sa, b=sb, change_pct=np.nan, regression=False, note="")
+    row = dict(base, metric="status", a=a, b=b, change=None, change_pct=None, p_value=None, test=None,
+               regression=False, note="")
     if sa == "ok" and sb in ("oom", "error"):
-        row.update(verdict=f"worse (now {tables.status_text(sb)})", regression=True,
-                   note=(b["error"] or "")[:200] if isinstance(b["error"], str) else "")
+        row.update(verdict=f"worse (now {_status_text(sb)})", regression=True, note=(error or "")[:200])
     elif sa == "ok":
         row.update(verdict=f"not measured in B ({sb})")
     elif sb == "ok":
-        row.update(verdict=f"better (was {tables.status_text(sa)})")
+        row.update(verdict=f"better (was {_status_text(sa)})")
     else:
         row.update(verdict=f"unchanged status ({sa} / {sb})" if sa == sb else f"status {sa} -> {sb}")
     return row
 
 
-def _not_comparable(a: pd.Series, b: pd.Series, kind: str) -> str | None:
-    reasons = []
-    for field, label in (("model_config_hash", "model config hash"), ("task_version", "task version")):
-        va, vb = a[field], b[field]
-        if va is not None and vb is not None and va != vb:
-            reasons.append(f"{label} {va} vs {vb}")
-    if kind == "accuracy" and a["provenance"] != b["provenance"]:
-        reasons.append(f"data {a['provenance']} vs {b['provenance']}")
-    return "; ".join(reasons) or None
+def _base(kind: str, row: pd.Series, label: str) -> dict:
+    base = {c: None for c in COLUMNS} | {"kind": kind, "model": row["model"], "label": label,
+                                         "task": row["task"]}
+    if kind == "speed":
+        base.update({k: _whole(row[k]) for k in SPEED_KEYS if k not in ("model", "task")})
+    else:
+        base.update(scale=_plain(row["scale"]), provenance=_provenance(row))
+    return base
 
 
-def _compare_speed(a: pd.Series, b: pd.Series, base: dict, threshold_pct: float) -> list[dict]:
+def _run_ids(group: pd.DataFrame) -> list[str]:
+    return sorted(set(group["run_id"].dropna()))
+
+
+def _experiments(df: pd.DataFrame, keys, fields) -> dict:
+    """{measured key: {experiment identity: records}} of one run, records in writing order."""
+    out: dict = {}
+    for _, row in df.iterrows():
+        out.setdefault(_ident(row, keys), {}).setdefault(_ident(row, fields), []).append(row)
+    return {k: {i: pd.DataFrame(rows) for i, rows in v.items()} for k, v in out.items()}
+
+
+def compare_frames(df_a: pd.DataFrame, df_b: pd.DataFrame,
+                   threshold_pct: float = 10.0) -> tuple[pd.DataFrame, int]:
+    """Compare the records of run A with those of run B (`load_records` frames; see `compare_runs`)."""
+    df_a, df_b = _prepared(df_a), _prepared(df_b)
     rows = []
-    ta, tb = a["timing.median_ms"], b["timing.median_ms"]
-    change = _change(ta, tb)
-    overlap = _overlap(a["timing.p20_ms"], a["timing.p80_ms"], b["timing.p20_ms"], b["timing.p80_ms"])
-    noise = overlap if overlap is not None else abs(change) < threshold_pct
-    verdict, regression = _verdict(change, True, noise, threshold_pct)
-    note = (f"p20-p80 A [{tables.fmt_ms(a['timing.p20_ms'])}, {tables.fmt_ms(a['timing.p80_ms'])}] "
-            f"B [{tables.fmt_ms(b['timing.p20_ms'])}, {tables.fmt_ms(b['timing.p80_ms'])}]"
-            if overlap is not None else "no p20/p80: threshold used as noise")
-    rows.append(dict(base, metric="median time (ms)", a=ta, b=tb, change_pct=change, verdict=verdict,
-                     regression=regression, note=note))
-    ma, mb = a["peak_bytes"], b["peak_bytes"]
-    if np.isfinite(ma) and np.isfinite(mb):
-        change = _change(ma, mb)
-        verdict, regression = _verdict(change, True, abs(change) < MEMORY_NOISE_PCT, threshold_pct)
-        rows.append(dict(base, metric="peak memory (GiB)", a=ma / tables.GIB, b=mb / tables.GIB,
-                         change_pct=change, verdict=verdict, regression=regression,
-                         note=f"noise: below {MEMORY_NOISE_PCT:g}%"))
-    return rows
-
-
-def _compare_accuracy(a: pd.Series, b: pd.Series, base: dict, threshold_pct: float) -> list[dict]:
-    va, vb = a["metrics.accuracy"] * 100.0, b["metrics.accuracy"] * 100.0
-    change = _change(va, vb)
-    verdict, regression = _verdict(change, False, abs(change) < threshold_pct, threshold_pct)
-    return [dict(base, metric="accuracy (%)", a=va, b=vb, change_pct=change, verdict=verdict,
-                 regression=regression, note=f"noise: below {threshold_pct:g}%")]
-
-
-def compare_frames(df_a: pd.DataFrame, df_b: pd.DataFrame, threshold_pct: float = 10.0) -> tuple[pd.DataFrame, int]:
-    """Compare two prepared record frames (see `compare_runs`)."""
-    rows = []
-    for kind, keys in (("speed", tables.SPEED_KEYS), ("accuracy", ACCURACY_KEYS)):
-        a = tables.latest(df_a[df_a["kind"] == kind], keys)
-        b = tables.latest(df_b[df_b["kind"] == kind], keys)
-        index_a = {tuple(r[k] for k in keys): r for _, r in a.iterrows()}
-        index_b = {tuple(r[k] for k in keys): r for _, r in b.iterrows()}
-        for key in sorted(set(index_a) | set(index_b), key=lambda k: [tables._natural(v) for v in k]):
-            ra, rb = index_a.get(key), index_b.get(key)
-            source = ra if ra is not None else rb
-            base = {c: None for c in COLUMNS} | {"kind": kind} | {
-                k: source[k] for k in tables.SPEED_KEYS + ACCURACY_KEYS if k in keys}
-            if ra is None or rb is None:
-                rows.append(dict(base, metric="-", verdict="only in B" if ra is None else "only in A",
-                                 regression=False, note=""))
-                continue
-            reason = _not_comparable(ra, rb, kind)
-            if reason:
-                rows.append(dict(base, metric="-", verdict="not comparable", regression=False, note=reason))
-                continue
-            value = "timing.median_ms" if kind == "speed" else "metrics.accuracy"
-            measured = [r["status"] == "ok" and np.isfinite(r[value]) for r in (ra, rb)]
-            if not all(measured):
-                rows.append(_status_row(base, ra, rb))
-            elif kind == "speed":
-                rows += _compare_speed(ra, rb, base, threshold_pct)
-            else:
-                rows += _compare_accuracy(ra, rb, base, threshold_pct)
+    for kind, keys, fields, pairing in (("speed", SPEED_KEYS, SPEED_GROUP, SPEED_PAIRING),
+                                        ("accuracy", ACCURACY_KEYS, ACCURACY_GROUP, ACCURACY_PAIRING)):
+        exp_a = _experiments(df_a[df_a["kind"] == kind], keys, fields)
+        exp_b = _experiments(df_b[df_b["kind"] == kind], keys, fields)
+        for key in sorted(set(exp_a) | set(exp_b), key=_sort_key):
+            groups_a, groups_b = exp_a.get(key, {}), exp_b.get(key, {})
+            for ia, ib in _pair(list(groups_a), list(groups_b), fields, pairing):
+                ga = groups_a.get(ia) if ia is not None else None
+                gb = groups_b.get(ib) if ib is not None else None
+                ra = ga.iloc[-1] if ga is not None else None
+                rb = gb.iloc[-1] if gb is not None else None
+                source = ra if ra is not None else rb
+                base = _base(kind, source, source["label"])
+                if ra is None or rb is None:
+                    side = {"label": source["label"], "run_ids": _run_ids(ga if ga is not None else gb)}
+                    rows.append(dict(base, metric=None, a=side if ra is not None else None,
+                                     b=side if rb is not None else None, regression=False, note="",
+                                     verdict="only in B" if ra is None else "only in A"))
+                    continue
+                reasons = _incomparable(ra, rb, kind)
+                if reasons:
+                    rows.append(dict(base, metric=None, verdict="not comparable", regression=False,
+                                     a={"label": ra["label"], "run_ids": _run_ids(ga),
+                                        "model_config_hash": ra["model_config_hash"]},
+                                     b={"label": rb["label"], "run_ids": _run_ids(gb),
+                                        "model_config_hash": rb["model_config_hash"]},
+                                     note="; ".join(reasons)))
+                elif kind == "speed":
+                    rows += _compare_speed(ra, rb, base, threshold_pct)
+                else:
+                    rows.append(_compare_accuracy(ra, rb, ga, gb, base))
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    return frame, int(frame["regression"].fillna(False).astype(bool).sum())
+    frame["regression"] = frame["regression"].fillna(False).astype(bool)
+    return frame, int(frame["regression"].sum())
 
 
 def compare_runs(results_dir, run_a: str, run_b: str, threshold_pct: float = 10.0) -> tuple[pd.DataFrame, int]:
-    """Per matching cell of runs A and B: change in percent of median time, peak memory and
-    accuracy with a verdict; returns (frame, number of regressions beyond `threshold_pct`)."""
+    """Per matching cell of runs A and B: accuracy change in points with Welch's test (or the
+    test-set resolution for single seeds), median time and peak memory change in percent, each
+    with a verdict; returns (frame, number of regressions). `threshold_pct` applies to speed and
+    memory only."""
     resolve_runs(results_dir, [run_a, run_b])  # unknown ids: UserError naming the available runs
-    records = tables.prepare(load_records(results_dir, [run_a, run_b]))
-    return compare_frames(records[records["run_id"] == run_a], records[records["run_id"] == run_b],
-                          threshold_pct)
+    frames = []
+    for run_id in (run_a, run_b):  # each run's folder read on its own: a record is its folder's
+        records = load_records(results_dir, [run_id])
+        if records.empty:
+            records = pd.DataFrame(columns=["run_id", "kind", "model", "task", "created"])
+        records["run_id"] = records["run_id"].where(records["run_id"].notna(), run_id)
+        frames.append(records)
+    return compare_frames(frames[0], frames[1], threshold_pct)
+
+
+# -- output ---------------------------------------------------------------------------------------------
+
+def comparison_json(frame: pd.DataFrame, run_a: str, run_b: str, threshold_pct: float) -> dict:
+    """The comparison as plain data: numbers (points, milliseconds, bytes) and run ids, no display
+    text except the verdict and note."""
+    cells = [{c: _whole(row[c]) if c in ("seq_len", "batch_size") else _plain(row[c]) for c in COLUMNS}
+             for _, row in frame.iterrows()]
+    return {"run_a": run_a, "run_b": run_b, "threshold_pct": threshold_pct,
+            "regressions": int(frame["regression"].sum()) if len(frame) else 0,
+            "rules": {"accuracy": f"drop in points: Welch p < {ALPHA:g} (n >= 2 both), else beyond "
+                                  f"{SE_FACTOR:g}*sqrt(se_a^2 + se_b^2) of the test set",
+                      "speed": f"p20-p80 intervals apart and median change > {threshold_pct:g}%",
+                      "memory": f"change > {threshold_pct:g}% (noise below {MEMORY_NOISE_PCT:g}%)"},
+            "cells": cells}
 
 
 def _int(value):
-    """A whole-number field for display; '?' when a damaged record lacks it (NaN after `prepare`)."""
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "?"
-    return int(value) if isinstance(value, float) and value.is_integer() else value
+    """A whole-number field for display; '?' when a damaged record lacks it."""
+    value = _whole(value)
+    return "?" if value is None else value
 
 
 def _category(verdict: str) -> str:
-    for name in ("within noise", "not comparable", "only in", "not measured", "unchanged", "better",
-                 "worse"):
+    for name in ("within noise", "not comparable", "only in A", "only in B", "not measured", "not enough data",
+                 "unchanged", "better", "worse"):
         if verdict.startswith(name):
             return name
     return "status change"
 
 
+def _side_text(side, metric) -> str:
+    if not isinstance(side, dict):
+        return tables.DASH
+    if metric == "accuracy":
+        if side["n"] >= 2:
+            return f"{side['mean']:.1f} ± {side['sd']:.1f} ({side['n']})"
+        return f"{side['mean']:.1f} (1)"
+    if metric == "median_ms":
+        text = tables.fmt_ms(side["value"])
+        if side.get("p20") is not None and side.get("p80") is not None:
+            text += f" [{tables.fmt_ms(side['p20'])}, {tables.fmt_ms(side['p80'])}]"
+        return text
+    if metric == "peak_bytes":  # GiB for GPU cells, MiB or KiB for the small peaks of CPU cells
+        for unit, size in (("GiB", tables.GIB), ("MiB", 1024 ** 2), ("KiB", 1024)):
+            if side["value"] >= 0.1 * size or unit == "KiB":
+                return f"{tables.fmt_sig(side['value'] / size, 3)} {unit}"
+    if metric == "status":
+        return _status_text(side["status"]) if side["status"] != "ok" else "ok"
+    return tables.DASH
+
+
+def _cell_text(row: pd.Series) -> str:
+    if row["kind"] == "speed":
+        return (f"{row['label']} · {row['task']} · L={_int(row['seq_len'])} · b={_int(row['batch_size'])} · "
+                f"{row['dtype']} · {row['device']} · {row['mode']}")
+    scale = f" · {row['scale']}" if row["scale"] else ""
+    return f"{row['label']} · {row['task']}{scale} · {_provenance_text(row['provenance'])}"
+
+
+def _change_text(row: pd.Series) -> str:
+    if row["metric"] == "accuracy" and not _missing(row["change"]):
+        return f"{row['change']:+.1f} pts"
+    if not _missing(row["change_pct"]):
+        return f"{row['change_pct']:+.1f}%"
+    return tables.DASH
+
+
+def _p_text(p) -> str:
+    if _missing(p):
+        return tables.DASH
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def format_comparison(frame: pd.DataFrame, run_a: str, run_b: str, threshold_pct: float) -> str:
-    """The comparison as a Markdown table plus a one-line summary."""
+    """The comparison as a Markdown table, the regressions listed, and a one-line summary."""
     if frame.empty:
-        return f"no cells to compare between {run_a} and {run_b}\n"
-
-    def number(value, metric):
-        if isinstance(value, str) or value is None or (isinstance(value, float) and not np.isfinite(value)):
-            return tables.DASH if value is None or isinstance(value, float) else value
-        if metric == "peak memory (GiB)":
-            return f"{value:.2f}" if value >= 0.1 else tables.fmt_sig(value, 2)
-        return f"{value:.1f}" if metric == "accuracy (%)" else tables.fmt_ms(value)
-
-    display = {}
-    for i, row in frame.iterrows():
-        cell = (f"{row['model']} · {row['task']}"
-                + (f" · L={_int(row['seq_len'])} · b={_int(row['batch_size'])} · {row['dtype']} · "
-                   f"{row['device']} · {row['mode']}" if row["kind"] == "speed" else f" · seed {_int(row['seed'])}"))
-        change = row["change_pct"]
-        display[f"{i:04d}"] = {
-            "cell": cell, "metric": row["metric"], "A": number(row["a"], row["metric"]),
-            "B": number(row["b"], row["metric"]),
-            "change": f"{change:+.1f}%" if isinstance(change, float) and np.isfinite(change) else tables.DASH,
+        return f"no cells to compare between {run_a} and {run_b}\n0 regressions\n"
+    display = []
+    for _, row in frame.iterrows():
+        display.append({
+            "cell": _cell_text(row), "metric": METRIC_LABELS.get(row["metric"], tables.DASH),
+            "A": _side_text(row["a"], row["metric"]), "B": _side_text(row["b"], row["metric"]),
+            "change": _change_text(row), "p": _p_text(row["p_value"]),
             "verdict": row["verdict"] + (" ⚠ regression" if row["regression"] else ""),
             "note": row["note"] or "",
-        }
-    columns = ["cell", "metric", "A", "B", "change", "verdict", "note"]
-    table = pd.DataFrame.from_dict(display, orient="index", columns=columns).set_index("cell")
-    n_reg = int(frame["regression"].astype(bool).sum())
+        })
+    table = pd.DataFrame(display, columns=["cell", "metric", "A", "B", "change", "p", "verdict", "note"])
+    table = table.set_index("cell")
+    n_reg = int(frame["regression"].sum())
     counts = frame["verdict"].map(_category).value_counts()
     table.attrs.update(
-        title=f"Comparison {run_a} (A) -> {run_b} (B)",
-        caption=(f"change = (B - A) / A; time within noise when the p20-p80 intervals overlap, memory "
-                 f"below {MEMORY_NOISE_PCT:g}%, accuracy below {threshold_pct:g}%; regression = worse by "
-                 f"more than {threshold_pct:g}% or newly failing."),
+        title=f"Comparison {run_a} (A) {_ARROW} {run_b} (B)",
+        caption=(f"Accuracy: mean ± sd (n seeds), change in points; a regression is a drop that Welch's "
+                 f"test calls significant (p < {ALPHA:g}) with n ≥ 2 on both sides, or with one seed a drop "
+                 f"beyond {SE_FACTOR:g}·√(se_A² + se_B²) of the test sets; reference rows are never "
+                 f"regressions. Time: median [p20, p80]; a regression needs the intervals apart and the "
+                 f"median more than {threshold_pct:g}% slower (CPU timings are noisy). Memory: within noise "
+                 f"below {MEMORY_NOISE_PCT:g}%, a regression beyond {threshold_pct:g}%. A cell that newly "
+                 f"fails is a regression."),
         left_columns=["metric", "verdict", "note"])
-    summary = (f"{n_reg} regression{'s' if n_reg != 1 else ''} beyond {threshold_pct:g}% "
-               f"({', '.join(f'{n} {v}' for v, n in counts.items())})")
-    flagged = [f"  {c}: {m} {ch} ({v})" for c, m, ch, v, flag in zip(
-        table.index, table["metric"], table["change"], table["verdict"], frame["regression"]) if flag]
+    summary = (f"{n_reg} regression{'s' if n_reg != 1 else ''} (accuracy: significant drop in points; "
+               f"speed/memory: beyond {threshold_pct:g}%) — "
+               + ", ".join(f"{n} {v}" for v, n in counts.items()))
+    flagged = [f"  {cell}: {metric} {change} ({verdict})" for cell, metric, change, verdict, flag in zip(
+        table.index, table["metric"], table["change"], frame["verdict"], frame["regression"]) if flag]
     listing = ("\nRegressions:\n" + "\n".join(flagged) + "\n") if flagged else ""
     return tables.render(table, "markdown") + listing + "\n" + summary + "\n"
