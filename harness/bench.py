@@ -114,8 +114,10 @@ def _reset_peak_rss() -> bool:
 
 # -- one cell, in this process ----------------------------------------------------------------------
 
-def build_classifier(model_name: str, task_name: str, overrides: dict | None = None):
-    """(SequenceModel, registry entry, resolved config, task class) for a model on a task."""
+def build_classifier(model_name: str, task_name: str, overrides: dict | None = None, spec=None):
+    """(SequenceModel, registry entry, resolved config, task class) for a model on a task. `spec`
+    (default: the task class's) lets a task instance describe its inputs, e.g. the pixel statistics
+    of the data set it actually reads."""
     from harness.heads import SequenceModel
     from harness.registry import MODELS, TASKS
 
@@ -123,7 +125,7 @@ def build_classifier(model_name: str, task_name: str, overrides: dict | None = N
     task_cls = TASKS.get(task_name).cls
     config = entry.config(task_name, overrides)
     backbone = entry.build(task_name, overrides)
-    model = SequenceModel(backbone, task_cls.spec, config["d_model"], dropout=config.get("dropout", 0.0),
+    model = SequenceModel(backbone, spec or task_cls.spec, config["d_model"], dropout=config.get("dropout", 0.0),
                           interaction=config.get("interaction", "concat"))
     return model, entry, config, task_cls
 
@@ -155,19 +157,14 @@ def measure_cell(cell: Cell) -> dict:
     """Measure one cell here; returns the record fields (status ok/oom/error/unavailable)."""
     from harness.heads import batch_to, count_parameters
     from harness.registry import MODELS, TASKS, include_file
-    from harness.store import cell_key, config_hash, make_record
+    from harness.store import make_record
 
     for path in cell.includes:
         include_file(path)
+    base = _bare(cell)
     entry = MODELS.get(cell.model)
     task_cls = TASKS.get(cell.task).cls
     config = cell.config(entry)
-    chash = config_hash(config)
-    base = dict(kind="speed", model=cell.model, model_family=entry.family, model_config=config,
-                model_config_hash=chash, task=cell.task, task_version=task_cls.spec.version,
-                seq_len=cell.seq_len, batch_size=cell.batch_size, dtype=cell.dtype, device=cell.device,
-                mode=cell.mode, seed=cell.seed, provenance="synthetic-inputs(random tokens)",
-                cell_key=cell_key(**cell.identity(chash, task_cls.spec.version)))
     ok, reason = entry.availability()
     if not ok:
         return make_record(status="unavailable", error=reason, **base)
@@ -284,17 +281,22 @@ def measure_in_subprocess(cell: Cell, timeout: float | None) -> dict:
 
 
 def _bare(cell: Cell) -> dict:
-    """Record fields known without building the model (for cells whose process died)."""
+    """Record fields known without building the model (also for cells whose process died)."""
+    from harness.env import hardware
+    from harness.records import Provenance
     from harness.registry import MODELS, TASKS
     from harness.store import cell_key, config_hash
 
     entry, spec = MODELS.get(cell.model), TASKS.get(cell.task).cls.spec
-    config = cell.config(entry)
-    chash = config_hash(config)
-    return dict(kind="speed", model=cell.model, model_family=entry.family, model_config=config,
+    arch, runtime = entry.split_config(cell.config(entry))
+    chash = config_hash(arch)
+    inputs = "random tokens" if spec.input_kind == "tokens" else "random pixels"
+    return dict(kind="speed", model=cell.model, model_family=entry.family, model_config=arch,
+                runtime_config=runtime, variant=entry.variant(cell.task, cell.overrides),
                 model_config_hash=chash, task=cell.task, task_version=spec.version, seq_len=cell.seq_len,
                 batch_size=cell.batch_size, dtype=cell.dtype, device=cell.device, mode=cell.mode,
-                seed=cell.seed, cell_key=cell_key(**cell.identity(chash, spec.version)))
+                seed=cell.seed, provenance=Provenance("random-inputs", inputs), hardware=hardware(cell.device),
+                cell_key=cell_key(**cell.identity(chash, spec.version), runtime=runtime))
 
 
 def measure_with_timeout_inprocess(cell: Cell, timeout: float | None) -> dict:

@@ -150,7 +150,7 @@ def _train_name(model: str, config: RunConfig) -> str:
 
 # Options that do not change which cells a run measures, or how: a resumed run may differ in them.
 RESUME_MAY_CHANGE = {"resume", "quiet", "json", "no_report", "isolation", "cell_timeout", "results_dir",
-                     "checkpoint_every", "include", "cache_dir"}
+                     "checkpoint_every", "include", "cache_dir", "no_reference_rows"}
 
 
 def _open_run(config: RunConfig, command: list[str]):
@@ -174,9 +174,12 @@ def _open_run(config: RunConfig, command: list[str]):
 
 
 def _speed_cells(config: RunConfig, models: list[str], device: str, dtype: str, failed_plugins: dict):
+    """The sweep measures the models the accuracy cells train: at a scale with tiny models (smoke),
+    their `*_tiny` variants, so speed and accuracy describe the same networks."""
     from harness.bench import Cell
 
     includes = [p for p in config.include if str(p) not in failed_plugins]  # the child re-imports them
+    models = list(dict.fromkeys(_train_name(m, config) for m in models))
     return [Cell(model=m, task=config.bench_task, seq_len=L, batch_size=config.bench_batch, dtype=dtype,
                  device=device, mode=mode, warmup=config.warmup, iters=config.iters, threads=config.threads,
                  overrides=config.model_overrides,
@@ -194,16 +197,47 @@ def _bench(config: RunConfig, run, models, device, dtype, failed_plugins: dict) 
                      done_keys=run.done_keys())
 
 
+def _references(config: RunConfig, run, tasks: list[str]) -> list[dict]:
+    """The reference rows of every task (majority class, logistic regression on the raw input), fitted
+    on the very splits the models see; once per task and data seed (resume skips them)."""
+    from harness.reference import fit_reference_rows
+    from harness.registry import TASKS
+
+    from harness.store import cell_key
+
+    done, records = run.done_keys(), []
+    for name in tasks:
+        task = TASKS.get(name).cls(scale=config.scale, seed=config.data_seed, data_dir=config.data_dir,
+                                   cache_dir=config.cache_dir)
+        key = cell_key(kind="reference", task=name, task_version=task.spec.version, scale=config.scale,
+                       data_seed=config.data_seed, data_dir=config.data_dir)
+        if key in done:
+            continue
+        try:
+            splits = {s: task.load(s) for s in ("train", "val", "test")}
+        except UserError:
+            raise
+        except Exception:  # the models' cells record the data error; the reference rows have no data
+            continue
+        for record in fit_reference_rows(name, task.spec, splits, scale=config.scale, data_seed=config.data_seed):
+            record["cell_key"] = key  # both rows of a task are one unit of work for --resume
+            run.append(record)
+            records.append(record)
+            if not config.quiet:
+                print(_one_line(record), file=sys.stderr)
+    return records
+
+
 def _train(config: RunConfig, run, models, tasks, device, dtype) -> list[dict]:
     from harness.train import train_cell
 
     done = run.done_keys()
-    jobs = [(m, t, s) for t in tasks for m in models for s in config.seed_list]
+    jobs = [(m, t, s, f) for t in tasks for m in models for f in config.lr_multipliers for s in config.seed_list]
     records = []
     with _progress(len(jobs), "accuracy", config.quiet) as bar:
-        for model, task, seed in jobs:
+        for model, task, seed, multiplier in jobs:
             record = train_cell(_train_name(model, config), task, seed, config, device=device, dtype=dtype,
-                                run=run, progress=bar, done_keys=done)
+                                run=run, progress=bar, done_keys=done, lr_multiplier=multiplier)
             if record is not None:
                 run.append(record)
                 records.append(record)
@@ -216,12 +250,19 @@ def _train(config: RunConfig, run, models, tasks, device, dtype) -> list[dict]:
 
 
 def _one_line(record: dict) -> str:
-    what = f"{record['model']} on {record['task']} (seed {record['seed']})"
-    if record["status"] == "ok":
-        m = record["metrics"]
-        return f"  {what}: test accuracy {100 * m['accuracy']:.1f}% (best val {100 * m['val_accuracy']:.1f}% " \
-               f"at step {m['best_step']}, {m['train_seconds']:.0f} s)"
-    return f"  {what}: {record['status']}: {record.get('error') or ''}"
+    from harness.records import row_label
+
+    train = record.get("train") or {}
+    lr = f", lr {train['lr']:.2g}" if train.get("lr_grid") else ""
+    what = f"{row_label(record['model'], record.get('variant'))} on {record['task']} (seed {record['seed']}{lr})"
+    m = record.get("metrics") or {}
+    if record["status"] != "ok":
+        return f"  {what}: {record['status']}: {record.get('error') or ''}"
+    if record.get("model_family") == "reference":
+        return f"  {what}: test accuracy {100 * m['accuracy']:.1f}% (reference row)"
+    stopped = f", stopped by {m['stopped']} at step {m.get('steps')}" if m.get("stopped") else ""
+    return f"  {what}: test accuracy {100 * m['accuracy']:.1f}% (best val {100 * m['val_accuracy']:.1f}% " \
+           f"at step {m['best_step']}, {m['train_seconds']:.0f} s{stopped})"
 
 
 def _print_tables(config: RunConfig, run_id: str) -> None:
@@ -284,6 +325,8 @@ def cmd_run(args) -> int:
     def body():
         records.extend(_record_broken(run, broken, tasks, config, device, dtype))
         if not config.skip_train:
+            if not config.no_reference_rows:
+                records.extend(_references(config, run, tasks))
             records.extend(_train(config, run, models, tasks, device, dtype))
         if not config.skip_bench:
             records.extend(_bench(config, run, models, device, dtype, failed_plugins))

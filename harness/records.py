@@ -238,9 +238,9 @@ class Record:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise RecordError(f"kind must be one of {KINDS}, got {self.kind!r}")
+            raise RecordError(f"kind is not one of {KINDS}: {self.kind!r}")
         if self.status not in STATUSES:
-            raise RecordError(f"status must be one of {STATUSES}, got {self.status!r}")
+            raise RecordError(f"status is not one of {STATUSES}: {self.status!r}")
         for name in _TEXT:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):

@@ -177,8 +177,9 @@ class Run:
 
     def done_keys(self) -> set[str]:
         """Cells finished with a definitive status (errors and timeouts are retried on resume)."""
-        return {r.get("cell_key") for r in self.records() if r.get("status") in ("ok", "oom", "skipped",
-                                                                                   "unavailable")}
+        return {r.get("cell_key") for r in self.records()
+                if r.get("status") in ("ok", "oom", "skipped", "unavailable")
+                and (r.get("metrics") or {}).get("stopped") != "timeout"}
 
 
 class RunStore:
@@ -277,7 +278,8 @@ def load_records(results_dir: str | Path = "results", runs: list[str] | None = N
             continue
         for record in records:
             typed = Record.from_dict(record)
-            record.setdefault("run_id", run_id)
+            if not record.get("run_id"):  # a line stored without its run id belongs to its folder's run
+                record["run_id"] = run_id
             record["label"] = typed.label  # the row name: model [variant]
             record["lra_eligible"] = typed.lra_eligible
             record["run_started"] = manifest.get("started")
