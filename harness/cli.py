@@ -173,13 +173,16 @@ def _open_run(config: RunConfig, command: list[str]):
     return store.create(command, config.to_dict(), env.capture())
 
 
-def _speed_cells(config: RunConfig, models: list[str], device: str, dtype: str, failed_plugins: dict):
-    """The sweep measures the models the accuracy cells train: at a scale with tiny models (smoke),
-    their `*_tiny` variants, so speed and accuracy describe the same networks."""
+def _speed_cells(config: RunConfig, models: list[str], device: str, dtype: str, failed_plugins: dict,
+                 as_trained: bool = False):
+    """Speed cells of `models`. `as_trained` (the sweep of `run`): measure the networks the accuracy
+    cells train, i.e. the `*_tiny` variants at a scale with tiny models, so speed and accuracy describe
+    the same models. `bench` measures exactly the models named."""
     from harness.bench import Cell
 
     includes = [p for p in config.include if str(p) not in failed_plugins]  # the child re-imports them
-    models = list(dict.fromkeys(_train_name(m, config) for m in models))
+    if as_trained:
+        models = list(dict.fromkeys(_train_name(m, config) for m in models))
     return [Cell(model=m, task=config.bench_task, seq_len=L, batch_size=config.bench_batch, dtype=dtype,
                  device=device, mode=mode, warmup=config.warmup, iters=config.iters, threads=config.threads,
                  overrides=config.model_overrides,
@@ -187,10 +190,10 @@ def _speed_cells(config: RunConfig, models: list[str], device: str, dtype: str, 
             for m in models for mode in config.mode_list for L in config.length_list]
 
 
-def _bench(config: RunConfig, run, models, device, dtype, failed_plugins: dict) -> list[dict]:
+def _bench(config: RunConfig, run, models, device, dtype, failed_plugins: dict, as_trained: bool = False) -> list[dict]:
     from harness.bench import sweep
 
-    cells = _speed_cells(config, models, device, dtype, failed_plugins)
+    cells = _speed_cells(config, models, device, dtype, failed_plugins, as_trained)
     isolate = config.isolation != "inprocess"
     with _progress(len(cells), "speed/memory", config.quiet) as bar:
         return sweep(cells, run, subprocess_isolation=isolate, timeout=config.cell_timeout, progress=bar,
@@ -329,7 +332,7 @@ def cmd_run(args) -> int:
                 records.extend(_references(config, run, tasks))
             records.extend(_train(config, run, models, tasks, device, dtype))
         if not config.skip_bench:
-            records.extend(_bench(config, run, models, device, dtype, failed_plugins))
+            records.extend(_bench(config, run, models, device, dtype, failed_plugins, as_trained=True))
 
     code = _interruptible(run, body)
     if code:

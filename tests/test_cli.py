@@ -43,6 +43,14 @@ def test_run_end_to_end_prints_tables_and_writes_report(workdir, data_cache):
     assert manifest["status"] == "finished" and manifest["command"][:4] == ["python", "-m", "harness", "run"]
 
 
+def test_bench_measures_exactly_the_named_models(workdir):
+    # `run` sweeps the tiny variants it trained at smoke scale; `bench` must never swap a model.
+    assert main(["bench", "--models", "transformer", "--bench-task", "listops", "--lengths", "32",
+                 "--batch-size", "1", *FAST_BENCH]) == 0
+    speed = load_records(workdir / "results")
+    assert list(speed["model"]) == ["transformer"] and list(speed["status"]) == ["ok"]
+
+
 @pytest.mark.parametrize("argv,code,fragment", [
     (["run", "--models", "transfomer"], 2, "did you mean 'transformer'"),
     (["bench", "--models", "transformer", "--lengths", "1024,abc"], 2, "'abc' is not an integer"),
