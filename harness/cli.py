@@ -222,7 +222,9 @@ def _references(config: RunConfig, run, tasks: list[str]) -> list[dict]:
             raise
         except Exception:  # the models' cells record the data error; the reference rows have no data
             continue
-        for record in fit_reference_rows(name, task.spec, splits, scale=config.scale, data_seed=config.data_seed):
+        rows = fit_reference_rows(name, task.input_spec(), splits, scale=config.scale, data_seed=config.data_seed,
+                                  seq_len=task.seq_len)
+        for record in rows:
             record["cell_key"] = key  # both rows of a task are one unit of work for --resume
             run.append(record)
             records.append(record)

@@ -130,6 +130,11 @@ class Task(abc.ABC):
         """Read or generate one split ('train', 'val' or 'test')."""
 
     # -- provided ------------------------------------------------------------------------------
+    def input_spec(self) -> TaskSpec:
+        """The spec the model is built with for this instance's data (e.g. the pixel statistics of
+        the data set actually read, or a scale's vocabulary); the class spec by default."""
+        return self.spec
+
     @property
     def seq_len(self) -> int:
         return int(self.sizes(self.scale).get("seq_len", self.spec.seq_len))

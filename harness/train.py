@@ -158,13 +158,6 @@ class Limits:
     cell_timeout: float | None = None  # wall-clock seconds of the whole fit (--cell-timeout)
 
 
-def input_spec(task):
-    """The spec the classifier embeds inputs with: the task instance's `input_spec()` when it has
-    one (e.g. the pixel statistics of the data set it actually reads), else its class spec."""
-    method = getattr(task, "input_spec", None)
-    return method() if callable(method) else type(task).spec
-
-
 def cell_identity(model_name: str, task_name: str, seed: int, config: RunConfig, *, device: str, dtype: str,
                   lr_multiplier: float = 1.0) -> dict:
     """Everything that describes one accuracy cell before it runs: the resolved training settings,
@@ -213,7 +206,7 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
     base["seq_len"] = task.seq_len
     try:
         splits = {s: task.load(s) for s in ("train", "val", "test")}
-        spec = input_spec(task)
+        spec = task.input_spec()  # e.g. the pixel statistics of the data set actually read
     except Exception as exc:
         from harness.errors import UserError
 

@@ -8,8 +8,9 @@ by 255.5 and truncate (saturating cast). So gray = trunc(255.5 * sum_c w_c * x_c
 `convert('L')` (0.299/0.587/0.114, rounded) can differ by 1.
 
 Two registered tasks share this code:
-- `image`: pixels as real values (input_kind "real", stored uint8, embedded as (p/255 - 0.48)/0.24,
-  the MEGA / S4 style, mega.md §6);
+- `image`: pixels as real values (input_kind "real", stored uint8, embedded as (p/255 - mean)/std,
+  the MEGA / S4 style, mega.md §6); mean/std are CIFAR-10's 0.48/0.24, and a stand-in uses its own
+  statistics (`input_spec()`);
 - `image_tokens`: pixels as tokens, id = pixel + 1 (vocab 257), so a black pixel is not padding
   (LRA used the raw value 0-255 and masked 0, lra.md §3 "padding-mask quirk").
 
@@ -20,17 +21,24 @@ from a seeded permutation of the 50,000 training images (`options["split_seed"]`
 seed; LRA used train[:90%] / train[90%:]), test = the 10,000 test images. Smaller scales use the head
 of each seeded split, and smoke mean-pools 2x2 to 16x16 = 256 pixels (recorded in the provenance).
 
-Without CIFAR-10 the task is a labelled stand-in, never silently:
-- `stand-in(fashion-mnist)`: Fashion-MNIST from Debian's `dataset-fashion-mnist` package (IDX .gz
-  files in /usr/share/datasets/fashion-mnist/, or `options["fashion_mnist_dir"]`), 28x28 zero-padded
-  to 32x32; a different, easier dataset with the same shape;
-- `stand-in(synthetic-shapes)` when that package is absent: ten classes of drawn shapes (disk,
-  ring, square, frame, triangle, bars, diagonal, plus, cross) with random size, place, brightness and
+Without CIFAR-10 the task is a labelled stand-in, never silently (provenance kind "stand-in"):
+- Fashion-MNIST (Xiao et al. 2017, MIT licence, Zalando SE), 28x28 zero-padded to 32x32, split like
+  CIFAR's training set (5,000 validation images of the 60,000); a different, easier data set with
+  the same shape. Read from, in order:
+  * the full copy of Debian's `dataset-fashion-mnist` package (IDX .gz files in
+    /usr/share/datasets/fashion-mnist/, or `options["fashion_mnist_dir"]`);
+  * the subset embedded in this repository, `tasks/data/fashion_mnist_16x16.npz` (built by
+    `tasks/data/build_fashion_mnist.py` from the Debian copy): exactly the already-pooled 16x16
+    images the smoke scale uses with split seed 0, so the default run needs nothing installed and
+    gives the same numbers as the full copy. It serves only that scale and split seed.
+- synthetic shapes, when neither fits (with a warning): ten classes of drawn shapes (disk, ring,
+  square, frame, triangle, bars, diagonal, plus, cross) with random size, place, brightness and
   noise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -45,6 +53,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from harness.errors import UserError
+from harness.records import Provenance
 from harness.registry import register_task
 from harness.task import Task, TaskData, TaskSpec
 from tasks.byte_text import files_fingerprint
@@ -57,12 +66,22 @@ TF_GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
                  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+# Smoke: 2,000 test images put the test set's binomial standard error near 1 point (statistics.md).
 SCALES = {
-    "smoke": dict(train=2000, val=250, test=250, pool=2, batch_size=16),
+    "smoke": dict(train=5000, val=1000, test=2000, pool=2, batch_size=16),
     "small": dict(train=10000, val=1000, test=2000, pool=1),
     "paper": dict(train=45000, val=5000, test=10000, pool=1),
 }
 N_VAL = 5000  # of the 50,000 CIFAR training images
+EMBEDDED_FASHION = Path(__file__).resolve().parent / "data" / "fashion_mnist_16x16.npz"
+EMBEDDED_SCALE, EMBEDDED_SPLIT_SEED = "smoke", 0  # the only smoke data the embedded subset holds
+REBUILD = "python -m tasks.data.build_fashion_mnist"
+# Pixel statistics of p/255, the real-valued embedding's (v - mean) / std. CIFAR-10: MEGA's / S4's
+# constants. Fashion-MNIST: all 60,000 training images zero-padded to 32x32 (computed once from the
+# Debian copy; tests/test_default_data.py recomputes them). Synthetic shapes: 2,000 drawn images.
+CIFAR_STATS = (0.48, 0.24)
+FASHION_STATS = (0.2190, 0.3318)
+SHAPES_STATS = (0.097, 0.232)
 
 
 # -- CIFAR-10 --------------------------------------------------------------------------------------
@@ -136,6 +155,27 @@ def read_fashion_mnist(root: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
     images_file, labels_file = FASHION_FILES[part]
     images, labels = read_idx(root / images_file), read_idx(root / labels_file).astype(np.int64)
     return np.pad(images, ((0, 0), (2, 2), (2, 2))), labels
+
+
+@functools.lru_cache(maxsize=2)
+def read_embedded_fashion(path: Path = EMBEDDED_FASHION) -> dict:
+    """The embedded subset: {split: ((N, 256) uint8 pooled pixels, (N,) int64 labels)} and its sha256."""
+    try:
+        raw = path.read_bytes()
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            out = {split: (np.asarray(z[f"{split}_pixels"]), np.asarray(z[f"{split}_labels"]).astype(np.int64))
+                   for split in SPLITS}
+    except Exception as exc:
+        raise UserError(f"{path}: unreadable embedded Fashion-MNIST subset ({type(exc).__name__}: {exc}); "
+                        f"rebuild it with `{REBUILD}` or install Debian's dataset-fashion-mnist", exit_code=1)
+    for split, (pixels, labels) in out.items():
+        if pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != (SIDE // 2) ** 2 \
+                or labels.shape != (len(pixels),) or (labels.size and not 0 <= labels.min() <= labels.max() <= 9):
+            raise UserError(f"{path}: split {split} holds pixels {pixels.shape} {pixels.dtype} and labels "
+                            f"{labels.shape}; expected (N, 256) uint8 and N labels 0-9; rebuild it with "
+                            f"`{REBUILD}`", exit_code=1)
+    out["sha256"] = hashlib.sha256(raw).hexdigest()
+    return out
 
 
 def draw_shape(rng: np.random.Generator, label: int) -> np.ndarray:
@@ -223,27 +263,55 @@ class ImageBase(Task):
     def fashion_dir(self) -> Path:
         return Path(self.options.get("fashion_mnist_dir", FASHION_MNIST_DIR))
 
-    @property
+    def embedded_fits(self) -> bool:
+        """The embedded subset holds this run's images: smoke scale, 2x2 pooling, split seed 0."""
+        return (self.scale == EMBEDDED_SCALE and self.split_seed == EMBEDDED_SPLIT_SEED
+                and self.sizes(self.scale)["pool"] == SCALES[EMBEDDED_SCALE]["pool"] and EMBEDDED_FASHION.is_file())
+
+    @functools.cached_property
     def source_name(self) -> str:
+        """cifar10 | fashion-mnist (the full Debian copy) | fashion-mnist-embedded | synthetic-shapes."""
         if self.cifar_dir is not None:
             return "cifar10"
         if all((self.fashion_dir / f).is_file() for pair in FASHION_FILES.values() for f in pair):
             return "fashion-mnist"
+        if self.embedded_fits():
+            return "fashion-mnist-embedded"
+        warnings.warn(f"task {self.name}: no CIFAR-10 (--data-dir) and no Debian dataset-fashion-mnist, and the "
+                      f"embedded Fashion-MNIST subset serves only --scale smoke with data seed 0; using "
+                      f"synthetic shapes", stacklevel=3)  # past cached_property: the caller's line
         return "synthetic-shapes"
 
+    def input_spec(self) -> TaskSpec:
+        """The spec with the pixel statistics of the data set actually read (real-valued input only)."""
+        if self.spec.input_kind != "real":
+            return self.spec
+        name = self.source_name
+        mean, std = (CIFAR_STATS if name == "cifar10" else SHAPES_STATS if name == "synthetic-shapes"
+                     else FASHION_STATS)
+        return dataclasses.replace(self.spec, real_mean=mean, real_std=std)
+
     @property
-    def provenance(self) -> str:
+    def provenance(self) -> Provenance:
         s = self.sizes(self.scale)
         reduced = f"n={s['train']}/{s['val']}/{s['test']}"
         if s["pool"] > 1:
             reduced += f", pool={s['pool']} ({SIDE // s['pool']}x{SIDE // s['pool']})"
         name = self.source_name
         if name == "cifar10":
-            note = "" if self.scale == "paper" and s["pool"] == 1 else f"subset {reduced}, "
-            return f"user-data(cifar-10-batches-py; {note}tf-grayscale, split_seed={self.split_seed})"
+            whole = self.scale == "paper" and s["pool"] == 1
+            return Provenance("official", "cifar-10", subset=None if whole else reduced,
+                              parameters=dict(reader="cifar-10-batches-py", grayscale="tf.image.rgb_to_grayscale",
+                                              split_seed=self.split_seed))
+        if name == "synthetic-shapes":
+            return Provenance("stand-in", "synthetic-shapes", subset=reduced, parameters=dict(seed=self.seed))
+        params = dict(image="28x28 zero-padded to 32x32", split_seed=self.split_seed)
         if name == "fashion-mnist":
-            return f"stand-in(fashion-mnist; 28x28 padded to 32x32, {reduced})"
-        return f"stand-in(synthetic-shapes; {reduced})"
+            params["copy"] = f"full (Debian dataset-fashion-mnist, {self.fashion_dir})"
+        else:
+            params["copy"] = "embedded subset (tasks/data/fashion_mnist_16x16.npz)"
+            params["sha256"] = read_embedded_fashion()["sha256"]
+        return Provenance("stand-in", "fashion-mnist", subset=reduced, parameters=params)
 
     def cache_key(self, split: str) -> str:
         ident = super().cache_key(split) + self.source_name
@@ -252,7 +320,15 @@ class ImageBase(Task):
             ident += files_fingerprint(files)
         elif self.source_name == "fashion-mnist":
             ident += str(self.fashion_dir.resolve())
+        elif self.source_name == "fashion-mnist-embedded":
+            ident += read_embedded_fashion()["sha256"]
         return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+    def split_index(self, n_images: int, split: str) -> np.ndarray:
+        """Indices into the training images of the train or val split (seeded permutation, val first)."""
+        perm = np.random.default_rng(self.split_seed).permutation(n_images)
+        n_val = min(N_VAL, n_images // 10)
+        return perm[:n_val] if split == "val" else perm[n_val:]
 
     def gray_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Full split (before the scale's head cut): (N, 32, 32) uint8 gray images, (N,) labels."""
@@ -271,9 +347,7 @@ class ImageBase(Task):
             images, labels = read_fashion_mnist(self.fashion_dir, "test" if split == "test" else "train")
             if split == "test":
                 return images, labels
-        perm = np.random.default_rng(self.split_seed).permutation(len(images))
-        n_val = min(N_VAL, len(images) // 10)
-        index = perm[:n_val] if split == "val" else perm[n_val:]
+        index = self.split_index(len(images), split)
         return images[index], labels[index]
 
     def pixels(self, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -281,6 +355,12 @@ class ImageBase(Task):
         if split not in SPLITS:
             raise UserError(f"task {self.name}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         s = self.sizes(self.scale)
+        if self.source_name == "fashion-mnist-embedded":  # stored already pooled
+            pixels, labels = read_embedded_fashion()[split]
+            if len(pixels) < s[split]:
+                raise UserError(f"{EMBEDDED_FASHION}: {len(pixels)} {split} images, the smoke scale needs "
+                                f"{s[split]}; rebuild it with `{REBUILD}`", exit_code=1)
+            return pixels[: s[split]], labels[: s[split]]
         images, labels = self.gray_split(split)
         images, labels = images[: s[split]], labels[: s[split]]
         return pool_pixels(images, s["pool"]), labels
@@ -293,7 +373,7 @@ class ImageTask(ImageBase):
         splits=dict(train=45000, val=5000, test=10000), lra=True, version="1",
         real_mean=0.48, real_std=0.24, real_scale=1 / 255,
         description="Sequential grayscale CIFAR-10 (TF grayscale), 1024 pixels as real values "
-                    "normalised (p/255-0.48)/0.24",
+                    "normalised (p/255-0.48)/0.24 (a stand-in uses its own pixel statistics)",
     )
 
     def build(self, split: str) -> TaskData:

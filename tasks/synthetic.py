@@ -21,7 +21,10 @@ in that position's label. The rule of each task:
   with one trigger (or more, `num_triggers`) each followed by the same copied token; the last position
   L-1 holds the trigger as the query. Label: the copied token at L-1 only. Nothing follows the
   query, so the answer is visible only after the earlier trigger(s).
-- mqar: ids 0 pad, 1 blank, keys in [2, V/2), values in [V/2, V) (V = 8192, zoology's setting).
+- mqar: ids 0 pad, 1 blank, keys in [2, V/2), values in [V/2, V) (V = 8192, zoology's setting, at
+  small and paper scale; smoke draws from 32 keys and 32 values, so its vocabulary is V = 68 and the
+  classifier covers only the ids in use instead of 8,192 classes at every position; `input_spec()`
+  gives the model that per-scale vocabulary).
   N distinct keys with N distinct values fill positions 0..2N-1 as k1 v1 ... kN vN. Each key is
   queried once at position 2N + 2*gap, gaps drawn without replacement with p(i) ∝ a*i^(a-1),
   a = 0.01 (Gumbel top-k, the same law as sequential sampling). The query position holds the key,
@@ -29,15 +32,19 @@ in that position's label. The rule of each task:
   the value cannot appear next to its query). A value occurs in the input only inside its pair.
 
 Data is a pure function of (seed, split, sizes): each split has its own numpy generator
-`default_rng([seed, split_index, task_salt])`. Provenance: `regenerated(seed=..., <parameters>)`.
+`default_rng([seed, split_index, task_salt])`. Provenance: kind "regenerated", the generator's name
+as source, the split sizes as subset, and the seed and generator settings as parameters.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import torch
 
 from harness.errors import UserError
+from harness.records import Provenance
 from harness.registry import register_task
 from harness.task import IGNORE_INDEX, Task, TaskData, TaskSpec
 
@@ -49,6 +56,7 @@ class SyntheticTask(Task):
 
     SCALES: dict = {}
     SALT: int = 0  # separates the random streams of the different tasks
+    GENERATOR: str = ""  # the provenance source, e.g. "mqar-generator"
     INT_OPTIONS: tuple = ("seq_len",)
 
     def sizes(self, scale: str) -> dict:
@@ -73,10 +81,11 @@ class SyntheticTask(Task):
         return np.random.default_rng([self.seed, SPLITS.index(split), self.SALT])
 
     @property
-    def provenance(self) -> str:
+    def provenance(self) -> Provenance:
         s = self.sizes(self.scale)
-        params = ", ".join(f"{k}={v}" for k, v in s.items() if k not in SPLITS)
-        return f"regenerated(seed={self.seed}, n={s['train']}/{s['val']}/{s['test']}, {params})"
+        params = dict(seed=self.seed, **{k: v for k, v in s.items() if k not in SPLITS})
+        return Provenance("regenerated", self.GENERATOR, subset=f"n={s['train']}/{s['val']}/{s['test']}",
+                          parameters=params)
 
     def pack(self, inputs: np.ndarray, labels: np.ndarray) -> TaskData:
         n, length = inputs.shape
@@ -114,6 +123,7 @@ class SelectiveCopy(SyntheticTask):
                     "answered at the 16 trailing marker positions",
     )
     SALT = 101
+    GENERATOR = "selective-copy-generator"
     INT_OPTIONS = ("seq_len", "n_tokens")
     # Mamba: length 4096, 16 tokens to memorise, alphabet of 16 (noise + 14 data + marker); its
     # training data is fresh every step, ours is a fixed set of the sizes below.
@@ -169,6 +179,7 @@ class InductionHeads(SyntheticTask):
                     "followed the earlier trigger",
     )
     SALT = 202
+    GENERATOR = "induction-heads-generator"
     INT_OPTIONS = ("seq_len", "num_triggers", "test_len")
     # Mamba: vocab 16, train length 256, 8192 steps x batch 8 per epoch; `test_len` (option) builds the
     # test split at another length for extrapolation (Mamba tests 2^6..2^20).
@@ -242,27 +253,43 @@ def mqar_examples(rng: np.random.Generator, n: int, seq_len: int, num_kv: int, k
 class MQAR(SyntheticTask):
     spec = TaskSpec(
         seq_len=256, input_kind="tokens", vocab_size=MQAR_VOCAB, num_classes=MQAR_VOCAB, target="token",
-        splits=dict(train=100000, val=3000, test=3000), version="1",
+        splits=dict(train=100000, val=3000, test=3000), version="2",
         description="Multi-query associative recall (zoology): N key-value pairs, then each key queried "
-                    "once; the value is the label at the query position",
+                    "once; the value is the label at the query position (vocabulary 8192; smoke 68)",
     )
     SALT = 303
-    INT_OPTIONS = ("seq_len", "num_kv", "key_pool")
+    GENERATOR = "mqar-generator"
+    INT_OPTIONS = ("seq_len", "num_kv", "key_pool", "vocab")
     # Zoology figure 2: V = 8192, (L, N) in {(64,4), (128,8), (256,16)}, 100k train / 3k test. Smoke
-    # draws keys and values from 32 of each so a tiny model can make progress.
+    # draws keys and values from 32 of each so a tiny model can make progress, and its vocabulary
+    # holds just those ids (2 + 32 keys, then 32 values from V/2 = 34): the output layer scores 68
+    # classes, not 8,192, at each of the 128 positions. Version 2: that smoke vocabulary.
     SCALES = {
-        "smoke": dict(train=2000, val=250, test=250, seq_len=128, num_kv=8, key_pool=32),
-        "small": dict(train=20000, val=1000, test=1000, seq_len=256, num_kv=16, key_pool=MQAR_VOCAB // 2 - 2),
-        "paper": dict(train=100000, val=3000, test=3000, seq_len=256, num_kv=16, key_pool=MQAR_VOCAB // 2 - 2),
+        "smoke": dict(train=2000, val=250, test=250, seq_len=128, num_kv=8, key_pool=32, vocab=68),
+        "small": dict(train=20000, val=1000, test=1000, seq_len=256, num_kv=16, key_pool=MQAR_VOCAB // 2 - 2,
+                      vocab=MQAR_VOCAB),
+        "paper": dict(train=100000, val=3000, test=3000, seq_len=256, num_kv=16, key_pool=MQAR_VOCAB // 2 - 2,
+                      vocab=MQAR_VOCAB),
     }
+    MAX_VOCAB = 2 ** 15 - 1  # inputs are stored as int16
 
     def check(self, s: dict) -> None:
         if s["num_kv"] < 1 or 4 * s["num_kv"] > s["seq_len"]:
             raise UserError(f"task mqar: needs 1 <= num_kv and 4*num_kv <= seq_len (zoology's constraint), "
                             f"got num_kv={s['num_kv']}, seq_len={s['seq_len']}")
-        if not s["num_kv"] <= s["key_pool"] <= MQAR_VOCAB // 2 - 2:
-            raise UserError(f"task mqar: key_pool={s['key_pool']} must be between num_kv and {MQAR_VOCAB // 2 - 2}")
+        if not 2 * (s["num_kv"] + 2) <= s["vocab"] <= self.MAX_VOCAB:
+            raise UserError(f"task mqar: vocab={s['vocab']} must be between 2*(num_kv+2) = {2 * (s['num_kv'] + 2)} "
+                            f"and {self.MAX_VOCAB}")
+        if not s["num_kv"] <= s["key_pool"] <= s["vocab"] // 2 - 2:
+            raise UserError(f"task mqar: key_pool={s['key_pool']} must be between num_kv and vocab/2-2 "
+                            f"({s['vocab'] // 2 - 2})")
+
+    def input_spec(self) -> TaskSpec:
+        """The spec with this scale's vocabulary: token ids and classes are both 0..vocab-1."""
+        vocab = self.sizes(self.scale)["vocab"]
+        return dataclasses.replace(self.spec, vocab_size=vocab, num_classes=vocab)
 
     def build(self, split: str) -> TaskData:
         s = self.sizes(self.scale)
-        return self.pack(*mqar_examples(self.rng(split), s[split], s["seq_len"], s["num_kv"], s["key_pool"]))
+        return self.pack(*mqar_examples(self.rng(split), s[split], s["seq_len"], s["num_kv"], s["key_pool"],
+                                        vocab=s["vocab"]))

@@ -48,7 +48,7 @@ def test_text_reads_aclimdb_with_a_carved_validation_split(tmp_path):
         assert [int(b" pos " in d) for d in docs[s]] == parts[s].labels.tolist()
     assert "caf\u00e9 ".encode() in docs["test"][0] and b"<br />" in docs["test"][0]
     assert parts["train"].inputs.shape[1] == 4096
-    assert parts["train"].provenance.startswith("user-data(imdb aclimdb")
+    assert (parts["train"].provenance.kind, parts["train"].provenance.source) == ("official", "imdb (aclimdb)")
 
 
 def test_text_lra_original_profile_validates_on_test(tmp_path):
@@ -56,7 +56,7 @@ def test_text_lra_original_profile_validates_on_test(tmp_path):
     task = Text(scale="paper", data_dir=tmp_path, options={"profile": "lra-original"})
     val, test = task.build("val"), task.build("test")
     assert torch.equal(val.inputs, test.inputs) and len(task.build("train")) == 12
-    assert "val=test (lra-original)" in val.provenance
+    assert "val=test (lra-original)" in val.provenance.parameters["validation"]
     with pytest.raises(UserError, match="profile"):
         Text(scale="smoke", data_dir=tmp_path, options={"profile": "s4"}).build("train")
 
@@ -67,7 +67,7 @@ def test_text_reads_an_exported_jsonl_and_csv(tmp_path):
         rows = [{"text": f'{part} "quoted", review {i}', "label": i % 2} for i in range(10)]
         (tmp_path / "imdb" / f"{part}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     data = Text(scale="smoke", data_dir=tmp_path, options={"seq_len": 64}).build("test")
-    assert len(data) == 10 and data.inputs.shape == (10, 64) and "jsonl" in data.provenance
+    assert len(data) == 10 and data.inputs.shape == (10, 64) and "jsonl" in data.provenance.source
     csv_dir = tmp_path / "csv"
     csv_dir.mkdir()
     for part in ("train", "test"):
@@ -85,7 +85,7 @@ def test_text_stand_in_labels_follow_planted_keywords():
     assert [keyword_label(d) for d in docs] == labels
     assert 0.35 < np.mean(labels) < 0.65 and all(128 <= len(d) <= 256 for d in docs)
     data = Text(scale="smoke", seed=0).build("val")
-    assert data.provenance.startswith("stand-in(synthetic-keywords")
+    assert (data.provenance.kind, data.provenance.source) == ("stand-in", "synthetic-keywords")
     assert [keyword_label(decode_ids(x, int(n))) for x, n in zip(data.inputs, data.lengths)] == data.labels.tolist()
 
 
@@ -118,7 +118,7 @@ def test_aan_tsv_is_read_with_quoting_off(tmp_path):
     assert decode_ids(data.inputs[0], int(data.lengths[0])) == b'"Quoted title" starts the text'
     assert decode_ids(data.inputs2[1], int(data.lengths2[1])) == b'"unbalanced quote'
     assert int(data.lengths[2]) == 4000 and data.inputs.shape[1] == 4000  # 10,000 raw bytes, then 4000
-    assert data.provenance == "official-release" and Retrieval.spec.dual
+    assert (data.provenance.kind, data.provenance.source) == ("official", "lra-release (aan)") and Retrieval.spec.dual
 
 
 def test_corrupt_aan_tsv_gives_a_clear_error(tmp_path):
@@ -139,7 +139,7 @@ def test_retrieval_stand_in_pairs_share_a_span_exactly_when_positive():
         assert (span_a == span_b) == bool(label)
     data = Retrieval(scale="smoke").build("train")
     assert data.inputs2.shape == data.inputs.shape == (2000, 256)
-    assert data.provenance.startswith("stand-in(synthetic-citation")
+    assert (data.provenance.kind, data.provenance.source) == ("stand-in", "synthetic-citation")
 
 
 # -- Image -----------------------------------------------------------------------------------------
@@ -170,7 +170,8 @@ def test_cifar_pickles_are_read_and_converted_like_tf(tmp_path):
     assert [len(parts[s]) for s in parts] == [90, 10, 20]  # val = 10% of 100 here (5,000 of 50,000 for real)
     assert parts["test"].inputs.dtype == torch.uint8 and parts["test"].inputs.shape == (20, 1024)
     assert torch.equal(parts["test"].inputs, torch.from_numpy(gray.reshape(20, 1024)))
-    assert parts["train"].provenance.startswith("user-data(cifar-10-batches-py")
+    p = parts["train"].provenance
+    assert (p.kind, p.source) == ("official", "cifar-10")
     tokens = ImageTokens(scale="paper", data_dir=tmp_path).build("test")
     assert torch.equal(tokens.inputs.long(), parts["test"].inputs.long() + 1)  # id = pixel + 1, 0 stays pad
 
@@ -203,9 +204,10 @@ def test_image_stand_ins_are_labelled(tmp_path):
         write_idx(tmp_path / f"{part}-images-idx3-ubyte.gz", rng.integers(1, 256, size=(n, 28, 28)))
         write_idx(tmp_path / f"{part}-labels-idx1-ubyte.gz", rng.integers(0, 10, size=n))
     data = ImageTask(scale="paper", options={"fashion_mnist_dir": str(tmp_path)}).build("test")
-    assert data.provenance.startswith("stand-in(fashion-mnist") and data.inputs.shape == (10, 1024)
+    assert (data.provenance.kind, data.provenance.source) == ("stand-in", "fashion-mnist") and data.inputs.shape == (10, 1024)
     grid = data.inputs.view(10, 32, 32)
     assert (grid[:, :2] == 0).all() and (grid[:, 2:30, 2:30] > 0).all()  # 28x28 zero-padded to 32x32
-    shapes = ImageTask(scale="smoke", options={"fashion_mnist_dir": str(tmp_path / "absent")}).build("val")
-    assert shapes.provenance.startswith("stand-in(synthetic-shapes") and shapes.inputs.shape == (250, 256)
+    with pytest.warns(UserWarning, match="synthetic shapes"):
+        shapes = ImageTask(scale="smoke", seed=1, options={"fashion_mnist_dir": str(tmp_path / "absent")}).build("val")
+    assert shapes.provenance.source == "synthetic-shapes" and shapes.inputs.shape == (1000, 256)
     assert len(set(shapes.labels.tolist())) == 10
