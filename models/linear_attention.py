@@ -268,6 +268,8 @@ class LinearAttentionEncoder(TransformerEncoder):
 # no counterpart in linear attention (no attention matrix), so `attn_dropout` is dropped.
 TASK_CONFIGS = {task: {k: v for k, v in cfg.items() if k != "attn_dropout"}
                 for task, cfg in TRANSFORMER_TASK_CONFIGS.items()}
+# The Transformer's tiny variant (same size, dropout 0), without the attention-weight dropout.
+TINY = {k: v for k, v in TRANSFORMER_TINY.items() if k != "attn_dropout"}
 # LRA's training settings as for the Transformer; Path-X (absent there) reuses Pathfinder's.
 TRAIN_CONFIGS = dict(TRANSFORMER_TRAIN_CONFIGS)
 TRAIN_CONFIGS.setdefault("pathx", dict(TRANSFORMER_TRAIN_CONFIGS["pathfinder"]))
@@ -287,7 +289,7 @@ PERFORMER_DEFAULTS = dict(
 
 @register_model("linear_transformer", family="linear-attention", paper=PAPER_LINEAR,
                 complexity="O(L)", defaults=COMMON_DEFAULTS, task_configs=TASK_CONFIGS,
-                train_configs=TRAIN_CONFIGS, tiny=dict(TRANSFORMER_TINY))
+                train_configs=TRAIN_CONFIGS, tiny=TINY)
 def linear_transformer(**cfg):
     """Linear Transformer (elu+1 feature map), LRA Transformer layout"""
     return LinearAttentionEncoder(attention="linear", **cfg)
@@ -295,7 +297,7 @@ def linear_transformer(**cfg):
 
 @register_model("performer", family="linear-attention", paper=PAPER_PERFORMER, complexity="O(L)",
                 defaults=PERFORMER_DEFAULTS, task_configs=TASK_CONFIGS, train_configs=TRAIN_CONFIGS,
-                tiny=dict(TRANSFORMER_TINY))
+                tiny=TINY)
 def performer(**cfg):
     """Performer (FAVOR+ positive orthogonal random features), LRA Transformer layout"""
     return LinearAttentionEncoder(attention="performer", **cfg)

@@ -329,11 +329,14 @@ DEFAULTS = dict(
     chunk_size=None,  # chunk of the PyTorch scan; None = about sqrt(L)
     recompute_scan=True,  # PyTorch scan: recompute it in backward (memory O(B L E), not O(B L E N))
 )
-TINY = dict(d_model=32, n_layers=2, d_state=8, expand=2)
+# Tiny (parameter-matched to the other families' tiny variants, dropout 0: see models/transformer.py
+# TINY): Mamba's own d_state 16 and expand 2.
+TINY = dict(d_model=32, n_layers=2, d_state=16, expand=2, dropout=0.0)
 
 
 @register_model("mamba", family="ssm", paper=PAPER, complexity="O(L)", defaults=DEFAULTS,
-                task_configs=TASK_CONFIGS, train_configs=TRAIN_CONFIGS, tiny=TINY)
+                task_configs=TASK_CONFIGS, train_configs=TRAIN_CONFIGS, tiny=TINY,
+                runtime=("scan", "chunk_size", "recompute_scan"))  # how the scan runs, not what it computes
 def mamba(**cfg):
     """Mamba (selective SSM), bidirectional for LRA; mamba-ssm CUDA scan when present, else PyTorch"""
     return MambaBackbone(**cfg)

@@ -1005,7 +1005,19 @@ TRAIN_CONFIGS = {  # effective batch = per-GPU x update-freq x GPUs; warmup from
     "pathx": dict(lr=1e-2, weight_decay=0.01, batch_size=128, warmup_steps=25000, warmup_power=2,
                   total_steps=125000, betas=_BETAS),
 }
-TINY = dict(d_model=32, n_layers=2, d_ffn=64, z_dim=16, v_dim=64, h_dim=4)
+# Tiny (parameter-matched to the other families' tiny variants, dropout 0: see models/transformer.py
+# TINY). Rotary relative positions instead of LRA's `simple` bias: the simple bias has 2 M - 1
+# parameters per layer with M = the task's max_positions (2K on Image, 8K on Text, 33K on Path-X:
+# much of a 30K model, and different per task), so mega_tiny uses rotary (2 z per layer) on every
+# task; mega_chunk_tiny keeps LRA's simple bias, sized by its chunk C = 16 (2 C - 1 per layer), so
+# both stay within the budget. A named deviation of the tiny variant only: full-size MEGA is LRA's.
+# d_ffn = 1.5 d (LRA: 2 d) to fit the budget.
+TINY = dict(d_model=32, n_layers=2, d_ffn=48, z_dim=16, v_dim=64, h_dim=4, rel_pos="rotary",
+            dropout=0.0, hidden_dropout=0.0, attention_dropout=0.0, feature_dropout=False)
+
+
+# How the encoder is executed, not what it computes: recorded apart from the architecture.
+RUNTIME_KEYS = ("impl", "compile", "compile_mode", "softmax_kernel")
 
 
 def build_mega(**kwargs) -> MegaEncoder:
@@ -1015,7 +1027,7 @@ def build_mega(**kwargs) -> MegaEncoder:
 @register_model("mega", family="hybrid", paper=PAPER, complexity="O(L^2)",
                 defaults=dataclasses.asdict(MegaConfig(chunk_size=-1)),
                 task_configs={t: dict(c, chunk_size=-1) for t, c in TASK_CONFIGS.items()},
-                train_configs=TRAIN_CONFIGS, tiny=TINY)
+                train_configs=TRAIN_CONFIGS, tiny=TINY, runtime=RUNTIME_KEYS)
 def mega(**kwargs) -> MegaEncoder:
     """MEGA: bidirectional damped EMA + single-head gated attention over the whole sequence"""
     return build_mega(**kwargs)
@@ -1024,7 +1036,8 @@ def mega(**kwargs) -> MegaEncoder:
 @register_model("mega_chunk", family="hybrid", paper=PAPER, complexity="O(L C)",
                 defaults=dataclasses.asdict(MegaConfig(chunk_size=128)),
                 task_configs={t: dict(c, chunk_size=CHUNK_SIZES[t]) for t, c in TASK_CONFIGS.items()},
-                train_configs=TRAIN_CONFIGS, tiny=dict(TINY, chunk_size=16))
+                train_configs=TRAIN_CONFIGS, tiny=dict(TINY, chunk_size=16, rel_pos="simple"),  # bias sized by C
+                runtime=RUNTIME_KEYS)
 def mega_chunk(**kwargs) -> MegaEncoder:
     """MEGA-chunk: EMA over the whole sequence, gated attention inside chunks of C"""
     return build_mega(**kwargs)

@@ -175,4 +175,4 @@ def test_registration_metadata_and_optim_hints():
     model = tiny.build("text")
     ssm = model.mixers[0].directions[1]
     assert ssm.A_log._optim == {"weight_decay": 0.0} and ssm.D._optim == {"weight_decay": 0.0}
-    torch.testing.assert_close(-torch.exp(ssm.A_log[0]), -torch.arange(1.0, 9.0))  # S4D-real init
+    torch.testing.assert_close(-torch.exp(ssm.A_log[0]), -torch.arange(1.0, 17.0))  # S4D-real init
