@@ -201,21 +201,8 @@ _EXTRA_TEXT = ("label", "scale", "provenance.kind", "provenance.source", "proven
 
 
 def _prepared(records: pd.DataFrame) -> pd.DataFrame:
-    """`tables.prepare` plus the typed columns compare reads, each present with a usable dtype."""
-    df = tables.prepare(records)
-    for column in _EXTRA_NUMERIC:
-        df[column] = pd.to_numeric(df[column], errors="coerce") if column in df else np.nan
-    for column in _EXTRA_TEXT:
-        if column not in df:
-            df[column] = None
-        df[column] = df[column].astype(object).where(df[column].notna(), None)
-    df["label"] = df["label"].where(df["label"].notna(), df["model"])
-    if "peak_bytes" not in df:  # the CUDA peak, else the CPU process's peak-RSS rise
-        peak = pd.Series(np.nan, index=df.index)
-        for column in ("memory.peak_allocated_bytes", "memory.peak_rss_increase_bytes"):
-            if column in df:
-                peak = peak.fillna(pd.to_numeric(df[column], errors="coerce"))
-        df["peak_bytes"] = peak
+    """`tables.prepare` (label, peak_bytes, ...) plus the typed columns compare reads."""
+    df = tables.ensure_columns(tables.prepare(records), _EXTRA_NUMERIC, _EXTRA_TEXT)
     return df.sort_values(["run_id", "created"], kind="stable")
 
 

@@ -273,19 +273,25 @@ def not_lra_reasons(acc: pd.DataFrame) -> list[str]:
 
 # -- loading and selecting records ------------------------------------------------------------------
 
+def ensure_columns(df: pd.DataFrame, numeric=(), text=()) -> pd.DataFrame:
+    """Every named column present with a usable dtype: numbers as floats (NaN when missing or
+    unreadable), text as objects (None when missing). Modifies and returns `df`."""
+    for column in numeric:
+        df[column] = pd.to_numeric(df[column], errors="coerce") if column in df else np.nan
+    for column in text:
+        if column not in df:
+            df[column] = None
+        df[column] = df[column].astype(object).where(df[column].notna(), None)
+    return df
+
+
 def prepare(records: pd.DataFrame) -> pd.DataFrame:
     """Normalise a `load_records` frame: every column the reports read exists with a usable dtype,
     `kind` is filled in, `label` (the row: model and variant) falls back to the model name,
     `lra_eligible` is a bool, `provenance` is the readable provenance text (`kind: source
     (subset)`), and `peak_bytes` is the peak memory of the cell (CUDA peak allocated, or the
     process peak-RSS increase on CPU) with `mem_source` saying which."""
-    df = records.copy()
-    for column in _NUMERIC:
-        df[column] = pd.to_numeric(df[column], errors="coerce") if column in df else np.nan
-    for column in _TEXT:
-        if column not in df:
-            df[column] = None
-        df[column] = df[column].astype(object).where(df[column].notna(), None)
+    df = ensure_columns(records.copy(), _NUMERIC, _TEXT)
     if "train.lr_grid" not in df:
         df["train.lr_grid"] = None
     missing_kind = df["kind"].isna()
