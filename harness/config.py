@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,15 +69,17 @@ def positive_float(flag: str, value, maximum: float = float("inf")) -> float:
 
 
 def directory(flag: str, path, must_exist: bool) -> str:
-    """A folder argument: not empty, not a file; an input folder must exist."""
+    """A folder argument: not empty, not a file; an input folder must exist. Returned with `~`
+    expanded (a quoted '~/x' reaches us unexpanded by the shell), so the rest of the program reads
+    and writes the real folder rather than a literal ./~/x; otherwise the path is kept as given."""
     if not str(path or "").strip():
         raise UserError(f"--{flag} is empty: give a folder path")
-    folder = Path(path).expanduser()
+    folder = Path(os.path.expanduser(str(path)))
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--{flag} {path}: is a file, not a folder")
     if must_exist and not folder.is_dir():
         raise UserError(f"--{flag} {path}: no such folder (check the path)")
-    return str(path)
+    return os.path.expanduser(str(path))
 
 
 def choice(flag: str, value: str, options: tuple) -> str:

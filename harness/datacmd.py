@@ -464,14 +464,16 @@ def add_commands(subparsers) -> None:
 
     c = sub.add_parser("check", help="list missing, empty or malformed files of a task's data")
     c.add_argument("--task", required=True, choices=CHECKABLE, help="task whose files to check")
-    c.add_argument("--data-dir", required=True, metavar="DIR", help="folder holding the data (e.g. lra_release)")
+    c.add_argument("--data-dir", required=True, metavar="DIR", type=os.path.expanduser,  # a quoted '~/lra' too
+                   help="folder holding the data (e.g. lra_release)")
     c.add_argument("--difficulty", default="hard", choices=("easy", "intermediate", "hard"),
                    help="Pathfinder difficulty folder to check (default: hard = curv_contour_length_14)")
     c.set_defaults(func=cmd_check)
 
     g = sub.add_parser("generate", help="generate ListOps or Pathfinder/Path-X data with a manifest")
     g.add_argument("--task", required=True, choices=GENERATABLE, help="task to generate")
-    g.add_argument("--out", required=True, metavar="DIR", help="output folder (release layout inside)")
+    g.add_argument("--out", required=True, metavar="DIR", type=os.path.expanduser,
+                   help="output folder (release layout inside)")
     g.add_argument("--n", type=int, default=None, metavar="N",
                    help="number of examples (default: the release's, 100000 ListOps / 200000 Pathfinder)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

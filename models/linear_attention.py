@@ -29,13 +29,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.registry import register_model
+from harness.validate import check_config
 from models.transformer import (
     DEFAULTS as TRANSFORMER_DEFAULTS,
+    POSITIONS,
     TASK_CONFIGS as TRANSFORMER_TASK_CONFIGS,
     TINY as TRANSFORMER_TINY,
     TRAIN_CONFIGS as TRANSFORMER_TRAIN_CONFIGS,
     EncoderBlock,
     TransformerEncoder,
+    check_heads,
 )
 
 PAPER_LINEAR = "Katharopoulos et al., ICML 2020 (arXiv 2006.16236)"
@@ -247,20 +250,30 @@ class LinearAttentionEncoder(TransformerEncoder):
                  positions: str = "sinusoidal", causal: bool = False, chunk_size: int = 64,
                  nb_features: int | None = None, redraw_interval: int | None = 1000,
                  feature_seed: int = 0, feature_scaling: int = 0):
-        super().__init__(d_model=d_model, n_layers=0, n_heads=n_heads, d_ffn=d_ffn,
-                         dropout=dropout, positions=positions)  # positions + final LayerNorm
-        blocks = []
+        family = "performer" if attention == "performer" else "linear_transformer"
+        config = dict(attention=attention, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ffn=d_ffn,
+                      dropout=dropout, positions=positions, causal=causal, chunk_size=chunk_size,
+                      nb_features=nb_features, redraw_interval=redraw_interval, feature_seed=feature_seed,
+                      feature_scaling=feature_scaling)
+        check_config(family, config, positive=("d_model", "n_layers", "n_heads", "d_ffn", "chunk_size",
+                                               "nb_features"),
+                     nonnegative=("redraw_interval", "feature_seed"), probability=("dropout",),
+                     flags=("causal",), optional=("nb_features", "redraw_interval"),
+                     choices=dict(attention=("linear", "performer"), positions=POSITIONS,
+                                  feature_scaling=(0, 1)))
+        check_heads(family, d_model, n_heads)
+        # The Transformer's shell (positions, final LayerNorm) without its softmax blocks; this
+        # encoder's own blocks follow (its config is checked above, in its own words).
+        nn.Module.__init__(self)
+        self.init_shell(d_model, positions)
         for i in range(n_layers):
             block = EncoderBlock(d_model, n_heads, d_ffn, "vanilla", dropout, 0.0)  # LN, FFN, dropout
             if attention == "linear":
                 block.attn = LinearSelfAttention(d_model, n_heads, causal, chunk_size)
-            elif attention == "performer":
+            else:
                 block.attn = PerformerSelfAttention(d_model, n_heads, nb_features, redraw_interval,
                                                     feature_seed, i, feature_scaling, causal, chunk_size)
-            else:
-                raise ValueError(f"attention must be linear or performer, got {attention!r}")
-            blocks.append(block)
-        self.layers = nn.ModuleList(blocks)
+            self.layers.append(block)
 
 
 # The LRA Transformer architectures per task (identical parameter counts: the attention has the same

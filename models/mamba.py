@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from harness.errors import UserError
 from harness.registry import register_model
+from harness.validate import check_config, invalid
 
 PAPER = "Gu & Dao, 2023 (arXiv 2312.00752)"
 SCANS = ("auto", "torch", "sequential", "mamba_ssm")
@@ -257,8 +258,19 @@ class MambaBackbone(nn.Module):
                  scan: str = "auto", chunk_size: int | None = None, norm_eps: float = 1e-5,
                  recompute_scan: bool = True):
         super().__init__()
-        if scan not in SCANS:
-            raise UserError(f"mamba scan must be one of {', '.join(SCANS)}, got {scan!r}")
+        config = dict(d_model=d_model, n_layers=n_layers, d_state=d_state, d_conv=d_conv, expand=expand,
+                      dt_rank=dt_rank, dt_min=dt_min, dt_max=dt_max, bidirectional=bidirectional, dropout=dropout,
+                      scan=scan, chunk_size=chunk_size, norm_eps=norm_eps, recompute_scan=recompute_scan)
+        check_config("mamba", config, positive=("d_model", "n_layers", "d_state", "d_conv", "chunk_size"),
+                     positive_number=("expand", "dt_min", "dt_max", "norm_eps"), probability=("dropout",),
+                     flags=("bidirectional", "recompute_scan"), optional=("chunk_size",),  # None: about sqrt(L)
+                     choices=dict(scan=SCANS))
+        if int(expand * d_model) < 1:
+            raise invalid("mamba", "expand", expand, f"at least 1/d_model (d_inner = int(expand * {d_model}))")
+        if dt_rank != "auto" and not (isinstance(dt_rank, int) and not isinstance(dt_rank, bool) and dt_rank >= 1):
+            raise invalid("mamba", "dt_rank", dt_rank, "'auto' or a positive integer")
+        if dt_min > dt_max:
+            raise invalid("mamba", "dt_min", dt_min, f"at most dt_max={dt_max}")
         self.scan, self.chunk_size = scan, chunk_size
         self.recompute_scan = recompute_scan  # PyTorch scan: recompute in backward instead of storing
         self.last_scan: str | None = None  # the backend the latest forward used

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from harness.registry import register_model
+from harness.validate import check_config, invalid
 
 PAPER_S4 = "Gu, Goel & Ré, ICLR 2022 (arXiv 2111.00396); LRA configs: state-spaces/s4"
 PAPER_S4D = "Gu, Gupta, Goel & Ré, NeurIPS 2022 (arXiv 2206.11893); LRA configs: state-spaces/s4"
@@ -438,6 +439,25 @@ class S4Backbone(nn.Module):
                  dt_max: float = 1e-1, l_max: int = 1024, lr_A: float | None = 1e-3,
                  lr_B: float | None = 1e-3, lr_dt: float | None = 1e-3):
         super().__init__()
+        family = "s4d" if mode == "diag" else "s4"
+        config = dict(d_model=d_model, n_layers=n_layers, d_state=d_state, mode=mode, init=init, disc=disc,
+                      bidirectional=bidirectional, n_ssm=n_ssm, norm=norm, prenorm=prenorm, dropout=dropout,
+                      tie_dropout=tie_dropout, dt_min=dt_min, dt_max=dt_max, l_max=l_max, lr_A=lr_A,
+                      lr_B=lr_B, lr_dt=lr_dt)
+        check_config(family, config, positive=("d_model", "n_layers", "d_state", "n_ssm", "l_max"),
+                     positive_number=("dt_min", "dt_max", "lr_A", "lr_B", "lr_dt"), probability=("dropout",),
+                     flags=("bidirectional", "prenorm", "tie_dropout"),
+                     optional=("n_ssm", "lr_A", "lr_B", "lr_dt"),  # None: one SSM per channel / global lr
+                     choices=dict(mode=("dplr", "diag"), init=("legs", "lin", "inv"), disc=("zoh", "bilinear"),
+                                  norm=("batch", "layer")))
+        if d_state % 2:
+            raise invalid(family, "d_state", d_state, "an even integer (modes come in conjugate pairs)")
+        if n_ssm is not None and d_model % n_ssm:
+            raise invalid(family, "n_ssm", n_ssm, f"None or a divisor of d_model={d_model}")
+        if dt_min > dt_max:
+            raise invalid(family, "dt_min", dt_min, f"at most dt_max={dt_max}")
+        if mode == "dplr" and init != "legs":
+            raise invalid(family, "init", init, "legs with mode='dplr' (use mode='diag' for lin/inv)")
         self.prenorm = prenorm
         self.layers = nn.ModuleList(
             S4Layer(d_model, d_state, mode, init, disc, bidirectional, n_ssm, dt_min, dt_max, l_max,

@@ -18,8 +18,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.registry import register_model
+from harness.validate import check_config, invalid
 
 PAPER = "Vaswani et al., NeurIPS 2017; LRA configs: Tay et al., ICLR 2021"
+ATTENTIONS = ("vanilla", "sdpa", "xformers")
+POSITIONS = ("sinusoidal", "none")  # fixed sin/cos added to the input, or none
 
 
 def sinusoidal_positions(length: int, dim: int, device, dtype) -> torch.Tensor:
@@ -47,6 +50,12 @@ def xformers_unavailable_reason() -> str | None:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"xformers cannot run its CUDA operators here: {first_line}"
     return None
+
+
+def check_heads(family: str, d_model: int, n_heads: int) -> None:
+    """Heads split the width evenly (each head gets d_model / n_heads channels)."""
+    if d_model % n_heads:
+        raise invalid(family, "n_heads", n_heads, f"a divisor of d_model={d_model}")
 
 
 class SelfAttention(nn.Module):
@@ -110,12 +119,22 @@ class TransformerEncoder(nn.Module):
     def __init__(self, d_model=256, n_layers=4, n_heads=4, d_ffn=1024, attention="sdpa",
                  dropout=0.1, attn_dropout=0.0, positions="sinusoidal"):
         super().__init__()
-        if positions not in ("sinusoidal", "none"):
-            raise ValueError(f"positions must be 'sinusoidal' or 'none', got {positions!r}")
-        self.positions = positions
-        self.layers = nn.ModuleList(
+        config = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ffn=d_ffn, attention=attention,
+                      dropout=dropout, attn_dropout=attn_dropout, positions=positions)
+        check_config("transformer", config, positive=("d_model", "n_layers", "n_heads", "d_ffn"),
+                     probability=("dropout", "attn_dropout"),
+                     choices=dict(attention=ATTENTIONS, positions=POSITIONS))
+        check_heads("transformer", d_model, n_heads)
+        self.init_shell(d_model, positions)
+        self.layers.extend(
             EncoderBlock(d_model, n_heads, d_ffn, attention, dropout, attn_dropout) for _ in range(n_layers)
         )
+
+    def init_shell(self, d_model: int, positions: str) -> None:
+        """Everything around the blocks: the positions setting, an empty block list, the final norm.
+        Encoders with another attention (models/linear_attention.py) reuse it and fill `layers`."""
+        self.positions = positions
+        self.layers = nn.ModuleList()
         self.final_norm = nn.LayerNorm(d_model)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:

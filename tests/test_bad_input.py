@@ -128,7 +128,7 @@ CASES = [
     (["bench", "--resume", "../elsewhere/20000101-000000-000abcd"], 2, "not a path"),
     (["bench", "--models", "mega_tiny", "--set", "d_model=abc"], 2, "model 'mega_tiny' rejects it"),
     (["bench", "--models", "mega_tiny", "--set", "chunk_size=-5"], 2, "chunk_size=-5 is invalid"),
-    (["bench", "--models", "transformer_tiny", "--set", "d_model=abc"], 2, "cannot be built with it (TypeError"),
+    (["bench", "--models", "transformer_tiny", "--set", "d_model=abc"], 2, "transformer config: d_model='abc' is invalid"),
     (["bench", "--models", "transfomer_tiny", "--include", "raises.py"], 2, "did you mean 'transformer_tiny'"),
 ]
 
