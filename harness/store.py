@@ -6,6 +6,14 @@ Guarantees:
   then flushed and fsync'ed: concurrent writers never interleave, a killed run loses at most the
   line being written, and that torn line is skipped on load with a warning naming file and line
   (the first few per file; the rest are counted in one more warning);
+- a record that cannot be written whole (disk full, a file-size limit) is cut back to the file's
+  previous size, so the file never ends in a torn line, and the run stops with one UserError line;
+- the manifest is never torn either: a failed replacement removes its temporary file and leaves
+  the previous manifest in place (`Run.close` marks a run's end even when the disk is full, if it can);
+- one driver at a time: `Run.hold()` takes an exclusive lock on `<run>/.driver.lock` (released by
+  the OS if the driver dies), so two `--resume` of one run never measure the same cells twice;
+- a run folder with records but no readable manifest still counts: its records are read with a
+  warning (its start time and git sha unknown);
 - a missing measurement is null with a status saying why, never 0.
 
 Records are `harness.records.Record` (schema_version 2, typed provenance, timing, memory and
@@ -18,10 +26,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
 import secrets
+import socket
 import warnings
 from pathlib import Path
 
@@ -69,12 +79,20 @@ def _finite(value):
 
 
 def atomic_write_json(path: Path, data: dict) -> None:
+    """Replace `path` with `data` all at once: readers see the old file or the new one, never a torn
+    one. When writing fails (disk full) the temporary file is removed and the OSError raised."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=str)  # a bad value fails before any file
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(2)}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 @contextlib.contextmanager
@@ -140,8 +158,13 @@ class Run:
     def manifest(self) -> dict:
         try:
             manifest = json.loads(self.manifest_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{self.manifest_path}: unreadable manifest ({exc})", exit_code=1)
+        except FileNotFoundError:
+            raise UserError(f"{self.manifest_path}: missing manifest", exit_code=1) from None
+        except OSError as exc:  # e.g. a folder in its place, or no permission
+            raise UserError(f"{self.manifest_path}: unreadable manifest ({exc.strerror or exc})",
+                            exit_code=1) from None
+        except ValueError as exc:
+            raise UserError(f"{self.manifest_path}: unreadable manifest ({exc})", exit_code=1) from None
         if not isinstance(manifest, dict):  # valid JSON, but every reader expects an object
             raise UserError(f"{self.manifest_path}: unreadable manifest (not a JSON object)", exit_code=1)
         wrong = [key for key, kind in MANIFEST_FIELD_TYPES.items()
@@ -154,23 +177,70 @@ class Run:
                             exit_code=1)
         return manifest
 
+    def _gone(self) -> UserError:
+        return UserError(f"{self.dir}: the run folder is gone (deleted while the run was writing); "
+                         f"nothing more can be stored", exit_code=1)
+
+    def _check_folder(self, exc: OSError) -> None:
+        """A write that failed because the run folder was deleted is the user's one-line error."""
+        if isinstance(exc, FileNotFoundError) or not self.dir.is_dir():
+            raise self._gone() from None
+
     def update_manifest(self, **fields) -> None:
-        with _locked(self.dir / ".manifest.lock"):
-            manifest = self.manifest
-            manifest.update(fields)
-            atomic_write_json(self.manifest_path, manifest)
+        """Change fields of the manifest (atomically; a failed write leaves the previous one)."""
+        try:
+            with _locked(self.dir / ".manifest.lock"):
+                manifest = self.manifest
+                manifest.update(fields)
+                atomic_write_json(self.manifest_path, manifest)
+        except OSError as exc:
+            self._check_folder(exc)
+            raise UserError(f"{self.manifest_path}: cannot write the manifest ({exc.strerror or exc}); "
+                            f"free space and continue with --resume {self.run_id}", exit_code=1) from None
+
+    def close(self, status: str, reason: str | None = None) -> bool:
+        """Mark the run's end (`finished`, `interrupted`, `failed`) with why, if it can: False, and the
+        previous manifest intact, when even that cannot be written (a full disk, a deleted folder).
+        Never raises for the store's sake: it runs while another error is on its way to the user."""
+        try:
+            self.update_manifest(status=status, finished=utc_now(), reason=reason)
+        except UserError:
+            return False
+        return True
+
+    def hold(self) -> "RunHold":
+        """Hold this run for the calling driver until the returned hold is released (or used as a
+        context manager and left): a second driver gets a UserError naming the holder."""
+        return RunHold(self)
 
     def append(self, record: dict | Record) -> None:
+        """Store one record as one whole line: on a failed or short write the file is cut back to
+        its previous size (never a torn line) and the run stops with one UserError line."""
         if isinstance(record, Record):
             record = record.to_dict()
         record = _finite(Record.from_dict(dict(record, run_id=self.run_id)).to_dict())
         line = (json.dumps(record, default=str, allow_nan=False) + "\n").encode()
-        with _locked(self.records_path) as fd:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":  # a line torn by a kill: end it first
-                line = b"\n" + line
-            os.write(fd, line)
-            os.fsync(fd)
+        try:
+            with _locked(self.records_path) as fd:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":  # a line torn by a kill: end it first
+                    line = b"\n" + line
+                try:
+                    written = 0
+                    while written < len(line):  # a short write (disk full, a size limit): the next
+                        n = os.write(fd, line[written:])  # one raises the real reason
+                        if n <= 0:
+                            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                        written += n
+                    os.fsync(fd)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, size)  # back to the last whole line
+                    raise
+        except OSError as exc:
+            self._check_folder(exc)
+            raise UserError(f"{self.records_path}: cannot write a record ({exc.strerror or exc}); "
+                            f"free space and continue with --resume {self.run_id}", exit_code=1) from None
 
     def records(self, manifest: dict | None = None) -> list[dict]:
         return read_jsonl(self.records_path, manifest=manifest)
@@ -180,6 +250,69 @@ class Run:
         return {r.get("cell_key") for r in self.records()
                 if r.get("status") in ("ok", "oom", "skipped", "unavailable")
                 and (r.get("metrics") or {}).get("stopped") != "timeout"}
+
+
+class RunHold:
+    """An exclusive, non-blocking `flock` on `<run>/.driver.lock`, taken when made (`Run.hold()`),
+    with the holder's pid, host and start time written into the file for the refusal message.
+    The OS drops the lock when the holder's process dies, however it dies (SIGKILL included), so a
+    stale lock never needs cleaning up. A process forked from the holder shares the lock while it
+    lives (the cells of a driver still running count as the driver)."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.path = run.dir / ".driver.lock"
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            run._check_folder(exc)
+            raise UserError(f"{self.path}: cannot lock the run ({exc.strerror or exc})", exit_code=1) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: another driver holds it
+            holder = self._holder(fd)
+            os.close(fd)
+            raise UserError(f"run {run.run_id} is held by pid {holder.get('pid', '?')} on host "
+                            f"{holder.get('host', '?')} (started {holder.get('started', '?')}); "
+                            f"wait for it, or stop it first", exit_code=1) from None
+        self.fd = fd
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": utc_now()}).encode()
+        with contextlib.suppress(OSError):  # the lock is what counts; the text only names the holder
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info + b"\n", 0)
+
+    @staticmethod
+    def _holder(fd: int) -> dict:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        except (OSError, ValueError):  # the holder is between taking the lock and writing its name
+            return {}
+        return holder if isinstance(holder, dict) else {}
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # the file stays (deleting it would race with a new holder)
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def __enter__(self) -> "RunHold":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _is_run_folder(path: Path) -> bool:
+    """A folder with a manifest or a records file (even when the other one is missing or damaged)."""
+    return path.is_dir() and ((path / "run.json").exists() or (path / "records.jsonl").exists())
 
 
 class RunStore:
@@ -221,15 +354,19 @@ class RunStore:
     def open(self, run_id: str) -> Run:
         directory = self.root / run_id
         if not (directory / "run.json").is_file():
+            if _is_run_folder(directory):
+                raise UserError(f"run '{run_id}' in {self.root} has no readable run.json, so its options are "
+                                f"unknown and it cannot be resumed; start a new run", exit_code=1)
             known = ", ".join(self.run_ids()[-5:]) or "none"
             raise UserError(f"run '{run_id}' not found in {self.root} (latest: {known})", exit_code=2)
         self._ensure_writable()
         return Run(directory)
 
     def run_ids(self) -> list[str]:
+        """Every run folder, also one whose manifest was deleted (its records still count)."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "run.json").is_file())
+        return sorted(p.name for p in self.root.iterdir() if _is_run_folder(p))
 
     def manifests(self, runs: list[str] | None = None, warn=True) -> list[dict]:
         """The readable manifests; an unreadable one is left out with a warning (`warn=False` when
@@ -268,8 +405,8 @@ def load_records(results_dir: str | Path = "results", runs: list[str] | None = N
         run = Run(store.root / run_id)
         try:
             manifest = run.manifest
-        except UserError as exc:
-            warnings.warn(str(exc), stacklevel=2)
+        except UserError as exc:  # e.g. run.json deleted: the records still count, their origin unknown
+            warnings.warn(f"{exc}; the records of run {run_id} are read without it", stacklevel=2)
             manifest = {}
         try:
             records = run.records(manifest)
