@@ -309,11 +309,12 @@ def measure_with_timeout_inprocess(cell: Cell, timeout: float | None) -> dict:
 # -- the sweep ------------------------------------------------------------------------------------
 
 def sweep(cells: list[Cell], run, *, subprocess_isolation: bool, timeout: float | None = None,
-          progress=None, done_keys: set | None = None) -> list[dict]:
+          progress=None, done_keys: set | None = None, on_start=None) -> list[dict]:
     """Measure cells (grouped per model and mode, lengths ascending), appending each record to `run`.
 
     After an `oom`, the same model and mode's longer lengths are recorded as `skipped`.
-    Cells whose key is in `done_keys` are not measured again (resume).
+    Cells whose key is in `done_keys` are not measured again (resume). `on_start(cell)` is called
+    as each measurement starts (progress lines).
     """
     from harness.store import make_record
 
@@ -330,10 +331,11 @@ def sweep(cells: list[Cell], run, *, subprocess_isolation: bool, timeout: float 
             continue
         if group in oom_at:
             record = make_record(status="skipped", error=f"oom at the shorter length {oom_at[group]}", **bare)
-        elif subprocess_isolation:
-            record = measure_in_subprocess(cell, timeout)
         else:
-            record = measure_with_timeout_inprocess(cell, timeout)
+            if on_start:
+                on_start(cell)
+            measure = measure_in_subprocess if subprocess_isolation else measure_with_timeout_inprocess
+            record = measure(cell, timeout)
         if record["status"] == "oom":
             oom_at[group] = cell.seq_len
         run.append(record)

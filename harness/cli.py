@@ -7,10 +7,13 @@ tables / plots / report. Options and their defaults live in `harness.config.RunC
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
 import difflib
 import json
 import signal
 import sys
+import threading
 import warnings
 
 from harness.config import RunConfig, add_arguments, config_from_args
@@ -153,13 +156,16 @@ RESUME_MAY_CHANGE = {"resume", "quiet", "json", "no_report", "isolation", "cell_
                      "checkpoint_every", "include", "cache_dir", "no_reference_rows"}
 
 
-def _open_run(config: RunConfig, command: list[str]):
+def _open_run(config: RunConfig, command: list[str], held: contextlib.ExitStack):
+    """A new run, or the one --resume names; this driver holds it (a second driver of the same run is
+    refused, naming the holder) until `held` closes."""
     from harness import env
     from harness.store import RunStore
 
     store = RunStore(config.results_dir)
     if config.resume:
         run = store.open(config.resume)
+        held.enter_context(run.hold())  # before the manifest is read or changed
         previous = run.manifest.get("config", {})
         changed = [f"--{k.replace('_', '-')} was {previous[k]!r}, now {v!r}" for k, v in config.to_dict().items()
                    if k not in RESUME_MAY_CHANGE and k in previous and previous[k] != v]
@@ -170,7 +176,9 @@ def _open_run(config: RunConfig, command: list[str]):
         if previous and not config.quiet:
             print(f"resuming run {run.run_id} ({len(run.done_keys())} cells already measured)", file=sys.stderr)
         return run
-    return store.create(command, config.to_dict(), env.capture())
+    run = store.create(command, config.to_dict(), env.capture())
+    held.enter_context(run.hold())
+    return run
 
 
 def _speed_cells(config: RunConfig, models: list[str], device: str, dtype: str, failed_plugins: dict,
@@ -197,7 +205,8 @@ def _bench(config: RunConfig, run, models, device, dtype, failed_plugins: dict, 
     isolate = config.isolation != "inprocess"
     with _progress(len(cells), "speed/memory", config.quiet) as bar:
         return sweep(cells, run, subprocess_isolation=isolate, timeout=config.cell_timeout, progress=bar,
-                     done_keys=run.done_keys())
+                     done_keys=run.done_keys(),
+                     on_start=lambda c: _cell_started(config, f"{c.model} {c.mode} L={c.seq_len}", bar))
 
 
 def _references(config: RunConfig, run, tasks: list[str]) -> list[dict]:
@@ -234,14 +243,19 @@ def _references(config: RunConfig, run, tasks: list[str]) -> list[dict]:
 
 
 def _train(config: RunConfig, run, models, tasks, device, dtype) -> list[dict]:
-    from harness.train import train_cell
+    from harness.train import cell_identity, train_cell
 
     done = run.done_keys()
     jobs = [(m, t, s, f) for t in tasks for m in models for f in config.lr_multipliers for s in config.seed_list]
     records = []
     with _progress(len(jobs), "accuracy", config.quiet) as bar:
         for model, task, seed, multiplier in jobs:
-            record = train_cell(_train_name(model, config), task, seed, config, device=device, dtype=dtype,
+            name = _train_name(model, config)
+            if cell_identity(name, task, seed, config, device=device, dtype=dtype,
+                             lr_multiplier=multiplier)["key"] not in done:
+                lr = f", lr x{multiplier:g}" if len(config.lr_multipliers) > 1 else ""
+                _cell_started(config, f"{name} on {task} (seed {seed}{lr})", bar)
+            record = train_cell(name, task, seed, config, device=device, dtype=dtype,
                                 run=run, progress=bar, done_keys=done, lr_multiplier=multiplier)
             if record is not None:
                 run.append(record)
@@ -252,6 +266,17 @@ def _train(config: RunConfig, run, models, tasks, device, dtype) -> list[dict]:
                     print(_one_line(record), file=sys.stderr)
             bar.update(1)
     return records
+
+
+def _cell_started(config: RunConfig, what: str, bar=None) -> None:
+    """Say which cell starts, as it starts: a cell takes minutes to hours, and a run whose stderr is a
+    file or a pipe (no progress bar) would otherwise show nothing until the first cell ends."""
+    if config.quiet:
+        return
+    if bar is not None and not bar.disable:
+        bar.write(f"  starting {what}", file=sys.stderr)  # above the live bar, not through it
+    else:
+        print(f"  starting {what}", file=sys.stderr, flush=True)
 
 
 def _one_line(record: dict) -> str:
@@ -284,25 +309,43 @@ def _print_tables(config: RunConfig, run_id: str) -> None:
     print(tables.render_all(frame, fmt="markdown"))
 
 
+def _raise_interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_signals() -> list:
+    """SIGTERM (kill, a scheduler) and SIGHUP (a closed terminal or ssh session) where the platform has it."""
+    return [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+
+
 def _interruptible(run, body) -> int:
-    """Run `body()`; Ctrl-C or SIGTERM marks the manifest `interrupted` (records stay intact)."""
+    """Run `body()`; Ctrl-C, SIGTERM or SIGHUP marks the manifest `interrupted` (records stay intact)."""
     from harness.store import utc_now
 
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    previous = {sig: signal.getsignal(sig) for sig in _stop_signals()}
+    for sig in previous:
+        signal.signal(sig, _raise_interrupt)
     try:
         body()
     except KeyboardInterrupt:
-        run.update_manifest(status="interrupted", finished=utc_now())
-        print(f"\ninterrupted: run {run.run_id} keeps every finished record; continue with "
-              f"--resume {run.run_id}", file=sys.stderr)
+        run.close("interrupted", "stopped by Ctrl-C, SIGTERM or SIGHUP")
+        try:  # after a SIGHUP the terminal may be gone: the manifest above is what counts
+            print(f"\ninterrupted: run {run.run_id} keeps every finished record; continue with "
+                  f"--resume {run.run_id}", file=sys.stderr)
+        except OSError:
+            pass
         return 130
-    except BaseException:
-        run.update_manifest(status="failed", finished=utc_now())
+    except UserError as exc:  # a full disk or a deleted run folder: main() prints the one error: line
+        run.close("failed", str(exc))
+        raise
+    except BaseException as exc:
+        run.close("failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
-    run.update_manifest(status="finished", finished=utc_now())
+        for sig, handler in previous.items():  # None: a handler not set from Python; the default then
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    # not close(): if even the final status cannot be written, the user gets the error: line
+    run.update_manifest(status="finished", finished=utc_now(), reason=None)
     return 0
 
 
@@ -320,23 +363,23 @@ def cmd_run(args) -> int:
     TASKS.get(config.bench_task)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    run = _open_run(config, ["python", "-m", "harness", *args.argv])
-    if not config.quiet:
-        print(f"run {run.run_id}: models {', '.join(models)}; tasks {', '.join(tasks) or '-'}; "
-              f"scale {config.scale}; {device} {dtype}; results in {run.dir}", file=sys.stderr)
-
     records = []
+    with contextlib.ExitStack() as held:
+        run = _open_run(config, ["python", "-m", "harness", *args.argv], held)
+        if not config.quiet:
+            print(f"run {run.run_id}: models {', '.join(models)}; tasks {', '.join(tasks) or '-'}; "
+                  f"scale {config.scale}; {device} {dtype}; results in {run.dir}", file=sys.stderr)
 
-    def body():
-        records.extend(_record_broken(run, broken, tasks, config, device, dtype))
-        if not config.skip_train:
-            if not config.no_reference_rows:
-                records.extend(_references(config, run, tasks))
-            records.extend(_train(config, run, models, tasks, device, dtype))
-        if not config.skip_bench:
-            records.extend(_bench(config, run, models, device, dtype, failed_plugins, as_trained=True))
+        def body():
+            records.extend(_record_broken(run, broken, tasks, config, device, dtype))
+            if not config.skip_train:
+                if not config.no_reference_rows:
+                    records.extend(_references(config, run, tasks))
+                records.extend(_train(config, run, models, tasks, device, dtype))
+            if not config.skip_bench:
+                records.extend(_bench(config, run, models, device, dtype, failed_plugins, as_trained=True))
 
-    code = _interruptible(run, body)
+        code = _interruptible(run, body)
     if code:
         return code
     _print_tables(config, run.run_id)
@@ -360,15 +403,16 @@ def cmd_bench(args) -> int:
     _check_overrides(config, models, config.bench_task)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    run = _open_run(config, ["python", "-m", "harness", *args.argv])
-    if not config.quiet:
-        print(f"run {run.run_id}: speed/memory of {', '.join(models)} with the {config.bench_task} "
-              f"configurations at L={','.join(map(str, config.length_list))}, batch {config.bench_batch}, "
-              f"{device} {dtype}, {','.join(config.mode_list)}", file=sys.stderr)
     records = []
-    code = _interruptible(run, lambda: records.extend(
-        _record_broken(run, broken, [], config, device, dtype) + _bench(config, run, models, device, dtype,
-                                                                        failed_plugins)))
+    with contextlib.ExitStack() as held:
+        run = _open_run(config, ["python", "-m", "harness", *args.argv], held)
+        if not config.quiet:
+            print(f"run {run.run_id}: speed/memory of {', '.join(models)} with the {config.bench_task} "
+                  f"configurations at L={','.join(map(str, config.length_list))}, batch {config.bench_batch}, "
+                  f"{device} {dtype}, {','.join(config.mode_list)}", file=sys.stderr)
+        code = _interruptible(run, lambda: records.extend(
+            _record_broken(run, broken, [], config, device, dtype) + _bench(config, run, models, device, dtype,
+                                                                            failed_plugins)))
     if code:
         return code
     _print_tables(config, run.run_id)
@@ -501,9 +545,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the harness prints beyond ASCII, and how it reads in ASCII: a terminal or pipe that is not
+# UTF-8 (PYTHONIOENCODING=ascii, LANG=C on an old system) gets these instead of a UnicodeEncodeError.
+ASCII_FOR = {"±": "+-", "×": "x", "·": "*", "–": "-", "—": "-", "≥": ">=", "≤": "<=", "√": "sqrt", "⚠": "!",
+             "→": "->", "†": "+", "…": "...", "≈": "~", "µ": "u", "°": " deg"}
+
+
+def _transliterate(exc: UnicodeError):
+    """A codecs error handler: each character the stream cannot encode becomes its ASCII spelling
+    from ASCII_FOR, or `?`."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    return "".join(ASCII_FOR.get(ch, "?") for ch in exc.object[exc.start:exc.end]), exc.end
+
+
+codecs.register_error("harness-ascii", _transliterate)
+
+
+def _degrade_output_to_ascii() -> None:
+    """Make stdout and stderr transliterate (see ASCII_FOR) where their encoding lacks our symbols."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        try:
+            "".join(ASCII_FOR).encode(getattr(stream, "encoding", None) or "ascii")
+            continue
+        except (UnicodeEncodeError, LookupError):
+            pass
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="harness-ascii")
+
+
+def _stop_on_sigint() -> None:
+    """A script's `python -m harness run ... &` starts with SIGINT ignored, and Python then installs
+    no Ctrl-C handler: an explicit `kill -INT` should still stop the run and record it interrupted."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    _degrade_output_to_ascii()
+    parser = build_parser()  # imports no torch: a mistyped option is answered at once
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed a one-line usage error
@@ -512,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _stop_on_sigint()
     warnings.simplefilter("default")
     # one `warning: ...` line: Python's format adds our source file and line, noise to a user
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"

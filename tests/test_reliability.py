@@ -1,5 +1,6 @@
 """Reliability: resumable training, interruption, concurrent writers, timeouts, plugin faults."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -74,14 +75,22 @@ def _cli(args, cwd, **kw):
 
 
 def test_ctrl_c_marks_the_run_interrupted_and_keeps_records(workdir, data_cache):
+    # Its own session, so no terminal signals it, and SIGINT's default behaviour set in the child: a
+    # script's `pytest ... &` starts pytest with SIGINT ignored, which the child would inherit.
     proc = _cli(["run", "--models", "transformer", "--tasks", "listops", "--steps", "100000",
-                 "--cache-dir", str(data_cache), "--skip-bench", "--no-report"], workdir)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((workdir / "results").glob("*/run.json")):
-        time.sleep(0.2)
-    time.sleep(3)  # inside the training loop
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+                 "--cache-dir", str(data_cache), "--skip-bench", "--no-report"], workdir,
+                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((workdir / "results").glob("*/run.json")) and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(3)  # inside the training loop
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:  # never leave a 100,000-step training behind, whatever failed above
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err
     manifest = RunStore(workdir / "results").manifests()[0]

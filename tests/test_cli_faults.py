@@ -1,0 +1,155 @@
+"""Faults a hostile (or just unlucky) user meets at the command line: a terminal that is not UTF-8, a
+closed terminal (SIGHUP), a run started in a script's background (SIGINT ignored), a mistyped option."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.cli import ASCII_FOR, _cell_started
+from harness.config import RunConfig
+from harness.store import RunStore
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE_RUNS = REPO / "results" / "reference" / "h100-2026-11-22"
+
+# A model whose forward announces itself in a file, then sleeps: the signal lands mid-cell.
+SLEEPING_PLUGIN = """
+import os
+import time
+from pathlib import Path
+
+from torch import nn
+
+from harness.registry import register_model
+
+
+class Sleeps(nn.Module):
+    def __init__(self, d_model):
+        super().__init__()
+        self.lin = nn.Linear(d_model, d_model)
+
+    def forward(self, x, padding_mask=None):
+        Path(os.environ["SLEEPS_MARKER"]).touch()
+        time.sleep(600)
+        return self.lin(x)
+
+
+@register_model("sleeps", family="other", paper="test", complexity="O(L)", defaults=dict(d_model=8))
+def sleeps(d_model):
+    return Sleeps(d_model)
+"""
+
+
+def test_non_utf8_output_degrades_to_ascii():
+    args = [sys.executable, "-m", "harness", "table", "--results-dir", str(REFERENCE_RUNS)]
+    utf8 = subprocess.run(args, capture_output=True, cwd=REPO, timeout=120,
+                          env=dict(os.environ, PYTHONIOENCODING="utf-8"))
+    ascii_ = subprocess.run(args, capture_output=True, cwd=REPO, timeout=120,
+                            env=dict(os.environ, PYTHONIOENCODING="ascii"))
+    assert utf8.returncode == 0 and ascii_.returncode == 0, ascii_.stderr.decode(errors="replace")
+    assert b"Traceback" not in ascii_.stderr
+    out, err = ascii_.stdout.decode("ascii"), ascii_.stderr.decode("ascii")  # raises if not ASCII
+    expected = utf8.stdout.decode("utf-8")
+    assert "\u00d7" in expected and "\u00b7" in expected  # the committed tables do use the symbols
+    assert out == expected.translate(str.maketrans(ASCII_FOR))
+    assert out.count("x") == expected.count("x") + expected.count("\u00d7")
+    assert err == utf8.stderr.decode("utf-8").translate(str.maketrans(ASCII_FOR))
+
+
+def test_a_character_without_an_ascii_spelling_becomes_a_question_mark():
+    import io
+
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii", errors="harness-ascii")
+    stream.write("2.1\u00b10.3 \u00d7 L \u2265 1k \u2603.")
+    stream.flush()
+    assert raw.getvalue() == b"2.1+-0.3 x L >= 1k ?."
+
+
+def _slow_bench(workdir, disposition):
+    """A `bench` of the sleeping model in its own session (so the test's terminal never signals it),
+    with SIGINT's disposition at start set explicitly, never inherited from whatever ran pytest."""
+    (workdir / "sleeps.py").write_text(SLEEPING_PLUGIN)
+    marker = workdir / "inside-forward"
+    args = [sys.executable, "-m", "harness", "bench", "--include", "sleeps.py", "--models", "sleeps",
+            "--bench-task", "listops", "--lengths", "16", "--iters", "1", "--warmup", "0",
+            "--isolation", "inprocess", "--threads", "1"]
+    proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, SLEEPS_MARKER=str(marker)), start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, disposition))
+    return proc, marker
+
+
+@pytest.mark.parametrize("sig, disposition", [
+    pytest.param(getattr(signal, "SIGHUP", None), signal.SIG_DFL, id="sighup"),
+    pytest.param(signal.SIGINT, signal.SIG_IGN, id="sigint-ignored-at-start"),
+])
+def test_signal_mid_cell_marks_the_run_interrupted(workdir, sig, disposition):
+    if sig is None:
+        pytest.skip("this platform has no SIGHUP")
+    proc, marker = _slow_bench(workdir, disposition)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not marker.exists() and proc.poll() is None:
+            time.sleep(0.1)
+        assert marker.exists(), proc.communicate(timeout=30)[1]
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    manifest = RunStore(workdir / "results").manifests()[0]
+    assert manifest["status"] == "interrupted" and manifest["finished"]
+
+
+def test_a_mistyped_option_is_answered_before_torch_is_imported():
+    code = ("import sys; from harness.cli import main; rc = main(['run', '--modles', 'x']); "
+            "print(rc, 'torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert res.stdout.split() == ["2", "False"], res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "error: unrecognized arguments: --modles x (see `python -m harness --help`)"]
+
+
+class _Bar:
+    def __init__(self, disable):
+        self.disable, self.lines = disable, []
+
+    def write(self, text, file=None):
+        self.lines.append(text)
+
+
+def test_a_line_per_cell_as_it_starts(capsys):
+    config = RunConfig()
+    _cell_started(config, "transformer on listops (seed 0)")
+    assert capsys.readouterr().err == "  starting transformer on listops (seed 0)\n"
+    _cell_started(config, "s4d on image (seed 1)", _Bar(disable=True))  # stderr not a terminal: no bar
+    assert capsys.readouterr().err == "  starting s4d on image (seed 1)\n"
+    live = _Bar(disable=False)
+    _cell_started(config, "mega on text (seed 2)", live)  # written above the live bar
+    assert live.lines == ["  starting mega on text (seed 2)"] and capsys.readouterr().err == ""
+    quiet = RunConfig(quiet=True)
+    _cell_started(quiet, "mega on text (seed 2)", live)
+    assert capsys.readouterr().err == "" and len(live.lines) == 1
+
+
+def test_a_second_driver_of_a_held_run_is_refused_with_one_line(workdir, capsys):
+    from harness.cli import main
+
+    argv = ["bench", "--models", "transformer_tiny", "--bench-task", "listops", "--lengths", "32", "--batch-size",
+            "1", "--iters", "1", "--warmup", "0", "--isolation", "inprocess", "--quiet"]
+    assert main(argv) == 0
+    run = RunStore(workdir / "results").open(RunStore(workdir / "results").run_ids()[0])
+    with run.hold():  # another driver is running this run
+        code = main([*argv, "--resume", run.run_id])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("error: run ") and "is held by pid" in err[0]
+    assert main([*argv, "--resume", run.run_id]) == 0  # once released, a resume goes ahead
