@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import gc
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -260,6 +261,18 @@ def measure_cell(cell: Cell) -> dict:
 
 # -- isolation -------------------------------------------------------------------------------------
 
+def die_with_parent() -> None:
+    """In a child process (`preexec_fn`): be killed when the driver dies, so a SIGKILLed driver leaves
+    no cell running to overlap the `--resume` started right after it (Linux; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def measure_in_subprocess(cell: Cell, timeout: float | None) -> dict:
     """Run `measure_cell` in a fresh interpreter (`python -m harness.bench_cell`)."""
     from harness.store import make_record
@@ -267,7 +280,7 @@ def measure_in_subprocess(cell: Cell, timeout: float | None) -> dict:
     payload = json.dumps(dataclasses.asdict(cell))
     try:
         proc = subprocess.run([sys.executable, "-m", "harness.bench_cell"], input=payload, text=True,
-                              capture_output=True, timeout=timeout)
+                              capture_output=True, timeout=timeout, preexec_fn=die_with_parent)
     except subprocess.TimeoutExpired:
         return make_record(status="error", error=f"timeout: cell exceeded --cell-timeout {timeout:g} s",
                            **_bare(cell))

@@ -251,8 +251,14 @@ def _train(config: RunConfig, run, models, tasks, device, dtype) -> list[dict]:
     with _progress(len(jobs), "accuracy", config.quiet) as bar:
         for model, task, seed, multiplier in jobs:
             name = _train_name(model, config)
-            if cell_identity(name, task, seed, config, device=device, dtype=dtype,
-                             lr_multiplier=multiplier)["key"] not in done:
+            try:
+                fresh = cell_identity(name, task, seed, config, device=device, dtype=dtype,
+                                      lr_multiplier=multiplier)["key"] not in done
+            except UserError:
+                raise
+            except Exception:  # a broken plugin task: train_cell records why as this cell's error
+                fresh = True
+            if fresh:
                 lr = f", lr x{multiplier:g}" if len(config.lr_multipliers) > 1 else ""
                 _cell_started(config, f"{name} on {task} (seed {seed}{lr})", bar)
             record = train_cell(name, task, seed, config, device=device, dtype=dtype,

@@ -43,6 +43,7 @@ import torch
 
 from harness.bench import autocast, build_classifier, is_oom, short_error
 from harness.config import RunConfig
+from harness.errors import UserError
 from harness.env import hardware
 from harness.heads import batch_to, count_parameters, loss_and_correct, param_groups, task_loss
 from harness.registry import MODELS, TASKS
@@ -194,8 +195,15 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
     `metrics.stopped` = "time-budget" | "timeout" (None when training reached its last step)."""
     entry = MODELS.get(model_name)
     task_cls = TASKS.get(task_name).cls
-    cell = cell_identity(model_name, task_name, seed, config, device=device, dtype=dtype,
-                         lr_multiplier=lr_multiplier)
+    try:
+        cell = cell_identity(model_name, task_name, seed, config, device=device, dtype=dtype,
+                             lr_multiplier=lr_multiplier)
+    except UserError:
+        raise
+    except Exception as exc:  # e.g. a plugin task whose sizes() fails for this scale: that cell's error
+        return make_record(kind="accuracy", model=model_name, task=task_name, seed=seed, scale=config.scale,
+                           device=device, dtype=dtype, mode="train", status="error",
+                           error=f"task {task_name}: settings for scale {config.scale}: {short_error(exc)}")
     settings, key, base = cell["settings"], cell["key"], cell["base"]
     if done_keys and key in done_keys:
         return None
@@ -203,16 +211,18 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
     if not ok:
         return make_record(status="unavailable", error=reason, **base)
     task = task_cls(scale=config.scale, seed=config.data_seed, data_dir=config.data_dir, cache_dir=config.cache_dir)
-    base["seq_len"] = task.seq_len
     try:
+        base["seq_len"] = task.seq_len
         splits = {s: task.load(s) for s in ("train", "val", "test")}
         spec = task.input_spec()  # e.g. the pixel statistics of the data set actually read
+    except UserError:
+        raise
     except Exception as exc:
-        from harness.errors import UserError
-
-        if isinstance(exc, UserError):
-            raise
         return make_record(status="error", error=f"data: {short_error(exc)}", **base)
+    empty = [name for name, data in splits.items() if len(data) == 0]
+    if empty:  # model selection or the test would silently score 0 of 0
+        return make_record(status="error", error=f"data: task {task_name} has an empty {' and '.join(empty)} "
+                           f"split at scale {config.scale}; every split needs examples", **base)
     base["provenance"] = splits["train"].provenance
     ckpt_path = (Path(run.dir) / "checkpoints" / f"{key}.pt") if run is not None and settings.checkpoint_every else None
     limits = Limits(time_budget=config.time_budget, cell_timeout=config.cell_timeout)
