@@ -26,7 +26,6 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 SCHEMA_VERSION = 2
 # Bumped when what a number means changes. speed 2: the timed step no longer waits for the device

@@ -36,7 +36,7 @@ import warnings
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.records import SCHEMA_VERSION, STATUSES, Record, RecordError, config_hash  # noqa: F401
+from harness.records import SCHEMA_VERSION, Record, RecordError, config_hash  # noqa: F401 (re-exported)
 
 WARNED_LINES = 3  # damaged lines of one file warned one by one; a badly damaged file must not flood stderr
 RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(Record))

@@ -11,31 +11,12 @@ from harness import datacmd
 from harness.cli import main
 from harness.errors import UserError
 from harness.store import RunStore
-
-RUN_A, RUN_B = "20260101-000000-000aaaa", "20260102-000000-000bbbb"
-
-
-def speed(seq_len, ms):
-    return dict(kind="speed", model="m", task="text", seq_len=seq_len, batch_size=2, dtype="fp32", device="cpu",
-                mode="train_step", status="ok", timing=dict(median_ms=ms, p20_ms=ms * 0.9, p80_ms=ms * 1.1),
-                memory=dict(peak_rss_increase_bytes=1000))
-
-
-def write_run(root, run_id, records):
-    folder = root / run_id
-    folder.mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps({"run_id": run_id, "status": "finished", "config": {},
-                                                 "started": "2026-01-01T00:00:00+00:00"}))
-    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return folder
-
+from tests.stored_runs import RUN_A, RUN_B, speed, write_two_runs
 
 @pytest.fixture
 def results(workdir):
     """Two small runs in workdir/results (the working directory is workdir)."""
-    for run_id, ms in ((RUN_A, 5.0), (RUN_B, 6.0)):
-        write_run(workdir / "results", run_id, [speed(64, ms), speed(1024, ms * 8)])
-    return workdir / "results"
+    return write_two_runs(workdir / "results")
 
 
 def run_cli(capsys, argv):

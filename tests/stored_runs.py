@@ -1,0 +1,29 @@
+"""Small stored runs written by hand, for tests of damaged or unusual result folders."""
+
+import json
+
+RUN_A, RUN_B = "20260101-000000-000aaaa", "20260102-000000-000bbbb"
+
+
+def speed(seq_len, ms, **extra):
+    """A schema-1 speed record of model `m` at `seq_len` taking `ms` milliseconds."""
+    return dict(kind="speed", model="m", task="text", seq_len=seq_len, batch_size=2, dtype="fp32", device="cpu",
+                mode="train_step", status="ok", timing=dict(median_ms=ms, p20_ms=ms * 0.9, p80_ms=ms * 1.1),
+                memory=dict(peak_rss_increase_bytes=1000), **extra)
+
+
+def write_run(root, run_id, records):
+    """A finished run folder holding `records` (dicts, one JSON line each)."""
+    folder = root / run_id
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"run_id": run_id, "status": "finished", "config": {},
+                                                 "started": "2026-01-01T00:00:00+00:00", "git_sha": "abc"}))
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def write_two_runs(results):
+    """RUN_A and RUN_B, each with two speed cells (B 20% slower), in `results`."""
+    for run_id, ms in ((RUN_A, 5.0), (RUN_B, 6.0)):
+        write_run(results, run_id, [speed(64, ms), speed(1024, ms * 8)])
+    return results
