@@ -242,34 +242,47 @@ def _references(config: RunConfig, run, tasks: list[str]) -> list[dict]:
     return records
 
 
-def _train(config: RunConfig, run, models, tasks, device, dtype) -> list[dict]:
+def _train(config: RunConfig, run, models, tasks, device, dtype, failed_plugins: dict) -> list[dict]:
+    """The accuracy cells, in a worker process unless --isolation inprocess (harness/cellworker.py:
+    a crash or a hang inside a model becomes that cell's error record and the run goes on)."""
+    from harness.cellworker import CellLost, CellWorker, outside_deadline
+    from harness.store import make_record
     from harness.train import cell_identity, train_cell
 
     done = run.done_keys()
     jobs = [(m, t, s, f) for t in tasks for m in models for f in config.lr_multipliers for s in config.seed_list]
+    includes = [p for p in config.include if str(p) not in failed_plugins]
     records = []
-    with _progress(len(jobs), "accuracy", config.quiet) as bar:
+    with _progress(len(jobs), "accuracy", config.quiet) as bar, CellWorker(includes) as worker:
         for model, task, seed, multiplier in jobs:
             name = _train_name(model, config)
             try:
-                fresh = cell_identity(name, task, seed, config, device=device, dtype=dtype,
-                                      lr_multiplier=multiplier)["key"] not in done
+                cell = cell_identity(name, task, seed, config, device=device, dtype=dtype, lr_multiplier=multiplier)
             except UserError:
                 raise
             except Exception:  # a broken plugin task: train_cell records why as this cell's error
-                fresh = True
-            if fresh:
-                lr = f", lr x{multiplier:g}" if len(config.lr_multipliers) > 1 else ""
-                _cell_started(config, f"{name} on {task} (seed {seed}{lr})", bar)
-            record = train_cell(name, task, seed, config, device=device, dtype=dtype,
-                                run=run, progress=bar, done_keys=done, lr_multiplier=multiplier)
-            if record is not None:
-                run.append(record)
-                records.append(record)
-                if not config.quiet and not bar.disable:
-                    bar.write(_one_line(record))
-                elif not config.quiet:
-                    print(_one_line(record), file=sys.stderr)
+                cell = None
+            if cell is not None and cell["key"] in done:
+                bar.update(1)
+                continue
+            lr = f", lr x{multiplier:g}" if len(config.lr_multipliers) > 1 else ""
+            _cell_started(config, f"{name} on {task} (seed {seed}{lr})", bar)
+            if config.isolation == "inprocess" or cell is None:
+                record = train_cell(name, task, seed, config, device=device, dtype=dtype, run=run, progress=bar,
+                                    lr_multiplier=multiplier)
+            else:
+                job = dict(model=name, task=task, seed=seed, config=config, device=device, dtype=dtype,
+                           run_dir=str(run.dir), lr_multiplier=multiplier)
+                try:
+                    record = worker.train(job, outside_deadline(config.cell_timeout))
+                except CellLost as lost:
+                    record = make_record(status="error", error=str(lost), **cell["base"])
+            run.append(record)
+            records.append(record)
+            if not config.quiet and not bar.disable:
+                bar.write(_one_line(record))
+            elif not config.quiet:
+                print(_one_line(record), file=sys.stderr)
             bar.update(1)
     return records
 
@@ -381,7 +394,7 @@ def cmd_run(args) -> int:
             if not config.skip_train:
                 if not config.no_reference_rows:
                     records.extend(_references(config, run, tasks))
-                records.extend(_train(config, run, models, tasks, device, dtype))
+                records.extend(_train(config, run, models, tasks, device, dtype, failed_plugins))
             if not config.skip_bench:
                 records.extend(_bench(config, run, models, device, dtype, failed_plugins, as_trained=True))
 

@@ -176,9 +176,13 @@ class RunConfig:
     warmup: int = _opt("warm-up iterations before timing (measurement.md asks for at least 3; more "
                        "when a compiler or autotuner runs)", default=3, metavar="N")
     iters: int = _opt("timed iterations per cell (at least 10 recommended)", default=10, metavar="N")
-    isolation: str = _opt("run each speed cell in a fresh subprocess, so peak memory and allocator "
-                          "state cannot leak between cells (auto = subprocess; inprocess is faster "
-                          "but its CPU peak-RSS numbers are unreliable)", default="auto", choices=ISOLATION)
+    isolation: str = _opt("process isolation of cells: auto/subprocess run each speed cell in a fresh "
+                          "subprocess (peak memory and allocator state cannot leak between cells) and the "
+                          "accuracy cells in a worker process (a crash, exit or hang inside a model becomes "
+                          "that cell's error record; --cell-timeout is then also enforced from outside); "
+                          "inprocess runs everything in this process: faster to start, but a crashing "
+                          "model ends the run and CPU peak-RSS numbers are less reliable",
+                          default="auto", choices=ISOLATION)
     threads: int = _opt("torch CPU threads for timing (default: all cores)", metavar="N")
     cell_timeout: float = _opt("seconds after which a cell is stopped and recorded as error: timeout",
                                metavar="SECONDS")
