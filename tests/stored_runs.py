@@ -27,3 +27,31 @@ def write_two_runs(results):
     for run_id, ms in ((RUN_A, 5.0), (RUN_B, 6.0)):
         write_run(results, run_id, [speed(64, ms), speed(1024, ms * 8)])
     return results
+
+
+def interrupt_and_check(proc, sig, ready, results, settle: float = 0.0):
+    """Send `sig` to a harness CLI process (started in its own session) once `ready()` holds, then
+    check that it stopped with exit 130, no traceback and its run marked `interrupted`. The process
+    group is killed whatever fails, so no training is left behind."""
+    import os
+    import signal
+    import time
+
+    from harness.store import RunStore
+
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not ready() and proc.poll() is None:
+            time.sleep(0.1)
+        assert ready(), proc.communicate(timeout=30)[1]
+        time.sleep(settle)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    manifest = RunStore(results).manifests()[0]
+    assert manifest["status"] == "interrupted" and manifest["finished"]

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from harness.cli import ASCII_FOR, _cell_started
 from harness.config import RunConfig
 from harness.store import RunStore
+from tests.stored_runs import interrupt_and_check
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_RUNS = REPO / "results" / "reference" / "h100-2026-11-22"
@@ -20,7 +20,6 @@ REFERENCE_RUNS = REPO / "results" / "reference" / "h100-2026-11-22"
 # A model whose forward announces itself in a file, then sleeps: the signal lands mid-cell.
 SLEEPING_PLUGIN = """
 import os
-import time
 from pathlib import Path
 
 from torch import nn
@@ -93,21 +92,7 @@ def test_signal_mid_cell_marks_the_run_interrupted(workdir, sig, disposition):
     if sig is None:
         pytest.skip("this platform has no SIGHUP")
     proc, marker = _slow_bench(workdir, disposition)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not marker.exists() and proc.poll() is None:
-            time.sleep(0.1)
-        assert marker.exists(), proc.communicate(timeout=30)[1]
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
-    manifest = RunStore(workdir / "results").manifests()[0]
-    assert manifest["status"] == "interrupted" and manifest["finished"]
+    interrupt_and_check(proc, sig, marker.exists, workdir / "results")
 
 
 def test_a_mistyped_option_is_answered_before_torch_is_imported():

@@ -1,6 +1,5 @@
 """Reliability: resumable training, interruption, concurrent writers, timeouts, plugin faults."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import pytest
 
 from harness.config import RunConfig
 from harness.store import RunStore, load_records
+from tests.stored_runs import interrupt_and_check
 from harness.train import train_cell
 
 
@@ -80,21 +80,8 @@ def test_ctrl_c_marks_the_run_interrupted_and_keeps_records(workdir, data_cache)
     proc = _cli(["run", "--models", "transformer", "--tasks", "listops", "--steps", "100000",
                  "--cache-dir", str(data_cache), "--skip-bench", "--no-report"], workdir,
                 start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not list((workdir / "results").glob("*/run.json")) and proc.poll() is None:
-            time.sleep(0.2)
-        time.sleep(3)  # inside the training loop
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:  # never leave a 100,000-step training behind, whatever failed above
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
-    manifest = RunStore(workdir / "results").manifests()[0]
-    assert manifest["status"] == "interrupted" and manifest["finished"]
+    started = lambda: bool(list((workdir / "results").glob("*/run.json")))  # noqa: E731
+    interrupt_and_check(proc, signal.SIGINT, started, workdir / "results", settle=3)  # 3 s: inside training
 
 
 def test_two_runs_write_one_results_dir_concurrently(workdir):
