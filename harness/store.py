@@ -106,7 +106,7 @@ def _locked(path: Path):
         os.close(fd)
 
 
-def read_jsonl(path: Path, warn=True, manifest: dict | None = None) -> list[dict]:
+def read_jsonl(path: Path, warn=True, manifest: dict | None = None) -> list[Record]:
     """Records of one file, checked and upgraded to the current schema by `Record.from_dict`
     (`manifest`: the run's, for the hardware of schema-1 lines); a corrupt or torn line is skipped
     with a warning naming file and line (the first WARNED_LINES of them, then one warning counting
@@ -124,7 +124,7 @@ def read_jsonl(path: Path, warn=True, manifest: dict | None = None) -> list[dict
             continue
         reason = None
         try:
-            record = Record.from_dict(json.loads(line), manifest).to_dict()
+            record = Record.from_dict(json.loads(line), manifest)
         except RecordError as exc:
             reason = str(exc)
         except ValueError:  # a torn write or binary garbage: the decoder's detail helps nobody
@@ -242,8 +242,11 @@ class Run:
             raise UserError(f"{self.records_path}: cannot write a record ({exc.strerror or exc}); "
                             f"free space and continue with --resume {self.run_id}", exit_code=1) from None
 
-    def records(self, manifest: dict | None = None) -> list[dict]:
+    def typed_records(self, manifest: dict | None = None) -> list[Record]:
         return read_jsonl(self.records_path, manifest=manifest)
+
+    def records(self, manifest: dict | None = None) -> list[dict]:
+        return [record.to_dict() for record in self.typed_records(manifest)]
 
     def done_keys(self) -> set[str]:
         """Cells finished with a definitive status (errors and timeouts are retried on resume)."""
@@ -409,12 +412,12 @@ def load_records(results_dir: str | Path = "results", runs: list[str] | None = N
             warnings.warn(f"{exc}; the records of run {run_id} are read without it", stacklevel=2)
             manifest = {}
         try:
-            records = run.records(manifest)
+            records = run.typed_records(manifest)
         except UserError as exc:  # one unreadable run must not hide the others
             warnings.warn(f"{exc}; run {run_id} skipped", stacklevel=2)
             continue
-        for record in records:
-            typed = Record.from_dict(record)
+        for typed in records:
+            record = typed.to_dict()
             if not record.get("run_id"):  # a line stored without its run id belongs to its folder's run
                 record["run_id"] = run_id
             record["label"] = typed.label  # the row name: model [variant]
