@@ -23,7 +23,6 @@ default, so peak statistics, fragmentation and a poisoned CUDA context cannot le
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import json
@@ -36,9 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 @dataclass
 class Cell:
@@ -75,24 +71,6 @@ class Cell:
                     iters=self.iters)
 
 
-def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError) or isinstance(exc, MemoryError):
-        return True
-    text = str(exc).lower()
-    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
-
-
-def short_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
-
-
-def autocast(device: str, dtype: str):
-    if dtype in AUTOCAST_DTYPES:
-        return torch.autocast(device_type=device, dtype=AUTOCAST_DTYPES[dtype])
-    return contextlib.nullcontext()
-
-
 # -- CPU resident-set helpers (Linux /proc; None elsewhere) ----------------------------------------
 
 def _proc_status_bytes(key: str) -> int | None:
@@ -115,27 +93,11 @@ def _reset_peak_rss() -> bool:
 
 # -- one cell, in this process ----------------------------------------------------------------------
 
-def build_classifier(model_name: str, task_name: str, overrides: dict | None = None, spec=None):
-    """(SequenceModel, registry entry, resolved config, task class) for a model on a task. `spec`
-    (default: the task class's) lets a task instance describe its inputs, e.g. the pixel statistics
-    of the data set it actually reads."""
-    from harness.heads import SequenceModel
-    from harness.registry import MODELS, TASKS
-
-    entry = MODELS.get(model_name)
-    task_cls = TASKS.get(task_name).cls
-    config = entry.config(task_name, overrides)
-    backbone = entry.build(task_name, overrides)
-    model = SequenceModel(backbone, spec or task_cls.spec, config["d_model"], dropout=config.get("dropout", 0.0),
-                          interaction=config.get("interaction", "concat"))
-    return model, entry, config, task_cls
-
-
 def make_iteration(model, batch: dict, optimizer, device_type: str, dtype: str):
     """One timed iteration as a closure returning a 0-dim bool tensor, "non-finite", left on the
     device. A train step when `optimizer` is given (forward + loss + backward + step), else
     inference. Nothing in it synchronises with the device (tests/test_runners.py checks)."""
-    from harness.heads import task_loss
+    from harness.heads import autocast, task_loss
 
     def train_step():
         with autocast(device_type, dtype):
@@ -156,13 +118,14 @@ def make_iteration(model, batch: dict, optimizer, device_type: str, dtype: str):
 
 def measure_cell(cell: Cell) -> dict:
     """Measure one cell here; returns the record fields (status ok/oom/error/unavailable)."""
-    from harness.heads import batch_to, count_parameters
+    from harness.errors import is_oom, short_error
+    from harness.heads import batch_to, build_classifier, count_parameters
     from harness.registry import MODELS, TASKS, include_file
     from harness.store import make_record
 
     for path in cell.includes:
         include_file(path)
-    base = _bare(cell)
+    base = bare_record(cell)
     entry = MODELS.get(cell.model)
     task_cls = TASKS.get(cell.task).cls
     config = cell.config(entry)
@@ -283,17 +246,17 @@ def measure_in_subprocess(cell: Cell, timeout: float | None) -> dict:
                               capture_output=True, timeout=timeout, preexec_fn=die_with_parent)
     except subprocess.TimeoutExpired:
         return make_record(status="error", error=f"timeout: cell exceeded --cell-timeout {timeout:g} s",
-                           **_bare(cell))
+                           **bare_record(cell))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode == 0 and lines:
         return json.loads(lines[-1])
     tail = (proc.stderr.strip().splitlines() or [""])[-1]
     status = "oom" if ("out of memory" in proc.stderr.lower() or proc.returncode in (-9, 137)) else "error"
     return make_record(status=status, error=f"cell process exited with {proc.returncode}: {tail}"[:500],
-                       **_bare(cell))
+                       **bare_record(cell))
 
 
-def _bare(cell: Cell) -> dict:
+def bare_record(cell: Cell) -> dict:
     """Record fields known without building the model (also for cells whose process died)."""
     from harness.env import hardware
     from harness.records import Provenance
@@ -310,50 +273,3 @@ def _bare(cell: Cell) -> dict:
                 batch_size=cell.batch_size, dtype=cell.dtype, device=cell.device, mode=cell.mode,
                 seed=cell.seed, provenance=Provenance("random-inputs", inputs), hardware=hardware(cell.device),
                 cell_key=cell_key(**cell.identity(chash, spec.version), runtime=runtime))
-
-
-def measure_with_timeout_inprocess(cell: Cell, timeout: float | None) -> dict:
-    """In-process measurement; a timeout needs a process boundary, so use one when it is set."""
-    if timeout:
-        return measure_in_subprocess(cell, timeout)
-    return measure_cell(cell)
-
-
-# -- the sweep ------------------------------------------------------------------------------------
-
-def sweep(cells: list[Cell], run, *, subprocess_isolation: bool, timeout: float | None = None,
-          progress=None, done_keys: set | None = None, on_start=None) -> list[dict]:
-    """Measure cells (grouped per model and mode, lengths ascending), appending each record to `run`.
-
-    After an `oom`, the same model and mode's longer lengths are recorded as `skipped`.
-    Cells whose key is in `done_keys` are not measured again (resume). `on_start(cell)` is called
-    as each measurement starts (progress lines).
-    """
-    from harness.store import make_record
-
-    done_keys = done_keys or set()
-    records = []
-    ordered = sorted(cells, key=lambda c: (c.model, c.mode, c.task, c.seq_len))
-    oom_at: dict[tuple, int] = {}
-    for cell in ordered:
-        group = (cell.model, cell.mode, cell.task, cell.batch_size, cell.dtype)
-        bare = _bare(cell)
-        if bare["cell_key"] in done_keys:
-            if progress:
-                progress.update(1)
-            continue
-        if group in oom_at:
-            record = make_record(status="skipped", error=f"oom at the shorter length {oom_at[group]}", **bare)
-        else:
-            if on_start:
-                on_start(cell)
-            measure = measure_in_subprocess if subprocess_isolation else measure_with_timeout_inprocess
-            record = measure(cell, timeout)
-        if record["status"] == "oom":
-            oom_at[group] = cell.seq_len
-        run.append(record)
-        records.append(record)
-        if progress:
-            progress.update(1)
-            progress.set_postfix_str(f"{cell.model} L={cell.seq_len} {record['status']}")
-    return records

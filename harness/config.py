@@ -114,6 +114,7 @@ DTYPES = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("train_step", "forward")
 ISOLATION = ("auto", "subprocess", "inprocess")
+EXECUTORS = ("local", "pool", "ray")
 
 
 def _opt(help: str, commands: tuple = ("run", "bench"), metavar: str | None = None, **kw):
@@ -183,7 +184,17 @@ class RunConfig:
                           "inprocess runs everything in this process: faster to start, but a crashing "
                           "model ends the run and CPU peak-RSS numbers are less reliable",
                           default="auto", choices=ISOLATION)
-    threads: int = _opt("torch CPU threads for timing (default: all cores)", metavar="N")
+    threads: int = _opt("torch CPU threads per cell (default: all cores; with --executor pool, the cores "
+                        "divided among the workers; with ray, 1)", metavar="N")
+    executor: str = _opt("where cells run: local (one after another here), pool (worker processes on this "
+                         "machine: one per GPU of --gpus, or --workers on CPU) or ray (tasks on a Ray cluster, "
+                         "see --ray-address; pip install 'lsm-harness[ray]')", default="local", choices=EXECUTORS)
+    workers: int = _opt("--executor pool on CPU: worker processes (default 2), the cores divided among them",
+                        metavar="N")
+    gpus: str = _opt("--executor pool: GPU indices, one worker each; a worker sees only its GPU "
+                     "(default: every visible GPU)", metavar="0,1,...")
+    ray_address: str = _opt("--executor ray: the cluster to join (auto, or HOST:PORT of its head; default: a "
+                            "local cluster started for this run)", metavar="ADDRESS")
     cell_timeout: float = _opt("seconds after which a cell is stopped and recorded as error: timeout",
                                metavar="SECONDS")
     checkpoint_every: int = _opt("training steps between resumable checkpoints (default: none at smoke "
@@ -214,6 +225,17 @@ class RunConfig:
         choice("device", self.device, DEVICES)
         choice("scale", self.scale, tuple(SCALES))
         choice("isolation", self.isolation, ISOLATION)
+        choice("executor", self.executor, EXECUTORS)
+        if self.workers is not None:
+            self.workers = positive_int("workers", self.workers)
+        if self.gpus is not None:
+            ids = [g.strip() for g in str(self.gpus).split(",")]
+            if not all(g.isdigit() for g in ids) or len(set(ids)) != len(ids):
+                raise UserError(f"--gpus {self.gpus!r}: expected distinct GPU indices, e.g. 0,1,2,3")
+        for flag, value, wanted in (("workers", self.workers, "pool"), ("gpus", self.gpus, "pool"),
+                                    ("ray-address", self.ray_address, "ray")):
+            if value is not None and self.executor != wanted:
+                raise UserError(f"--{flag} applies to --executor {wanted}; add --executor {wanted} or drop --{flag}")
         for mode in self.mode_list:
             choice("modes", mode, MODES)
         if self.lengths is not None:

@@ -133,10 +133,14 @@ def capture() -> dict:
 
 def hardware(device: str) -> dict:
     """The `Hardware` fields of a cell run here on `device` (cheap: no NVML, no git)."""
+    from harness import __version__
+
+    software = dict(visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), python=platform.python_version(),
+                    torch=torch.__version__, cuda=torch.version.cuda, harness=__version__)
     if str(device).startswith("cuda") and torch.cuda.is_available():
         return {"device_name": torch.cuda.get_device_name(0), "host": socket.gethostname(),
-                "device_count": torch.cuda.device_count()}
-    return {"device_name": cpu_model(), "host": socket.gethostname(), "device_count": None}
+                "device_count": torch.cuda.device_count(), **software}
+    return {"device_name": cpu_model(), "host": socket.gethostname(), "device_count": None, **software}
 
 
 def resolve_device(device: str) -> str:

@@ -14,3 +14,17 @@ class UserError(Exception):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def is_oom(exc: BaseException) -> bool:
+    """An out-of-memory failure (CUDA allocator, host allocator, or a library saying so)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
+
+
+def short_error(exc: BaseException) -> str:
+    """`Type: first line of the message`, at most 500 characters: what a record's `error` holds."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]

@@ -14,6 +14,8 @@ Follows the MEGA LRA wrapper (mega.md §6), which the S4 and LRA pipelines resem
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -163,3 +165,28 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]
     return [{"params": ps, "lr": k[0], "weight_decay": k[1], "initial_lr": k[0]}
             for k, ps in groups.items()]
 
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: str, dtype: str):
+    """bf16/fp16 autocast on `device`, or nothing for fp32."""
+    if dtype in AUTOCAST_DTYPES:
+        return torch.autocast(device_type=device, dtype=AUTOCAST_DTYPES[dtype])
+    return contextlib.nullcontext()
+
+
+def build_classifier(model_name: str, task_name: str, overrides: dict | None = None, spec=None):
+    """(SequenceModel, registry entry, resolved config, task class) for a model on a task. `spec`
+    (default: the task class's) lets a task instance describe its inputs, e.g. the pixel statistics
+    of the data set it actually reads."""
+    from harness.registry import MODELS, TASKS
+
+    entry = MODELS.get(model_name)
+    task_cls = TASKS.get(task_name).cls
+    config = entry.config(task_name, overrides)
+    backbone = entry.build(task_name, overrides)
+    model = SequenceModel(backbone, spec or task_cls.spec, config["d_model"], dropout=config.get("dropout", 0.0),
+                          interaction=config.get("interaction", "concat"))
+    return model, entry, config, task_cls

@@ -154,11 +154,17 @@ class Memory:
 
 @dataclass(frozen=True)
 class Hardware:
-    """The machine a cell ran on."""
+    """The machine and software a cell ran on, per record: the cells of one run may run on different
+    machines (--executor pool or ray), so the run manifest's environment is not enough."""
 
     device_name: str | None = None  # e.g. "NVIDIA H100 80GB HBM3", or the CPU model for CPU cells
     host: str | None = None
     device_count: int | None = None  # GPUs visible (None on CPU)
+    visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES as the cell saw it (None: not set)
+    python: str | None = None  # e.g. "3.11.2"
+    torch: str | None = None  # e.g. "2.13.0+cpu"
+    cuda: str | None = None  # the CUDA runtime torch was built with (None on a CPU build)
+    harness: str | None = None  # the harness version
 
 
 def _typed(cls, value, what: str):

@@ -23,6 +23,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import logging
 import re
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.errors import UserError
+
+log = logging.getLogger("harness")
 
 MODEL_GROUP = "harness.models"
 TASK_GROUP = "harness.tasks"
@@ -353,3 +356,22 @@ def include_file(path: str | Path) -> None:
         del sys.modules[module_name]
         raise PluginImportError(
             f"--include {path}: the plugin failed to import: {type(exc).__name__}: {exc}") from exc
+
+
+def load_plugins(includes=()) -> dict:
+    """Import every plugin: the built-ins, the entry points and the `--include` files. Returns
+    {file: error} for included files that raised on import; those, and entry points that failed,
+    are logged as warnings and recorded against the models they would have provided, and the other
+    models still run."""
+    MODELS.ensure_loaded()
+    TASKS.ensure_loaded()
+    for source, error in {**MODELS.load_errors, **TASKS.load_errors}.items():
+        log.warning("plugin %s failed to load: %s", source, error)
+    failed = {}
+    for path in includes or ():
+        try:
+            include_file(path)
+        except PluginImportError as exc:
+            failed[str(path)] = str(exc)
+            log.warning("%s", exc)
+    return failed

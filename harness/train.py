@@ -10,7 +10,7 @@ lra.md §10 #15). Settings resolve as: harness defaults < the model's per-task p
 the scale preset < command-line overrides; the resolved settings are stored on the record.
 
 Fair budgets (issue 12):
-- `--lr-grid`: the CLI calls `train_cell` once per multiplier; the peak learning rate is the
+- `--lr-grid`: the plan has one cell per multiplier; the peak learning rate is the
   resolved one times the multiplier (per-parameter `_optim` learning rates, e.g. S4's SSM
   parameters, are absolute settings of the model and are not scaled). Each grid point is its own
   cell and record (`train.lr`, `train.lr_multiplier`, `train.lr_grid`).
@@ -41,11 +41,11 @@ from pathlib import Path
 
 import torch
 
-from harness.bench import autocast, build_classifier, is_oom, short_error
+from harness import distributed
 from harness.config import RunConfig
-from harness.errors import UserError
+from harness.errors import UserError, is_oom, short_error
 from harness.env import hardware
-from harness.heads import batch_to, count_parameters, loss_and_correct, param_groups, task_loss
+from harness.heads import autocast, batch_to, build_classifier, count_parameters, loss_and_correct, param_groups, task_loss
 from harness.registry import MODELS, TASKS
 from harness.store import cell_key, config_hash, make_record
 
@@ -171,6 +171,9 @@ def cell_identity(model_name: str, task_name: str, seed: int, config: RunConfig,
     arch, runtime = entry.split_config(entry.config(task_name, overrides))
     chash = config_hash(arch)
     train = dict(dataclasses.asdict(settings), lr_multiplier=lr_multiplier, time_budget=config.time_budget)
+    world = distributed.world()
+    if world.size > 1:  # the effective batch stays `batch_size`, split over the ranks
+        train.update(world_size=world.size, per_rank_batch=settings.batch_size // world.size)
     if config.lr_grid is not None:
         train["lr_grid"] = config.lr_multipliers
     key = cell_key(kind="accuracy", model=model_name, model_config_hash=chash, runtime=runtime, task=task_name,
@@ -185,14 +188,15 @@ def cell_identity(model_name: str, task_name: str, seed: int, config: RunConfig,
 
 
 def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *, device: str, dtype: str,
-               run=None, progress=None, done_keys: set | None = None, lr_multiplier: float = 1.0) -> dict | None:
+               run=None, on_progress=None, done_keys: set | None = None, lr_multiplier: float = 1.0) -> dict | None:
     """Train + evaluate one (model, task, seed, learning-rate multiplier); returns a record (never
     raises for model faults), or None when `done_keys` shows the same cell already finished (resume).
 
     The peak learning rate is the resolved one times `lr_multiplier`. With `config.time_budget` or
     `config.cell_timeout`, training may stop before the last step; the record is then still `ok`,
     with the best-validation weights tested, `metrics.steps` < `train.total_steps` and
-    `metrics.stopped` = "time-budget" | "timeout" (None when training reached its last step)."""
+    `metrics.stopped` = "time-budget" | "timeout" (None when training reached its last step).
+    `on_progress(text)`, when given, hears the step and loss after every optimiser step."""
     entry = MODELS.get(model_name)
     task_cls = TASKS.get(task_name).cls
     try:
@@ -229,11 +233,13 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
     started = time.perf_counter()
     try:
         result = _fit(model_name, task_name, seed, splits, settings, torch.device(device), dtype,
-                      ckpt_path, progress, config.threads, limits, cell["overrides"], spec)
+                      ckpt_path, on_progress, config.threads, limits, cell["overrides"], spec)
     except (Diverged, CellTimeout) as exc:
         return make_record(status="error", error=str(exc), **base)
     except Exception as exc:  # plugin faults and OOM become records; the run goes on
         return make_record(status="oom" if is_oom(exc) else "error", error=short_error(exc), **base)
+    if result is None:  # a data-parallel follower: rank 0 writes the record
+        return None
     metrics = dict(accuracy=result["test_acc"], val_accuracy=result["best_val_acc"], loss=result["test_loss"],
                    n_test=result["n_test"], best_step=result["best_step"], steps=result["steps"],
                    stopped=result["stopped"], train_step_seconds=round(result["train_step_seconds"], 2),
@@ -243,15 +249,21 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
     return make_record(status="ok", n_params=result["n_params"], metrics=metrics, **base)
 
 
-def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, ckpt_path, progress, threads,
+def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, ckpt_path, on_progress, threads,
          limits: Limits | None = None, overrides=None, spec=None):
     limits = limits or Limits()
     deadline = time.perf_counter() + limits.cell_timeout if limits.cell_timeout else None
     if threads:
         torch.set_num_threads(threads)
+    world = distributed.world()
+    if world.size > 1 and s.batch_size % world.size:
+        raise ValueError(f"the batch of {s.batch_size} does not split over {world.size} data-parallel ranks; "
+                         f"give --batch-size a multiple of {world.size}")
+    lead = world.rank == 0  # validates, tests and checkpoints
     torch.manual_seed(seed)
     model, _, _, _ = build_classifier(model_name, task_name, overrides, spec=spec)
     model.to(device)
+    trained = model  # what the optimiser steps: the model, or its DDP wrapper
     optimizer = torch.optim.AdamW(param_groups(model, s.lr, s.weight_decay), lr=s.lr, betas=s.betas, eps=s.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, s))
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == "fp16" and device.type == "cuda"))
@@ -271,8 +283,12 @@ def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, c
         if saved.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state(saved["cuda_rng"], device)
         state.update(saved["state"])
+    if world.size > 1:  # after a checkpoint is loaded: DDP starts every rank from rank 0's weights
+        trained = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
 
     def validate():
+        if not lead:
+            return
         val_acc, _, _ = evaluate(model, splits["val"], device, dtype, s.eval_batch_size)
         state["val_step"] = state["step"]
         if val_acc > state["best_val"]:
@@ -297,11 +313,11 @@ def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, c
             state["order"], state["cursor"] = torch.randperm(len(train), generator=generator), 0
         index = state["order"][state["cursor"]: state["cursor"] + s.batch_size]
         state["cursor"] += s.batch_size
-        batch = _typed(batch_to(train.batch(index), device))
+        batch = _typed(batch_to(train.batch(distributed.shard(index, world)), device))
         with autocast(device.type, dtype):
-            logits = model(batch)
+            logits = trained(batch)
         loss = task_loss(logits, batch["y"])
-        loss_value = float(loss.detach())  # the one host sync per step: stop before a NaN update
+        loss_value = float(_mean_over_ranks(loss.detach(), world))  # the one host sync per step
         if not math.isfinite(loss_value):
             raise Diverged(f"diverged at step {state['step'] + 1}: loss is {loss_value}")
         scaler.scale(loss).backward()
@@ -314,16 +330,18 @@ def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, c
         scheduler.step()
         state["step"] += 1
         state["step_seconds"] += time.perf_counter() - step_started
-        if progress is not None:
-            progress.set_postfix_str(f"{model_name}/{task_name} step {state['step']}/{s.total_steps} "
-                                     f"loss {loss_value:.3f}")
+        if on_progress is not None:
+            on_progress(f"{model_name}/{task_name} step {state['step']}/{s.total_steps} "
+                        f"loss {loss_value:.3f}")
         if state["step"] % s.eval_every == 0 or state["step"] == s.total_steps:
             validate()
-        if ckpt_path is not None and state["step"] % s.checkpoint_every == 0 and state["step"] < s.total_steps:
+        if lead and ckpt_path is not None and state["step"] % s.checkpoint_every == 0 and state["step"] < s.total_steps:
             _save_checkpoint(ckpt_path, model, optimizer, scheduler, generator, state, device)
     if stopped == "timeout" and state["step"] == 0:
         raise CellTimeout(f"timeout before the first step: --cell-timeout {limits.cell_timeout:g} s passed "
                           f"while building the model")
+    if not lead:
+        return None
     if state["best_weights"] is None or state["val_step"] != state["step"]:
         validate()  # a stop between validations (or before the first one) looks at where it stopped
     model.load_state_dict(state["best_weights"])
@@ -331,6 +349,18 @@ def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, c
     return dict(test_acc=test_acc, test_loss=test_loss, n_test=n_test, best_val_acc=state["best_val"],
                 best_step=state["best_step"], steps=state["step"], stopped=stopped,
                 train_step_seconds=state["step_seconds"], n_params=count_parameters(model))
+
+
+def _mean_over_ranks(loss: torch.Tensor, world) -> torch.Tensor:
+    """The loss averaged over the data-parallel ranks (itself with one process): every rank then
+    sees the same value, so all stop together on a non-finite loss."""
+    if world.size == 1:
+        return loss
+    import torch.distributed as dist
+
+    total = loss.float().clone()
+    dist.all_reduce(total)
+    return total / world.size
 
 
 def _load_checkpoint(path: Path) -> dict | None:

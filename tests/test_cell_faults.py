@@ -1,11 +1,11 @@
 """A model that crashes, exits or hangs inside an accuracy cell: that cell's error record, and the run
-goes on (issue 13, item 5; harness/cellworker.py)."""
+goes on (issue 13, item 5; harness/executors.py)."""
 
 import textwrap
 
 import pytest
 
-from harness import cellworker
+from harness import executors
 from harness.cli import main
 from harness.store import RunStore, load_records
 
@@ -62,7 +62,7 @@ def test_a_crash_or_exit_inside_a_model_is_that_cells_error_and_the_run_goes_on(
 
 def test_a_hang_inside_a_forward_pass_is_killed_from_outside(workdir, plugin, data_cache, monkeypatch):
     # killed at 8 s + 2 s of grace; 8 s leave a loaded machine time for the healthy model's 3 steps
-    monkeypatch.setattr(cellworker, "TIMEOUT_GRACE_MIN_SECONDS", 2.0)
+    monkeypatch.setattr(executors, "TIMEOUT_GRACE_MIN_SECONDS", 2.0)
     code = main([*RUN, "--include", plugin, "--cache-dir", str(data_cache), "--cell-timeout", "8",
                  "--models", "cf_hang,transformer_tiny"])
     assert code == 0

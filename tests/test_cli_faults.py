@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import ASCII_FOR, _cell_started
+from harness.cli import ASCII_FOR, ProgressView
+from harness.executors import Event
+from harness.plan import Unit
 from harness.config import RunConfig
 from harness.store import RunStore
 from tests.stored_runs import interrupt_and_check
@@ -113,16 +115,21 @@ class _Bar:
 
 
 def test_a_line_per_cell_as_it_starts(capsys):
-    config = RunConfig()
-    _cell_started(config, "transformer on listops (seed 0)")
+    def start(label, where=""):
+        return Event("start", Unit("accuracy", label, job={}), text=where)
+
+    view = ProgressView(quiet=False)
+    view(start("transformer on listops (seed 0)"))
     assert capsys.readouterr().err == "  starting transformer on listops (seed 0)\n"
-    _cell_started(config, "s4d on image (seed 1)", _Bar(disable=True))  # stderr not a terminal: no bar
-    assert capsys.readouterr().err == "  starting s4d on image (seed 1)\n"
-    live = _Bar(disable=False)
-    _cell_started(config, "mega on text (seed 2)", live)  # written above the live bar
+    view.bar = _Bar(disable=True)  # stderr not a terminal: no bar, plain lines
+    view(start("s4d on image (seed 1)", "worker 1"))
+    assert capsys.readouterr().err == "  starting s4d on image (seed 1) (worker 1)\n"
+    view.bar = live = _Bar(disable=False)
+    view(start("mega on text (seed 2)"))  # written above the live bar
     assert live.lines == ["  starting mega on text (seed 2)"] and capsys.readouterr().err == ""
-    quiet = RunConfig(quiet=True)
-    _cell_started(quiet, "mega on text (seed 2)", live)
+    quiet = ProgressView(quiet=True)
+    quiet.bar = live
+    quiet(start("mega on text (seed 2)"))
     assert capsys.readouterr().err == "" and len(live.lines) == 1
 
 

@@ -155,7 +155,7 @@ def test_mqar_smoke_vocabulary_covers_only_the_ids_in_use():
 
 
 def test_mqar_smoke_model_scores_the_small_vocabulary():
-    from harness.bench import build_classifier
+    from harness.heads import build_classifier
     from harness.heads import task_loss
 
     task = MQAR(scale="smoke", seed=0)

@@ -19,7 +19,7 @@ class StopAt:
     def __init__(self, step):
         self.step, self.calls = step, 0
 
-    def set_postfix_str(self, _text):
+    def __call__(self, _text):
         self.calls += 1
         if self.calls == self.step:
             raise KeyboardInterrupt
@@ -32,7 +32,7 @@ def test_training_resumes_from_checkpoint_exactly(tmp_path, data_cache):
     reference = train_cell("transformer_tiny", "listops", 0, cfg, device="cpu", dtype="fp32")
     run = RunStore(tmp_path).create(["test"], cfg.to_dict(), env.capture())
     with pytest.raises(KeyboardInterrupt):
-        train_cell("transformer_tiny", "listops", 0, cfg, device="cpu", dtype="fp32", run=run, progress=StopAt(15))
+        train_cell("transformer_tiny", "listops", 0, cfg, device="cpu", dtype="fp32", run=run, on_progress=StopAt(15))
     checkpoints = list((run.dir / "checkpoints").glob("*.pt"))
     assert len(checkpoints) == 1  # saved at step 10
     resumed = train_cell("transformer_tiny", "listops", 0, cfg, device="cpu", dtype="fp32", run=run)
@@ -49,7 +49,7 @@ def test_damaged_checkpoint_is_moved_aside_and_training_restarts(tmp_path, data_
     reference = train_cell("transformer_tiny", "listops", 0, cfg, device="cpu", dtype="fp32")
     run = RunStore(tmp_path).create(["test"], cfg.to_dict(), env.capture())
     with pytest.raises(KeyboardInterrupt):
-        train_cell("transformer_tiny", "listops", 0, cfg, device="cpu", dtype="fp32", run=run, progress=StopAt(15))
+        train_cell("transformer_tiny", "listops", 0, cfg, device="cpu", dtype="fp32", run=run, on_progress=StopAt(15))
     (checkpoint,) = (run.dir / "checkpoints").glob("*.pt")
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])  # torn by a crash mid-write
     resumed = train_cell("transformer_tiny", "listops", 0, cfg, device="cpu", dtype="fp32", run=run)

@@ -1,5 +1,6 @@
 """Speed/memory runner (measurement.md protocol) and accuracy runner (train.py)."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -8,12 +9,26 @@ import torch
 import torch.nn as nn
 
 from harness import env
-from harness.bench import Cell, build_classifier, make_iteration, measure_cell, measure_in_subprocess, sweep
+from harness.heads import build_classifier
+from harness.bench import Cell, make_iteration, measure_cell, measure_in_subprocess
 from harness.config import RunConfig
 from harness.heads import SequenceModel, batch_to, param_groups
 from harness.registry import MODELS, TASKS, register_model
 from harness.store import RunStore, load_records
+from harness.executors import run_unit
 from harness.train import TrainSettings, lr_factor, resolve_settings, train_cell
+
+
+def sweep(cells, run, done=()):
+    """Each model's cells as one in-process speed unit (as the plan makes them), stored in `run`."""
+    records = []
+    for model in dict.fromkeys(c.model for c in cells):
+        job = dict(kind="speed", cells=[dataclasses.asdict(c) for c in cells if c.model == model],
+                   isolation="inprocess", timeout=None, done_keys=sorted(done))
+        for record in run_unit(job):
+            run.append(record)
+            records.append(record)
+    return records
 
 
 class FailsAtLength(nn.Module):
@@ -67,7 +82,7 @@ def test_ok_cell_has_protocol_fields():
 def test_oom_then_longer_lengths_skipped_and_next_model_runs(tmp_path):
     run = new_run(tmp_path)
     cells = [cell(m, L) for m in ("t_oom", "transformer_tiny") for L in (512, 128, 256)]
-    records = sweep(cells, run, subprocess_isolation=False)
+    records = sweep(cells, run)
     by = {(r["model"], r["seq_len"]): r for r in records}
     assert [by[("t_oom", L)]["status"] for L in (128, 256, 512)] == ["ok", "oom", "skipped"]
     assert by[("t_oom", 512)]["error"] == "oom at the shorter length 256"
@@ -87,8 +102,8 @@ def test_faults_become_error_records(model, fragment):
 def test_resume_skips_measured_cells(tmp_path):
     run = new_run(tmp_path)
     cells = [cell("transformer_tiny", L) for L in (32, 64)]
-    first = sweep(cells[:1], run, subprocess_isolation=False)
-    second = sweep(cells, run, subprocess_isolation=False, done_keys=run.done_keys())
+    first = sweep(cells[:1], run)
+    second = sweep(cells, run, done=run.done_keys())
     assert len(first) == 1 and [r["seq_len"] for r in second] == [64]
 
 

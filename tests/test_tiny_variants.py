@@ -7,7 +7,7 @@ import pytest
 import torch.nn as nn
 
 import models  # noqa: F401  (registers every built-in family)
-from harness.bench import build_classifier
+from harness.heads import build_classifier
 from harness.heads import count_parameters
 from harness.registry import MODELS
 

@@ -40,9 +40,9 @@ def _prepare(command):
             if args.quiet:
                 warnings.simplefilter("ignore")
             if args.include:  # importing the registry costs seconds: only when asked
-                from harness.cli import load_plugins
+                from harness.registry import load_plugins
 
-                load_plugins(args)
+                load_plugins(args.include)
             return command(args)
     return wrapped
 
