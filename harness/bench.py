@@ -16,7 +16,8 @@ A cell is (model, task configuration, sequence length, batch, dtype, mode). For 
    the peak is reset through /proc/self/clear_refs, so in-process cells do not inherit an earlier peak);
 4. report the median with p20/p80 and keep every sample.
 A non-finite loss or output in any timed iteration makes the cell an `error`. Lengths are swept in
-ascending order; an out-of-memory cell is `oom` and the model's longer lengths are `skipped`; any
+ascending order (one unit of work, harness/executors.py); an out-of-memory cell is `oom` and the
+model's longer lengths are `skipped`; any
 other exception is an `error` with its message. On CUDA each cell runs in a fresh subprocess by
 default, so peak statistics, fragmentation and a poisoned CUDA context cannot leak between cells.
 """

@@ -1,7 +1,8 @@
 """`python -m harness <command>`: run, bench, ls, env, table, report, compare, data.
 
-Data flows one way: config -> registry -> runners (train.py, bench.py) -> records -> store ->
-tables / plots / report. Options and their defaults live in `harness.config.RunConfig`.
+Data flows one way: config -> plan -> executor -> records -> store -> tables / plots / report.
+`run` and `bench` hand a `harness.config.RunConfig` (every option, its default and help) to
+`harness.runner.run` and render its events; the other commands read the store.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class ProgressView:
         elif event.kind == "start":
             where = f" ({event.text})" if event.text else ""
             self.write(f"  starting {event.unit.label}{where}")
+        elif event.kind == "submitted":
+            self.write(f"  submitted {event.unit.label}")
         elif event.kind == "note":
             self.write(f"  {event.text}")
         elif event.kind == "progress" and self.bar is not None:

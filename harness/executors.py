@@ -23,6 +23,7 @@ Executors yield `Event`s in the driver's thread; they never write to the store.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import queue
@@ -50,8 +51,9 @@ def outside_deadline(cell_timeout: float | None) -> float | None:
 
 @dataclass
 class Event:
-    """What an executor reports: `start` (a unit begins), `record` (a finished cell), `progress`
-    (a training step, `text`), `note` (a line for the user, `text`)."""
+    """What an executor reports: `start` (a unit begins; `text`: where), `submitted` (handed to a
+    scheduler that starts it when resources allow), `record` (a finished cell), `progress` (a training
+    step, `text`), `note` (a line for the user, `text`). The runner adds `opened` (the run, `text`)."""
 
     kind: str
     unit: object = None  # the plan.Unit
@@ -467,7 +469,8 @@ class RayExecutor:
         started_here = not ray.is_initialized()
         if started_here:
             try:
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=False, **self.init_options)
+                options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+                ray.init(address=self.address, **{**options, **self.init_options})
             except Exception as exc:
                 raise UserError(f"--ray-address {self.address or '(local)'}: cannot start or join a Ray cluster "
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
@@ -488,7 +491,7 @@ class RayExecutor:
                                      retry_exceptions=False).remote(unit.job, unit.kind, unit.deadline,
                                                                     run_dir, self.threads)
                 refs[ref] = unit
-                yield Event("start", unit, text="submitted")
+                yield Event("submitted", unit)
             while refs:
                 ready, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
                 for ref in ready:

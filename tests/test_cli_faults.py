@@ -72,28 +72,29 @@ def test_a_character_without_an_ascii_spelling_becomes_a_question_mark():
     assert raw.getvalue() == b"2.1+-0.3 x L >= 1k ?."
 
 
-def _slow_bench(workdir, disposition):
+def _slow_bench(workdir, disposition, extra=()):
     """A `bench` of the sleeping model in its own session (so the test's terminal never signals it),
     with SIGINT's disposition at start set explicitly, never inherited from whatever ran pytest."""
     (workdir / "sleeps.py").write_text(SLEEPING_PLUGIN)
     marker = workdir / "inside-forward"
     args = [sys.executable, "-m", "harness", "bench", "--include", "sleeps.py", "--models", "sleeps",
             "--bench-task", "listops", "--lengths", "16", "--iters", "1", "--warmup", "0",
-            "--isolation", "inprocess", "--threads", "1"]
+            "--isolation", "inprocess", "--threads", "1", *extra]
     proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, SLEEPS_MARKER=str(marker)), start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, disposition))
     return proc, marker
 
 
-@pytest.mark.parametrize("sig, disposition", [
-    pytest.param(getattr(signal, "SIGHUP", None), signal.SIG_DFL, id="sighup"),
-    pytest.param(signal.SIGINT, signal.SIG_IGN, id="sigint-ignored-at-start"),
+@pytest.mark.parametrize("sig, disposition, extra", [
+    pytest.param(getattr(signal, "SIGHUP", None), signal.SIG_DFL, (), id="sighup"),
+    pytest.param(signal.SIGINT, signal.SIG_IGN, (), id="sigint-ignored-at-start"),
+    pytest.param(signal.SIGTERM, signal.SIG_DFL, ("--executor", "pool", "--workers", "1"), id="sigterm-pool"),
 ])
-def test_signal_mid_cell_marks_the_run_interrupted(workdir, sig, disposition):
+def test_signal_mid_cell_marks_the_run_interrupted(workdir, sig, disposition, extra):
     if sig is None:
         pytest.skip("this platform has no SIGHUP")
-    proc, marker = _slow_bench(workdir, disposition)
+    proc, marker = _slow_bench(workdir, disposition, extra)
     interrupt_and_check(proc, sig, marker.exists, workdir / "results")
 
 
