@@ -53,6 +53,7 @@ class Cell:
     threads: int | None = None  # torch CPU threads (None: leave torch's default)
     seed: int = 0
     overrides: dict = field(default_factory=dict)  # architecture overrides from the user
+    swept: list = field(default_factory=list)  # override keys of a sweep: they always label the row
     includes: list = field(default_factory=list)  # plugin files the child process must import
 
     def config(self, entry) -> dict:
@@ -269,7 +270,7 @@ def bare_record(cell: Cell) -> dict:
     chash = config_hash(arch)
     inputs = "random tokens" if spec.input_kind == "tokens" else "random pixels"
     return dict(kind="speed", model=cell.model, model_family=entry.family, model_config=arch,
-                runtime_config=runtime, variant=entry.variant(cell.task, cell.overrides),
+                runtime_config=runtime, variant=entry.variant(cell.task, cell.overrides, cell.swept),
                 model_config_hash=chash, task=cell.task, task_version=spec.version, seq_len=cell.seq_len,
                 batch_size=cell.batch_size, dtype=cell.dtype, device=cell.device, mode=cell.mode,
                 seed=cell.seed, provenance=Provenance("random-inputs", inputs), hardware=hardware(cell.device),

@@ -158,8 +158,12 @@ class RunConfig:
     modes: str = _opt("speed/memory modes: train_step (forward+backward+AdamW step) and/or forward",
                       default="train_step", metavar="MODES")
     set: list = _opt("override a model-config value for every model, e.g. --set compile=true or "
-                     "--set chunk_size=256 (repeatable; values parse as JSON, else as text)",
+                     "--set chunk_size=256 (repeatable; values parse as JSON, else as text); a comma list that "
+                     "is not one JSON value, e.g. --set attention=softmax,relu2,laplace, is a sweep (see --sweep)",
                      default_factory=list, metavar="KEY=VALUE", action="append")
+    sweep: list = _opt("run every value of a model-config key as its own labelled variant row, e.g. --sweep "
+                       "chunk_size=16,64,128 (repeatable: several keys give their product); each value parses "
+                       "as JSON, else as text", default_factory=list, metavar="KEY=V1,V2,...", action="append")
     steps: int = _opt("training steps (overrides the scale preset)", commands=("run",), metavar="N")
     lr: float = _opt("peak learning rate (overrides scale and model defaults)", commands=("run",),
                      metavar="LR")
@@ -273,25 +277,78 @@ class RunConfig:
         if self.warmup < 0:
             raise UserError(f"--warmup {self.warmup}: expected an integer of at least 0")
         parse_int_list("seeds", self.seeds, minimum=0)
-        self.model_overrides  # noqa: B018 (validates --set)
+        self.override_grid  # noqa: B018 (validates --set and --sweep)
         self.data_seed = parse_int_list("data-seed", str(self.data_seed), minimum=0)[0]
         return self
 
     @property
     def model_overrides(self) -> dict:
-        """--set KEY=VALUE pairs as a dict (JSON values: true, 3, 0.1, "x"; anything else is text)."""
+        """The single-valued --set KEY=VALUE pairs as a dict (JSON values: true, 3, 0.1, "x"; anything
+        else is text); the swept keys are in `override_grid`."""
+        return {key: values[0] for key, values in self._override_axes().items() if len(values) == 1}
+
+    @property
+    def override_grid(self) -> list[dict]:
+        """Every combination of the swept values (--sweep, and --set with a comma list), each with the
+        single-valued --set pairs: one dict per variant, in the order given ([{...}] without a sweep)."""
+        import itertools
+
+        axes = self._override_axes()
+        keys = list(axes)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))]
+
+    def variants(self) -> list["RunConfig"]:
+        """One config per point of `override_grid`, its overrides all single-valued (itself without a sweep)."""
         import json
 
-        out = {}
-        for item in self.set or []:
-            key, sep, value = str(item).partition("=")
-            if not sep or not key.strip().isidentifier():
-                raise UserError(f"--set {item!r}: expected KEY=VALUE with a config key, e.g. --set compile=true")
+        grid = self.override_grid
+        if len(grid) == 1:
+            return [self]
+        swept = self.swept_keys
+        return [dataclasses.replace(self, set=[f"{k}={json.dumps(v)}" for k, v in point.items() if k not in swept],
+                                    sweep=[f"{k}={json.dumps(v)}" for k, v in point.items() if k in swept])
+                for point in grid]
+
+    @property
+    def swept_keys(self) -> list[str]:
+        """Keys given several values (or with --sweep): they label every row of the sweep, also where
+        a value equals the model's registered one."""
+        axes = self._override_axes()
+        named = {str(item).partition("=")[0].strip() for item in self.sweep or []}
+        return [k for k, values in axes.items() if len(values) > 1 or k in named]
+
+    def _override_axes(self) -> dict:
+        """{key: [values]} from --set (one value, or a sweep) and --sweep (always a list of values)."""
+        import json
+
+        def parse(text: str):
             try:
-                out[key.strip()] = json.loads(value)
+                return json.loads(text)
             except ValueError:
-                out[key.strip()] = value
-        return out
+                return text
+
+        axes: dict = {}
+        for flag, items in (("set", self.set), ("sweep", self.sweep)):
+            for item in items or []:
+                key, sep, value = str(item).partition("=")
+                key = key.strip()
+                if not sep or not key.isidentifier():
+                    raise UserError(f"--{flag} {item!r}: expected KEY=VALUE with a config key, e.g. "
+                                    f"--{flag} {'compile=true' if flag == 'set' else 'chunk_size=64,128'}")
+                try:
+                    values = [json.loads(value)]
+                    if flag == "sweep" and isinstance(values[0], list):
+                        values = values[0]
+                except ValueError:
+                    values = [parse(v.strip()) for v in value.split(",")] if "," in value else [value]
+                if any(v == "" for v in values):
+                    raise UserError(f"--{flag} {item!r}: an empty value; give e.g. {key}=a,b,c")
+                if key in axes:
+                    raise UserError(f"--{flag} {key}=...: {key} is given twice; give its values once "
+                                    f"(a sweep: {key}=V1,V2)")
+                axes[key] = list(dict.fromkeys(json.dumps(v, sort_keys=True) for v in values))
+                axes[key] = [json.loads(v) for v in axes[key]]
+        return axes
 
     @property
     def lr_multipliers(self) -> list[float]:

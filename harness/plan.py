@@ -149,11 +149,13 @@ def _reference_units(plan: Plan) -> list[Unit]:
     return units
 
 
-def _accuracy_units(plan: Plan) -> list[Unit]:
+def _accuracy_units(plan: Plan, config: RunConfig) -> list[Unit]:
     from harness.executors import outside_deadline
+    from harness.records import row_label
+    from harness.registry import MODELS
     from harness.train import cell_identity
 
-    config, units = plan.config, []
+    units = []
     for task in plan.tasks:
         for model in plan.models:
             name = train_name(model, config)
@@ -171,7 +173,8 @@ def _accuracy_units(plan: Plan) -> list[Unit]:
                     job = dict(kind="accuracy", model=name, task=task, seed=seed, lr_multiplier=multiplier,
                                config=config.to_dict(), device=plan.device, dtype=plan.dtype,
                                includes=plan.includes)
-                    units.append(Unit("accuracy", f"{name} on {task} (seed {seed}{lr})", job=job, keys=keys,
+                    label = row_label(name, MODELS.get(name).variant(task, config.model_overrides, config.swept_keys))
+                    units.append(Unit("accuracy", f"{label} on {task} (seed {seed}{lr})", job=job, keys=keys,
                                       lost_records=lost, gpu=plan.device == "cuda",
                                       deadline=outside_deadline(config.cell_timeout)))
     return units
@@ -183,17 +186,17 @@ def speed_cells(config: RunConfig, models: list[str], device: str, dtype: str, i
 
     return [Cell(model=m, task=config.bench_task, seq_len=L, batch_size=config.bench_batch, dtype=dtype,
                  device=device, mode=mode, warmup=config.warmup, iters=config.iters, threads=config.threads,
-                 overrides=config.model_overrides, includes=list(includes))
+                 overrides=config.model_overrides, swept=config.swept_keys, includes=list(includes))
             for m in models for mode in config.mode_list for L in config.length_list]
 
 
-def _speed_units(plan: Plan, as_trained: bool) -> list[Unit]:
+def _speed_units(plan: Plan, config: RunConfig, as_trained: bool) -> list[Unit]:
     """One unit per model and mode. `as_trained` (the sweep of `run`): measure the networks the
     accuracy cells train, i.e. the `*_tiny` variants at a scale with tiny models, so speed and
     accuracy describe the same models. `bench` measures exactly the models named."""
     from harness.bench import bare_record
+    from harness.records import row_label
 
-    config = plan.config
     models = plan.models
     if as_trained:
         models = list(dict.fromkeys(train_name(m, config) for m in models))
@@ -208,7 +211,8 @@ def _speed_units(plan: Plan, as_trained: bool) -> list[Unit]:
         lengths = ",".join(str(c.seq_len) for c in group)
         job = dict(kind="speed", cells=[dataclasses.asdict(c) for c in group], isolation=config.isolation,
                    timeout=config.cell_timeout, includes=plan.includes)
-        units.append(Unit("speed", f"{model} {mode} L={lengths}", job=job, keys=[b["cell_key"] for b in bare],
+        label = row_label(model, bare[0]["variant"])
+        units.append(Unit("speed", f"{label} {mode} L={lengths}", job=job, keys=[b["cell_key"] for b in bare],
                           lost_records=bare, gpu=plan.device == "cuda"))
     return units
 
@@ -235,7 +239,9 @@ def make_plan(config: RunConfig, command: str, failed_plugins: dict, device: str
 
     models, broken = resolve_models(config, failed_plugins)
     tasks = TASKS.resolve(config.tasks) if command == "run" and not config.skip_train else []
-    check_overrides(config, models, config.bench_task)
+    variants = config.variants()  # one per point of a --sweep (or a --set with a comma list)
+    for variant in variants:
+        check_overrides(variant, models, config.bench_task)
     TASKS.get(config.bench_task)
     includes = [p for p in config.include if str(p) not in failed_plugins]  # workers re-import them
     plan = Plan(config, models, tasks, device, dtype, broken, includes, failed_plugins)
@@ -243,9 +249,12 @@ def make_plan(config: RunConfig, command: str, failed_plugins: dict, device: str
     if command == "run":
         if tasks and not config.no_reference_rows:
             plan.units += _reference_units(plan)
-        plan.units += _accuracy_units(plan)
+        for variant in variants:
+            plan.units += _accuracy_units(plan, variant)
         if not config.skip_bench:
-            plan.units += _speed_units(plan, as_trained=True)
+            for variant in variants:
+                plan.units += _speed_units(plan, variant, as_trained=True)
     else:
-        plan.units += _speed_units(plan, as_trained=False)
+        for variant in variants:
+            plan.units += _speed_units(plan, variant, as_trained=False)
     return plan

@@ -100,11 +100,13 @@ class ModelEntry:
         keys = self.config(task)
         return {k: v for k, v in (overrides or {}).items() if k in keys}
 
-    def variant(self, task: str | None, overrides: dict | None) -> dict:
+    def variant(self, task: str | None, overrides: dict | None, swept=()) -> dict:
         """The user's overrides that change this model's registered config for `task`: they label
-        its row (`mega [attention=laplace]`); an override equal to the registered value labels nothing."""
+        its row (`mega [attention=laplace]`); an override equal to the registered value labels nothing,
+        unless its key is `swept` (every row of a sweep names its value)."""
         registered = self.config(task)
-        return {k: v for k, v in self.known_overrides(task, overrides).items() if registered.get(k) != v}
+        return {k: v for k, v in self.known_overrides(task, overrides).items()
+                if registered.get(k) != v or k in swept}
 
     def train_config(self, task: str | None) -> dict:
         return dict(self.train_configs.get(task, {})) if task else {}
