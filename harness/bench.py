@@ -269,7 +269,7 @@ def bare_record(cell: Cell) -> dict:
     arch, runtime = entry.split_config(cell.config(entry))
     chash = config_hash(arch)
     inputs = "random tokens" if spec.input_kind == "tokens" else "random pixels"
-    return dict(kind="speed", model=cell.model, model_family=entry.family, model_config=arch,
+    return dict(kind="speed", model=cell.model, model_family=entry.family, complexity=entry.complexity, model_config=arch,
                 runtime_config=runtime, variant=entry.variant(cell.task, cell.overrides, cell.swept),
                 model_config_hash=chash, task=cell.task, task_version=spec.version, seq_len=cell.seq_len,
                 batch_size=cell.batch_size, dtype=cell.dtype, device=cell.device, mode=cell.mode,

@@ -198,7 +198,7 @@ def row_label(model: str, variant: dict | None) -> str:
     return f"{model} [{label}]" if label else model
 
 
-_TEXT = ("run_id", "cell_key", "kind", "model", "model_family", "model_config_hash", "task", "task_version",
+_TEXT = ("run_id", "cell_key", "kind", "model", "model_family", "complexity", "model_config_hash", "task", "task_version",
          "dtype", "device", "mode", "status", "error", "scale", "created")
 _INT = ("seq_len", "batch_size", "seed", "n_params", "protocol_version")
 
@@ -215,6 +215,7 @@ class Record:
     run_id: str | None = None
     cell_key: str | None = None
     model_family: str | None = None
+    complexity: str | None = None  # the registered complexity, e.g. "O(L^2)", beside the measured one
     model_config: dict = field(default_factory=dict)  # architecture: the model's identity (hashed)
     model_config_hash: str | None = None
     runtime_config: dict = field(default_factory=dict)  # execution settings: recorded, not hashed

@@ -180,7 +180,7 @@ def cell_identity(model_name: str, task_name: str, seed: int, config: RunConfig,
                    task_version=task_cls.spec.version, scale=config.scale, seed=seed, dtype=dtype,
                    device=device, train=train, data_dir=config.data_dir, data_seed=config.data_seed)
     return dict(settings=settings, overrides=overrides, key=key, base=dict(
-        kind="accuracy", model=model_name, model_family=entry.family, model_config=arch, runtime_config=runtime,
+        kind="accuracy", model=model_name, model_family=entry.family, complexity=entry.complexity, model_config=arch, runtime_config=runtime,
         variant=entry.variant(task_name, overrides, config.swept_keys), model_config_hash=chash, task=task_name, task_version=task_cls.spec.version,
         batch_size=settings.batch_size, dtype=dtype, device=device, mode="train", seed=seed, scale=config.scale,
         train=train, cell_key=key, hardware=hardware(device),

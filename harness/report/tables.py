@@ -1067,8 +1067,67 @@ def length_tables(df: pd.DataFrame, slice_: dict | None = None,
     return tables
 
 
+def fit_exponent(lengths, values) -> tuple[float, float] | None:
+    """(p, r²) of the least-squares line log(value) = p·log(L) + c over positive finite points: the
+    measured exponent of value ∝ L^p. None with fewer than 2 distinct lengths."""
+    points = [(float(n), float(v)) for n, v in zip(lengths, values)
+              if n and v is not None and np.isfinite(v) and v > 0 and n > 0]
+    if len({n for n, _ in points}) < 2:
+        return None
+    x = np.log([n for n, _ in points])
+    y = np.log([v for _, v in points])
+    p, c = np.polyfit(x, y, 1)
+    residual = float(((y - (p * x + c)) ** 2).sum())
+    total = float(((y - y.mean()) ** 2).sum())
+    return float(p), (1.0 - residual / total) if total > 0 else 1.0
+
+
+COMPLEXITY_MIN_POINTS = 3  # below this a fitted exponent is shown, marked as resting on 2 lengths
+
+
+def complexity_table(df: pd.DataFrame, slice_: dict | None = None, aggregate: bool = False) -> pd.DataFrame | None:
+    """Measured complexity for one slice: per row, the exponents p of time ∝ L^p and peak memory ∝ L^p
+    fitted over its ok lengths, with the fit range and r², beside the registered complexity."""
+    cells = speed_cells(df, aggregate)
+    if cells.empty:
+        return None
+    slice_ = slice_ or speed_slices(cells)[0]
+    cells = select_slice(cells, slice_)
+    rows, data = {}, {}
+    for label, group in cells.groupby("label", sort=False):
+        ok = group[group["status"] == "ok"].sort_values("seq_len")
+        registered = next((c for c in group.get("complexity", pd.Series(dtype=object)) if isinstance(c, str)), None)
+        row = {"registered": registered or DASH}
+        time_fit = fit_exponent(ok["seq_len"], ok["timing.median_ms"])
+        memory_fit = fit_exponent(ok["seq_len"], ok["peak_bytes"])
+        if time_fit is None:
+            row.update({"time p": DASH, "memory p": DASH, "fit range": DASH})
+        else:
+            lengths = sorted({int(n) for n in ok["seq_len"]})
+            few = "†" if len(lengths) < COMPLEXITY_MIN_POINTS else ""
+            row["time p"] = f"{time_fit[0]:.2f}{few}"
+            row["memory p"] = f"{memory_fit[0]:.2f}{few}" if memory_fit else DASH
+            row["fit range"] = f"{length_label(lengths[0])}–{length_label(lengths[-1])} ({len(lengths)} lengths)"
+            row["time r²"] = f"{time_fit[1]:.3f}"
+            data[(label, "time p")] = {"p": time_fit[0], "r2": time_fit[1], "lengths": lengths}
+            if memory_fit:
+                data[(label, "memory p")] = {"p": memory_fit[0], "r2": memory_fit[1], "lengths": lengths}
+        rows[label] = row
+    if not any(r.get("time p", DASH) != DASH for r in rows.values()):
+        return None
+    caption = (f"{slice_text(slice_)}. p = slope of a least-squares line through log(median time) or "
+               f"log(peak memory) against log(L) over the row's ok lengths (fit range), i.e. time ∝ L^p; "
+               f"r² of the time fit. Fixed costs (host overhead, weights and optimiser state in memory) flatten "
+               f"p at short lengths, so an O(L²) model can measure below 2 until its quadratic term dominates. "
+               f"registered = the complexity its model file declares (– in records written before it was recorded). † = fitted on 2 lengths only; "
+               f"– = fewer than 2 ok lengths.")
+    return _frame(rows, ["registered", "time p", "memory p", "fit range", "time r²"],
+                  f"Measured complexity ({slice_tag(slice_)})", caption, index_name="Model", cells=data)
+
+
 def all_tables(df: pd.DataFrame, length: int = 4096, aggregate: bool = False) -> list[pd.DataFrame]:
-    """Every table of a report, in reading order (accuracy, other tasks, efficiency, by length)."""
+    """Every table of a report, in reading order (accuracy, other tasks, efficiency, by length,
+    measured complexity)."""
     df = prepare(df)
     out = [t for t in (accuracy_table(df, aggregate), other_tasks_table(df, aggregate)) if t is not None]
     cells = speed_cells(df, aggregate)
@@ -1079,6 +1138,10 @@ def all_tables(df: pd.DataFrame, length: int = 4096, aggregate: bool = False) ->
             out.append(table)
     for slice_ in slices:
         out += length_tables(df, slice_, aggregate)
+    for slice_ in slices:
+        table = complexity_table(df, slice_, aggregate)
+        if table is not None:
+            out.append(table)
     return out
 
 
