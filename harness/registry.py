@@ -75,6 +75,9 @@ class ModelEntry:
     tiny_of: str | None = None  # for `*_tiny` variants: the full-size model's name
     tiny_overrides: dict = field(default_factory=dict)
     runtime_keys: tuple = ()  # config keys that choose how, not what, the model computes
+    # A published efficiency row for this model (not its tiny variant), shown beside ours and never
+    # mixed with it: {"speed": ratio, "memory": ratio, "source": "where, which protocol"}.
+    published: dict = field(default_factory=dict)
 
     def split_config(self, config: dict) -> tuple[dict, dict]:
         """(architecture, runtime settings) of a resolved config: the architecture is the model's
@@ -277,11 +280,14 @@ def register_model(
     probe: Callable[[], str | None] | None = None,
     description: str = "",
     runtime: tuple | list = (),
+    published: dict | None = None,
     override: bool = False,
 ):
     """Decorator for a backbone factory. `tiny` (architecture overrides) also registers `name_tiny`.
     `runtime` names the config keys that are execution settings (e.g. `compile`, a kernel choice):
-    recorded and shown as a variant, but not part of the architecture's identity.
+    recorded and shown as a variant, but not part of the architecture's identity. `published` is the
+    paper's efficiency figures for this model (e.g. MEGA Table 2's speed and memory ratios at 4K),
+    which the efficiency table shows in a column of their own.
 
     Example::
 
@@ -309,7 +315,7 @@ def register_model(
             origin=origin, description=description or (inspect.getdoc(factory) or "").split("\n")[0],
             runtime_keys=tuple(runtime),
         )
-        MODELS.add(ModelEntry(name=name, **common), override=override)
+        MODELS.add(ModelEntry(name=name, published=dict(published or {}), **common), override=override)
         if tiny is not None:
             MODELS.add(
                 ModelEntry(name=f"{name}_tiny", tiny_of=name, tiny_overrides=dict(tiny), **common),

@@ -1027,7 +1027,8 @@ def build_mega(**kwargs) -> MegaEncoder:
 @register_model("mega", family="hybrid", paper=PAPER, complexity="O(L^2)",
                 defaults=dataclasses.asdict(MegaConfig(chunk_size=-1)),
                 task_configs={t: dict(c, chunk_size=-1) for t, c in TASK_CONFIGS.items()},
-                train_configs=TRAIN_CONFIGS, tiny=TINY, runtime=RUNTIME_KEYS)
+                train_configs=TRAIN_CONFIGS, tiny=TINY, runtime=RUNTIME_KEYS,
+                published=dict(speed=2.9, memory=0.31, source="MEGA Table 2 (MEGA authors' GPU runs)"))
 def mega(**kwargs) -> MegaEncoder:
     """MEGA: bidirectional damped EMA + single-head gated attention over the whole sequence"""
     return build_mega(**kwargs)
@@ -1037,7 +1038,8 @@ def mega(**kwargs) -> MegaEncoder:
                 defaults=dataclasses.asdict(MegaConfig(chunk_size=128)),
                 task_configs={t: dict(c, chunk_size=CHUNK_SIZES[t]) for t, c in TASK_CONFIGS.items()},
                 train_configs=TRAIN_CONFIGS, tiny=dict(TINY, chunk_size=16, rel_pos="simple"),  # bias sized by C
-                runtime=RUNTIME_KEYS)
+                runtime=RUNTIME_KEYS,
+                published=dict(speed=5.5, memory=0.13, source="MEGA Table 2 (MEGA authors' GPU runs)"))
 def mega_chunk(**kwargs) -> MegaEncoder:
     """MEGA-chunk: EMA over the whole sequence, gated attention inside chunks of C"""
     return build_mega(**kwargs)

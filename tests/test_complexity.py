@@ -39,3 +39,18 @@ def test_failed_lengths_are_left_out_of_the_fit_and_two_lengths_are_marked(tmp_p
     table = tables.complexity_table(tables.prepare(load_records(tmp_path)))
     assert table.loc["m", "time p"] == "2.00†" and "(2 lengths)" in table.loc["m", "fit range"]
     assert tables.fit_exponent([1024], [3.0]) is None  # one length: no slope
+
+
+def test_paper_ratios_stand_beside_ours_only_at_the_papers_cell(tmp_path):
+    """The published Table-2 ratios (declared by the model files) get their own column at Text, 4K,
+    and nowhere else; they never replace our own ratios."""
+    records = [dict(speed(n, ms), model=model) for model, ms in (("mega", 30.0), ("transformer_vanilla", 60.0), ("m", 9.0))
+               for n in (1024, 4096)]
+    write_run(tmp_path, RUN_A, records)
+    frame = tables.prepare(load_records(tmp_path))
+    slice_ = tables.speed_slices(tables.speed_cells(frame))[0]
+    table = tables.efficiency_table(frame, 4096, slice_)
+    assert table.loc["mega", "paper speed-up / memory"] == "2.9× / 0.31×"
+    assert table.loc["mega", "speed-up vs transformer_vanilla"] == "2.0×"  # ours, from our times
+    assert table.loc["m", "paper speed-up / memory"] == "–" and "never mixed with ours" in table.attrs["caption"]
+    assert "paper speed-up / memory" not in tables.efficiency_table(frame, 1024, slice_).columns

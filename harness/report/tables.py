@@ -940,6 +940,25 @@ def other_tasks_table(df: pd.DataFrame, aggregate: bool = False) -> pd.DataFrame
 
 # -- efficiency and by-length tables ----------------------------------------------------------------
 
+PUBLISHED_TASK, PUBLISHED_LENGTH = "text", 4096  # where the papers' Table-2 efficiency ratios were taken
+
+
+def published_efficiency(models) -> dict:
+    """{model: {"speed", "memory", "source"}} for the models whose registration carries published
+    efficiency figures (importing the registry; {} where it cannot be loaded)."""
+    try:
+        from harness.registry import MODELS
+
+        MODELS.ensure_loaded()
+        out = {}
+        for model in models:
+            if isinstance(model, str) and model in MODELS.names() and MODELS.get(model).published:
+                out[model] = MODELS.get(model).published
+        return out
+    except Exception:  # a report must render without the models
+        return {}
+
+
 def efficiency_table(df: pd.DataFrame, length: int = 4096, slice_: dict | None = None,
                      aggregate: bool = False) -> pd.DataFrame | None:
     """MEGA Table 2 style at one length: time and peak memory, with speed-up and memory fraction
@@ -998,6 +1017,21 @@ def efficiency_table(df: pd.DataFrame, length: int = 4096, slice_: dict | None =
                                             "run_ids": run_ids}
                 data[(label, mem_col)] = {"ratio": _number(mem), "reference": ref, "run_ids": run_ids}
         rows[label] = text
+    published = {}
+    if slice_.get("task") == PUBLISHED_TASK and at == PUBLISHED_LENGTH:
+        models = {label: row["model"] for label, row in by_label.items() if label == row["model"]}  # no variant
+        figures = published_efficiency(set(models.values()))
+        published = {label: figures[m] for label, m in models.items() if m in figures}
+    if published:
+        paper_col = "paper speed-up / memory"
+        columns.append(paper_col)
+        for label in rows:
+            figure = published.get(label)
+            rows[label][paper_col] = (f"{fmt_ratio(figure['speed'])} / {fmt_ratio(figure['memory'])}"
+                                      if figure else DASH)
+            if figure:
+                data[(label, paper_col)] = {"speed": figure["speed"], "memory": figure["memory"],
+                                            "source": figure.get("source")}
     bold = [(label, time_col) for label in _bold_times(times)] + _bold_least(memory)
     ref_text = "; ".join(
         f"{base} = " + ({"transformer_vanilla": "materialised softmax attention (the papers' XFM)",
@@ -1007,6 +1041,11 @@ def efficiency_table(df: pd.DataFrame, length: int = 4096, slice_: dict | None =
     caption = (f"At {where}; {slice_text(slice_)}; time = {_timing_protocol(cells)}; peak mem = "
                f"{_memory_definition(cells)}. Speed-up = reference time / model time; memory = model "
                f"peak / reference peak (the MEGA paper's Table 2 ratios). {ref_text}. {SPEED_BOLD_RULE}")
+    if published:
+        sources = sorted({f.get("source") or "" for f in published.values()} - {""})
+        caption += (" paper speed-up / memory = the published ratios against XFM at 4K on Text, never mixed "
+                    "with ours: " + "; ".join(sources) + ". The protocols differ (hardware, batch, precision, "
+                    "what a step includes), so compare orderings, not values.")
     runs = sorted({r for ids in cells["run_ids"] for r in ids if not _missing(r)})
     shas = sorted({str(s)[:12] for s in cells["git_sha"] if not _missing(s)})
     if len(runs) > 1 or len(shas) > 1:
