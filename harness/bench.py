@@ -54,6 +54,7 @@ class Cell:
     seed: int = 0
     overrides: dict = field(default_factory=dict)  # architecture overrides from the user
     swept: list = field(default_factory=list)  # override keys of a sweep: they always label the row
+    cuda_graphs: bool = False  # time whole-step CUDA graph replays (no host overhead, for every model)
     includes: list = field(default_factory=list)  # plugin files the child process must import
 
     def config(self, entry) -> dict:
@@ -67,10 +68,11 @@ class Cell:
         return config
 
     def identity(self, config_hash: str, task_version: str) -> dict:
+        extra = {"cuda_graphs": True} if self.cuda_graphs else {}  # keys of eager cells stay as they were
         return dict(kind="speed", model=self.model, model_config_hash=config_hash, task=self.task,
                     task_version=task_version, seq_len=self.seq_len, batch_size=self.batch_size,
                     dtype=self.dtype, device=self.device, mode=self.mode, warmup=self.warmup,
-                    iters=self.iters)
+                    iters=self.iters, **extra)
 
 
 # -- CPU resident-set helpers (Linux /proc; None elsewhere) ----------------------------------------
@@ -95,14 +97,16 @@ def _reset_peak_rss() -> bool:
 
 # -- one cell, in this process ----------------------------------------------------------------------
 
-def make_iteration(model, batch: dict, optimizer, device_type: str, dtype: str):
+def make_iteration(model, batch: dict, optimizer, device_type: str, dtype: str, cuda_graphs: bool = False):
     """One timed iteration as a closure returning a 0-dim bool tensor, "non-finite", left on the
     device. A train step when `optimizer` is given (forward + loss + backward + step), else
-    inference. Nothing in it synchronises with the device (tests/test_runners.py checks)."""
+    inference. Nothing in it synchronises with the device (tests/test_runners.py checks).
+    `cuda_graphs`: the whole iteration is captured once into a CUDA graph and each call replays it
+    (`capture`), so no model pays host overhead per kernel; the optimizer must be `capturable`."""
     from harness.heads import autocast, task_loss
 
     def train_step():
-        with autocast(device_type, dtype):
+        with autocast(device_type, dtype, cache=not cuda_graphs):
             logits = model(batch)
         loss = task_loss(logits, batch["y"])
         loss.backward()
@@ -111,11 +115,36 @@ def make_iteration(model, batch: dict, optimizer, device_type: str, dtype: str):
         return ~torch.isfinite(loss.detach())
 
     def forward():
-        with torch.inference_mode(), autocast(device_type, dtype):
+        with torch.no_grad() if cuda_graphs else torch.inference_mode(), \
+                autocast(device_type, dtype, cache=not cuda_graphs):
             logits = model(batch)
         return ~torch.isfinite(logits).all()
 
-    return forward if optimizer is None else train_step
+    iteration = forward if optimizer is None else train_step
+    return capture(iteration) if cuda_graphs else iteration
+
+
+def capture(iteration, warmup: int = 3):
+    """`iteration` recorded once into a CUDA graph: warmed up on a side stream (lazy initialisation,
+    allocator growth and autotuning happen outside the graph, as CUDA graph capture requires), then
+    captured; the returned closure replays the graph and returns the captured "non-finite" flag.
+    The batch, parameters, gradients and optimizer state keep their addresses, so a replay is exactly
+    one more step on the same batch (tests/test_runners.py compares it with eager steps)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            iteration()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        flag = iteration()
+
+    def replay():
+        graph.replay()
+        return flag
+
+    return replay
 
 
 def measure_cell(cell: Cell) -> dict:
@@ -151,10 +180,10 @@ def measure_cell(cell: Cell) -> dict:
         train = cell.mode == "train_step"
         if train:
             model.train()
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=cell.cuda_graphs)
         else:
             model.eval()
-        iteration = make_iteration(model, batch, optimizer, device.type, cell.dtype)
+        iteration = make_iteration(model, batch, optimizer, device.type, cell.dtype, cell.cuda_graphs)
         bad = torch.zeros((), dtype=torch.bool, device=device)  # accumulated without a sync
 
         def step():
@@ -267,10 +296,13 @@ def bare_record(cell: Cell) -> dict:
 
     entry, spec = MODELS.get(cell.model), TASKS.get(cell.task).cls.spec
     arch, runtime = entry.split_config(cell.config(entry))
+    variant = entry.variant(cell.task, cell.overrides, cell.swept)
+    if cell.cuda_graphs:  # a bench setting, recorded and labelled as a runtime setting of the cell
+        runtime, variant = {**runtime, "cuda_graphs": True}, {**variant, "cuda_graphs": True}
     chash = config_hash(arch)
     inputs = "random tokens" if spec.input_kind == "tokens" else "random pixels"
     return dict(kind="speed", model=cell.model, model_family=entry.family, complexity=entry.complexity, model_config=arch,
-                runtime_config=runtime, variant=entry.variant(cell.task, cell.overrides, cell.swept),
+                runtime_config=runtime, variant=variant,
                 model_config_hash=chash, task=cell.task, task_version=spec.version, seq_len=cell.seq_len,
                 batch_size=cell.batch_size, dtype=cell.dtype, device=cell.device, mode=cell.mode,
                 seed=cell.seed, provenance=Provenance("random-inputs", inputs), hardware=hardware(cell.device),

@@ -181,6 +181,11 @@ class RunConfig:
     warmup: int = _opt("warm-up iterations before timing (measurement.md asks for at least 3; more "
                        "when a compiler or autotuner runs)", default=3, metavar="N")
     iters: int = _opt("timed iterations per cell (at least 10 recommended)", default=10, metavar="N")
+    cuda_graphs: bool = _opt("speed cells (CUDA only): capture the whole timed iteration (forward, backward, "
+                             "optimizer step) in a CUDA graph and time its replays, which removes host "
+                             "overhead for every model alike; recorded as the runtime setting cuda_graphs and "
+                             "labelled in the rows; a model that cannot be captured gets an error record",
+                             default=False, action="store_true")
     isolation: str = _opt("process isolation of cells: auto/subprocess run each speed cell in a fresh "
                           "subprocess (peak memory and allocator state cannot leak between cells) and the "
                           "accuracy cells in a worker process (a crash, exit or hang inside a model becomes "

@@ -170,10 +170,11 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast(device: str, dtype: str):
-    """bf16/fp16 autocast on `device`, or nothing for fp32."""
+def autocast(device: str, dtype: str, cache: bool = True):
+    """bf16/fp16 autocast on `device`, or nothing for fp32. `cache=False` inside CUDA graph capture
+    (autocast's weight-cast cache would outlive the captured region)."""
     if dtype in AUTOCAST_DTYPES:
-        return torch.autocast(device_type=device, dtype=AUTOCAST_DTYPES[dtype])
+        return torch.autocast(device_type=device, dtype=AUTOCAST_DTYPES[dtype], cache_enabled=cache)
     return contextlib.nullcontext()
 
 

@@ -186,7 +186,8 @@ def speed_cells(config: RunConfig, models: list[str], device: str, dtype: str, i
 
     return [Cell(model=m, task=config.bench_task, seq_len=L, batch_size=config.bench_batch, dtype=dtype,
                  device=device, mode=mode, warmup=config.warmup, iters=config.iters, threads=config.threads,
-                 overrides=config.model_overrides, swept=config.swept_keys, includes=list(includes))
+                 overrides=config.model_overrides, swept=config.swept_keys, cuda_graphs=config.cuda_graphs,
+                 includes=list(includes))
             for m in models for mode in config.mode_list for L in config.length_list]
 
 

@@ -110,6 +110,9 @@ def _resolve_device(config: RunConfig) -> tuple[str, str]:
     if config.executor == "ray" and config.device == "cuda":  # the GPUs may be on other machines
         return "cuda", resolve_dtype(config.dtype, "cuda")
     device = resolve_device(config.device)
+    if config.cuda_graphs and device != "cuda":
+        raise UserError("--cuda-graphs: CUDA graphs need a CUDA device, and this run is on the CPU; drop "
+                        "--cuda-graphs or run on a GPU (--device cuda)")
     return device, resolve_dtype(config.dtype, device)
 
 

@@ -203,6 +203,28 @@ def test_cuda_iteration_has_no_device_sync(model_name):
     assert not bool(bad)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("model_name", ["mega_tiny", "mega_chunk_tiny", "transformer_tiny", "s4d_tiny"])
+def test_cuda_graph_replays_are_the_eager_steps(model_name):
+    """--cuda-graphs times replays of one captured step: the same training steps as eager ones, so
+    after 3 warm-up steps and 4 replays the weights equal those after 7 eager steps."""
+    def weights_after(graphs: bool):
+        torch.manual_seed(0)
+        model = build_classifier(model_name, "listops", {})[0].cuda().train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=True)
+        batch = TASKS.get("listops").cls().random_batch(2, 64, torch.Generator().manual_seed(0))
+        batch["mask"][1, 40:] = True
+        iteration = make_iteration(model, batch_to(batch, "cuda"), optimizer, "cuda", "fp32", cuda_graphs=graphs)
+        for _ in range(4 if graphs else 7):  # capture itself ran 3 warm-up steps
+            bad = iteration()
+        torch.cuda.synchronize()
+        assert not bool(bad)
+        return [p.detach().clone() for p in model.parameters()]
+
+    for eager, graphed in zip(weights_after(False), weights_after(True)):
+        torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-5)
+
+
 def test_host_read_guard_catches_a_read(monkeypatch):
     """The guard above is live: a model that asks the device for a value is caught."""
     class Reads(nn.Module):
