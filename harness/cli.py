@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 # What the harness prints beyond ASCII, and how it reads in ASCII: a terminal or pipe that is not
 # UTF-8 (PYTHONIOENCODING=ascii, LANG=C on an old system) gets these instead of a UnicodeEncodeError.
 ASCII_FOR = {"±": "+-", "×": "x", "·": "*", "–": "-", "—": "-", "≥": ">=", "≤": "<=", "√": "sqrt", "⚠": "!",
-             "→": "->", "†": "+", "…": "...", "≈": "~", "µ": "u", "°": " deg"}
+             "→": "->", "†": "+", "…": "...", "≈": "~", "µ": "u", "°": " deg", "²": "^2", "∝": "~"}
 
 
 def _transliterate(exc: UnicodeError):

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 # the first time (the marker says it died once).
 PLUGINS = """
 import os
+import signal
 import time
 from pathlib import Path
 

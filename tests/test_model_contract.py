@@ -14,7 +14,7 @@ LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 TRAIN_KEYS = {"lr", "weight_decay", "batch_size", "warmup_steps", "total_steps"}
 BUILTIN = [n for n in MODELS.names() if MODELS.get(n).origin.startswith("models.") and not n.endswith("_tiny")]
 RUNNABLE = [n for n in BUILTIN if MODELS.get(n).availability()[0]]
-BUDGETED = ("s4", "s4d", "linear_transformer", "performer", "mamba")  # within 10% of the Transformer
+BUDGETED = ("s4", "s4d", "linear_transformer", "performer", "mamba", "bigbird", "luna")  # within 10% of the Transformer
 
 
 @pytest.mark.parametrize("name", BUILTIN)

@@ -46,14 +46,49 @@ def test_an_empty_validation_split_is_an_error_naming_the_split(tmp_path):
     assert record["status"] == "error" and "empty val split" in record["error"]
 
 
+# The same two faulty tasks as a plugin file: the cells train in a worker process, which imports it.
+PLUGIN_TASKS = """
+import torch
+
+from harness.records import Provenance
+from harness.registry import register_task
+from harness.task import Task, TaskData, TaskSpec
+
+
+class Tokens(Task):
+    spec = TaskSpec(seq_len=8, input_kind="tokens", vocab_size=6, num_classes=2)
+
+    def build(self, split):
+        n = self.sizes(self.scale)[split]
+        x = torch.randint(2, 6, (n, 8), generator=torch.Generator().manual_seed(0))
+        return TaskData(inputs=x, lengths=torch.full((n,), 8), labels=(x[:, 0] > 3).long(),
+                        provenance=Provenance("stand-in", "test-tokens"))
+
+
+@register_task("pf_no_smoke")
+class NoSmoke(Tokens):
+    def sizes(self, scale):
+        return {"paper": dict(train=8, val=8, test=8)}[scale]
+
+
+@register_task("pf_empty_val")
+class EmptyVal(Tokens):
+    def sizes(self, scale):
+        return dict(train=16, val=0, test=8)
+"""
+
+
 def test_the_run_records_both_and_exits_without_a_traceback(workdir, capsys):
-    code = main(["run", "--models", "transformer_tiny", "--tasks", "tf_no_smoke,tf_empty_val", "--seeds", "0",
-                 "--steps", "2", "--skip-bench", "--no-report", "--no-reference-rows", "--quiet"])
+    (workdir / "faulty_tasks.py").write_text(PLUGIN_TASKS)
+    code = main(["run", "--models", "transformer_tiny", "--tasks", "pf_no_smoke,pf_empty_val", "--seeds", "0",
+                 "--steps", "2", "--skip-bench", "--no-report", "--no-reference-rows", "--quiet",
+                 "--include", "faulty_tasks.py"])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err  # every cell failed: exit 1, each failure one line
     frame = load_records(workdir / "results")
     models = frame[frame["model"] == "transformer_tiny"]
-    assert sorted(models["task"]) == ["tf_empty_val", "tf_no_smoke"] and set(models["status"]) == {"error"}
+    assert sorted(models["task"]) == ["pf_empty_val", "pf_no_smoke"] and set(models["status"]) == {"error"}
+    assert any("empty val split" in e for e in models["error"]) and any("KeyError" in e for e in models["error"])
 
 
 def test_a_cell_process_dies_with_its_driver(tmp_path):

@@ -13,7 +13,7 @@ from harness.registry import MODELS
 
 LRA_TASKS = ("image", "listops", "text", "retrieval", "pathfinder", "pathx")
 # The families the default suite and the accuracy tables compare; more built-ins are checked too.
-EXPECTED = {"mega", "mega_chunk", "transformer", "transformer_vanilla", "s4", "s4d", "mamba",
+EXPECTED = {"mega", "mega_chunk", "transformer", "transformer_vanilla", "s4", "s4d", "mamba", "reformer", "linformer", "bigbird", "luna", "s4_v1", "s4_v2",
             "linear_transformer", "performer"}
 TINY = sorted(n for n in MODELS.names()
               if n.endswith("_tiny") and MODELS.get(n).origin.startswith("models."))
