@@ -147,7 +147,8 @@ if triton is not None:
         ptrs = (r * B + b) * n_chunks * d * H + c[:, None] * H + n[None, :]  # chunk 0 of this row
         w_state = tl.zeros((CB, HB), dtype=tl.float32)
         v_state = tl.zeros((CB, HB), dtype=tl.float32)
-        for j in range(n_chunks):
+        j = n_chunks * 0  # a while loop over a runtime count: triton 3.6's interpreter cannot range() it
+        while j < n_chunks:
             e = tl.load(ew_ptr + ptrs, mask=m2, other=0.0)
             tl.store(ew_ptr + ptrs, w_state, mask=m2)
             if WITH_V:
@@ -156,6 +157,7 @@ if triton is not None:
                 v_state = qt * v_state + dqt * w_state + ev
             w_state = qt * w_state + e
             ptrs += d * H
+            j += 1
 
     @triton.jit
     def _ema_chunk_apply(x_ptr, g_ptr, w_ptr, q_ptr, qk_ptr, dqk_ptr, ew_ptr, ev_ptr,
