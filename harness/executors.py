@@ -23,12 +23,14 @@ Executors yield `Event`s in the driver's thread; they never write to the store.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing
 import os
 import queue
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -224,8 +226,6 @@ class UnitWorker:
     def run(self, job: dict, run_dir: str | None, deadline: float | None) -> Iterator[tuple[str, object]]:
         """Yield ("progress", text) and ("record", dict) as the unit runs; UnitLost when the worker
         dies or the unit runs past `deadline` seconds; UserError for a user mistake found in the worker."""
-        import time
-
         if self._process is None or not self._process.is_alive():
             self._start()
         self._conn.send((job, run_dir))
@@ -277,10 +277,6 @@ class UnitWorker:
         self._kill()
 
 
-def _received(events: list, unit) -> Iterator[Event]:
-    return (Event("record", unit, record=r) for r in events)
-
-
 # -- executors -------------------------------------------------------------------------------------------
 
 class LocalExecutor:
@@ -292,7 +288,6 @@ class LocalExecutor:
         self.isolation = isolation
 
     def execute(self, units: list, run_dir: str | None) -> Iterator[Event]:
-        progress: list[str] = []
         with UnitWorker() as worker:
             for unit in units:
                 yield Event("start", unit)
@@ -306,9 +301,10 @@ class LocalExecutor:
                             else:
                                 yield Event("progress", unit, text=payload)
                     except UnitLost as lost:
-                        yield from _received(lost_records(unit, str(lost), received), unit)
+                        for record in lost_records(unit, str(lost), received):
+                            yield Event("record", unit, record=record)
                     continue
-                for record in run_unit(unit.job, run_dir=run_dir, on_progress=progress.append):
+                for record in run_unit(unit.job, run_dir=run_dir):  # in this process: no step events
                     yield Event("record", unit, record=record)
 
 
@@ -420,9 +416,7 @@ class PoolExecutor:
 
 def _ray_run_unit(job: dict, kind: str, deadline: float | None, run_dir: str | None, threads: int | None) -> dict:
     """Body of one Ray task: run the unit as the local executor would and return its records
-    ({"records": [...], "host": ...}, or {"user_error": (message, exit code)})."""
-    import socket
-
+    ({"records": [...]}, with "lost": why when its cell process died, or {"user_error": (message, exit code)})."""
     records = []
     try:
         if kind == "accuracy":
@@ -432,17 +426,17 @@ def _ray_run_unit(job: dict, kind: str, deadline: float | None, run_dir: str | N
                         if what == "record":
                             records.append(payload)
                 except UnitLost as lost:
-                    return {"lost": str(lost), "records": records, "host": socket.gethostname()}
+                    return {"lost": str(lost), "records": records}
         else:
             records = list(run_unit(job, run_dir=run_dir, threads=threads))
     except UserError as exc:
         return {"user_error": (str(exc), exc.exit_code)}
-    return {"records": records, "host": socket.gethostname()}
+    return {"records": records}
 
 
 def ray_unavailable_reason() -> str | None:
     try:
-        import ray  # noqa: F401
+        importlib.import_module("ray")
     except Exception as exc:
         return f"Ray does not import ({type(exc).__name__}: {exc}); install it with pip install 'lsm-harness[ray]'"
     return None
