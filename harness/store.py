@@ -318,6 +318,79 @@ def _is_run_folder(path: Path) -> bool:
     return path.is_dir() and ((path / "run.json").exists() or (path / "records.jsonl").exists())
 
 
+def _subfolders(path: Path) -> list[Path]:
+    """The folders directly in `path`, by name; an unreadable `path` has none (said in a warning)."""
+    try:
+        return sorted((p for p in path.iterdir() if p.is_dir()), key=lambda p: p.name)
+    except OSError as exc:
+        warnings.warn(f"{path}: cannot list the folder ({exc.strerror or exc}); its runs are left out",
+                      stacklevel=3)
+        return []
+
+
+def run_folders(results_dir: str | Path) -> dict[str, Path]:
+    """Run id -> run folder of a results folder. The run folders directly in it; when it holds none,
+    those one level down (a folder of run folders' folders, such as results/reference, whose
+    subfolders each hold one machine's runs): the user's own runs are never mixed with folders kept
+    below them. A run id found in two subfolders is read from the first (by name), with a warning."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        return {}
+    direct = {p.name: p for p in root.iterdir() if _is_run_folder(p)}
+    if direct:
+        return direct
+    nested: dict[str, Path] = {}
+    for sub in _subfolders(root):
+        for folder in _subfolders(sub):
+            if not _is_run_folder(folder):
+                continue
+            if folder.name in nested:
+                warnings.warn(f"run {folder.name} is in both {nested[folder.name].parent} and {sub}; "
+                              f"the copy in {nested[folder.name].parent} is read", stacklevel=2)
+                continue
+            nested[folder.name] = folder
+    return nested
+
+
+def folders_with_runs(results_dir: str | Path, depth: int = 3) -> list[Path]:
+    """The folders below `results_dir` (up to `depth` levels) that hold run folders, for a message
+    that says where the runs are when `results_dir` itself has none to read."""
+    root, found = Path(results_dir), []
+    level = [root] if root.is_dir() else []
+    for _ in range(depth):
+        deeper = []
+        for folder in level:
+            subs = _subfolders(folder)
+            if folder != root and any(_is_run_folder(p) for p in subs):
+                found.append(folder)
+                continue
+            deeper += [p for p in subs if not p.name.startswith(".") and not _is_run_folder(p)]
+        level = deeper
+    return found
+
+
+def reference_results() -> Path | None:
+    """The committed reference results of this repository (results/reference), when present."""
+    folder = Path(__file__).resolve().parent.parent / "results" / "reference"
+    return folder if folder.is_dir() and folders_with_runs(folder, depth=2) else None
+
+
+def find_run(results_dir: str | Path, ref: str) -> Path:
+    """The folder of run `ref`: a run id in `results_dir` (or in its subfolders, as `run_folders`
+    finds them), or the path of a run folder anywhere, so that runs kept in two results folders can
+    be compared. Neither: a UserError naming the available runs."""
+    folders = run_folders(results_dir)
+    if ref in folders:
+        return folders[ref]
+    if _is_run_folder(Path(ref)):
+        return Path(ref)
+    available = sorted(folders)
+    shown = ", ".join(available[-20:]) + (f" (and {len(available) - 20} earlier)" if len(available) > 20 else "")
+    raise UserError(f"run {ref} not found in {results_dir} (nor a run folder at that path); available "
+                    f"runs: {shown or 'none'}; give a run id of --results-dir or the path of a run folder",
+                    exit_code=2)
+
+
 class RunStore:
     def __init__(self, results_dir: str | Path):
         self.root = Path(results_dir)
@@ -366,18 +439,22 @@ class RunStore:
         return Run(directory)
 
     def run_ids(self) -> list[str]:
-        """Every run folder, also one whose manifest was deleted (its records still count)."""
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if _is_run_folder(p))
+        """Every run folder, also one whose manifest was deleted (its records still count); in a
+        folder of run folders' folders, the runs of its subfolders (`run_folders`)."""
+        return sorted(run_folders(self.root))
+
+    def run_dir(self, run_id: str) -> Path:
+        """The folder of run `run_id` (in a subfolder when the results folder holds run folders'
+        folders)."""
+        return run_folders(self.root).get(run_id, self.root / run_id)
 
     def manifests(self, runs: list[str] | None = None, warn=True) -> list[dict]:
         """The readable manifests; an unreadable one is left out with a warning (`warn=False` when
         `load_records` already warned about these runs)."""
-        out = []
-        for run_id in runs or self.run_ids():
+        out, folders = [], run_folders(self.root)
+        for run_id in runs or sorted(folders):
             try:
-                out.append(Run(self.root / run_id).manifest)
+                out.append(Run(folders.get(run_id, self.root / run_id)).manifest)
             except UserError as exc:
                 if warn:
                     warnings.warn(str(exc), stacklevel=2)
@@ -385,7 +462,8 @@ class RunStore:
 
 
 def load_records(results_dir: str | Path = "results", runs: list[str] | None = None):
-    """Every record of every run (or of `runs`) as one pandas DataFrame, nested fields dotted.
+    """Every record of every run (or of `runs`) as one pandas DataFrame, nested fields dotted; the
+    runs of a folder of run folders' folders are found in its subfolders (`run_folders`).
 
     Columns include the RECORD_FIELDS plus e.g. `timing.median_ms`, `memory.peak_allocated_bytes`,
     `metrics.accuracy`, `provenance.kind`, `hardware.device_name`; `label` (the row name, model and
@@ -397,7 +475,8 @@ def load_records(results_dir: str | Path = "results", runs: list[str] | None = N
     import pandas as pd
 
     store = RunStore(results_dir)
-    available = store.run_ids()
+    folders = run_folders(store.root)
+    available = sorted(folders)
     if runs:
         missing = [r for r in runs if r not in available]
         if missing:
@@ -405,7 +484,7 @@ def load_records(results_dir: str | Path = "results", runs: list[str] | None = N
                             f"(available: {', '.join(available[-5:]) or 'none'})")
     rows = []
     for run_id in runs or available:
-        run = Run(store.root / run_id)
+        run = Run(folders.get(run_id, store.root / run_id))
         try:
             manifest = run.manifest
         except UserError as exc:  # e.g. run.json deleted: the records still count, their origin unknown

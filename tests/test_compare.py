@@ -240,7 +240,7 @@ def test_other_gpu_is_not_comparable_for_speed(tmp_path):
     other = new_run(tmp_path, [speed("mega", 1024, 9.0, 0.5, device_name=A100)])
     frame, n = compare(tmp_path, base, other)
     assert frame["verdict"].tolist() == ["not comparable"] and n == 0
-    assert frame["note"].iloc[0] == f"device {H100} vs {A100}"
+    assert frame["note"].iloc[0] == f"device: {H100} → {A100}"
 
 
 def test_accuracy_on_another_device_is_compared_and_the_device_named(tmp_path):

@@ -189,15 +189,17 @@ def test_accuracy_table_lra_order_seeds_and_standin_kept_out_of_avg(results):
     df = tables.prepare(load_records(results))
     table = tables.accuracy_table(df)
     cols = list(table.columns)
-    assert cols[:4] == ["params", "ListOps", "Text", "Retrieval"]  # LRA order, LRA-eligible data only
-    assert cols[4] == "Avg"
+    assert cols[:3] == list(tables.MODEL_COLUMNS) == ["params", "layers", "width"]  # the model block
+    assert cols[3:6] == ["ListOps", "Text", "Retrieval"]  # LRA order, LRA-eligible data only
+    assert cols[6] == "Avg"
     standin = "Image [stand-in: fashion-mnist · paper]"
-    assert standin in cols and cols.index(standin) > 4
+    assert standin in cols and cols.index(standin) > 6
     assert "Image" not in cols and "mqar" not in cols  # the stand-in never poses as LRA Image
     # mean ± sample std over three seeds, 1 decimal, with the seed count and the 95% t interval
     acc = [0.631 + 0.004 * (s - 1) for s in range(3)]
     assert table.loc["mega", "ListOps"] == _seed_cell(acc) == "63.1 ± 0.4 (n=3) [62.1, 64.1]"
     assert table.loc["mega", "params"] == "1.00M"
+    assert (table.loc["mega", "layers"], table.loc["mega", "width"], table.loc["s4", "width"]) == ("4", "128", "256")
     # Avg = mean of the three LRA tasks' means, not including the stand-in column; ± over per-seed averages
     avg = np.mean([0.631, 0.904, 0.913]) * 100
     assert table.loc["mega", "Avg"] == f"{avg:.1f} ± 0.4 (n=3)"
@@ -221,11 +223,11 @@ def test_avg6_appears_with_pathx_and_other_tasks_have_their_own_table(tmp_path):
     run.append(accuracy_record("transformer", "pathx", 0, None, status="error", error="did not learn"))
     df = tables.prepare(load_records(tmp_path))
     table = tables.accuracy_table(df)
-    assert list(table.columns) == ["params", "ListOps", "Text", "Path-X", "Avg", "Avg (3)"]
+    assert list(table.columns) == ["params", "layers", "width", "ListOps", "Text", "Path-X", "Avg", "Avg (3)"]
     assert table.loc["mega", "Avg"] == "70.0" and table.loc["mega", "Avg (3)"] == "76.7"
     assert table.loc["transformer", "Path-X"] == "FAIL" and table.loc["transformer", "Avg (3)"] == "n/a"
     other = tables.other_tasks_table(df)
-    assert list(other.columns) == ["params", "mqar"] and other.loc["mega", "mqar"] == "99.0 (n=1)"
+    assert list(other.columns) == ["params", "layers", "width", "mqar"] and other.loc["mega", "mqar"] == "99.0 (n=1)"
 
 
 def test_efficiency_table_ratios_against_both_transformers(results):
@@ -283,10 +285,10 @@ def test_render_formats(results):
     df = tables.prepare(load_records(results))
     table = tables.accuracy_table(df)
     md = tables.render(table, "markdown")
-    assert "| Model | params | ListOps | Text | Retrieval | Avg |" in md
+    assert "| Model | params | layers | width | ListOps | Text | Retrieval | Avg |" in md
     assert "**63.1 ± 0.4 (n=3) [62.1, 64.1]**" in md and "_Test accuracy" in md
     tex = tables.render(table, "latex")
-    assert r"\begin{tabular}{lrrrrrr}" in tex and r"\toprule" in tex
+    assert r"\begin{tabular}{lrrrrrrrr}" in tex and r"\toprule" in tex
     assert r"\textbf{63.1 $\pm$ 0.4 (n=3) [62.1, 64.1]}" in tex and r"transformer\_vanilla" in tex
     assert "±" not in tex and "·" not in tex and "√" not in tex
     assert "_vanilla" not in tex.replace(r"\_vanilla", "")
@@ -355,9 +357,8 @@ def test_report_is_self_contained_with_tables_models_and_plots(results, tmp_path
     for model in MODELS:
         assert f'<th scope="row" class="rowhead">{model}</th>' in page
     figures = re.findall(r'data-figure="([^"]+)"', page)
-    assert {"fig-time-text-4-bf16-cuda", "fig-throughput-text-4-bf16-cuda",
-            "fig-memory-text-4-bf16-cuda", "fig-accuracy-vs-speed"} <= set(figures)
-    assert any("-runs-" in f for f in figures)  # two runs with speed data: across-runs figures
+    # one figure per metric and slice (throughput behind the time figure's button, other runs in hover)
+    assert {"fig-time-text-4-bf16-cuda", "fig-memory-text-4-bf16-cuda", "fig-accuracy-vs-speed"} <= set(figures)
     for fig_id in figures:
         assert fig_id in parser.ids and f'Plotly.newPlot(                        "{fig_id}"' in page
     # banner, methodology, provenance
@@ -367,7 +368,7 @@ def test_report_is_self_contained_with_tables_models_and_plots(results, tmp_path
     assert "stand-in: fashion-mnist" in page and "no (stand-in data)" in page
     # Markdown and LaTeX copies next to it
     md, tex = out.with_suffix(".md").read_text(), out.with_suffix(".tex").read_text()
-    assert "| Model | params | ListOps |" in md and "Efficiency at 4K" in md
+    assert "| Model | params | layers | width | ListOps |" in md and "Efficiency at 4K" in md
     assert r"\begin{tabular}" in tex and r"\usepackage{booktabs}" in tex
 
 
@@ -412,7 +413,7 @@ def test_cli_table_report_and_empty_results(results, tmp_path, capsys, monkeypat
 
     assert main(["table", "--results-dir", str(results), "--format", "markdown"]) == 0
     out = capsys.readouterr().out
-    assert "> run 20260301-090000-aaaaaa" in out and "| Model | params | ListOps |" in out
+    assert "> run 20260301-090000-aaaaaa" in out and "| Model | params | layers | width | ListOps |" in out
     assert main(["table", "--results-dir", str(results), "--format", "latex", "--length", "2k",
                  "--runs", RUN_1]) == 0
     out = capsys.readouterr().out
@@ -455,8 +456,8 @@ def test_cpu_smoke_results_tiny_models_rss_memory_two_modes(tmp_path):
     table = tables.efficiency_table(df, 4096)
     assert "L = 1024 (nearest measured length; 4096 was not measured)" in table.attrs["caption"]
     assert "measured as transformer_vanilla_tiny" in table.attrs["caption"]
-    assert "peak RSS" in table.attrs["caption"] and "peak mem (MiB)" in table.columns
-    assert table.loc["mega_tiny", "peak mem (MiB)"] == "20.0"  # below 1 GiB everywhere: MiB
+    assert "peak RSS" in table.attrs["caption"] and "peak mem (GiB)" in table.columns
+    assert table.loc["mega_tiny", "peak mem (GiB)"] == "0.020"  # GiB even for CPU peaks, digits kept
     assert table.loc["mega_tiny", "memory vs transformer_vanilla"] == "0.25×"
     assert table.loc["transformer_tiny", "speed-up vs transformer"] == "1.0×"
     fig = plots.length_figure(df, "time")

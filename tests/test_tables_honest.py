@@ -212,7 +212,7 @@ def test_smoke_and_standin_records_are_never_lra_numbers(tmp_path):
     assert table.attrs["title"] == "Accuracy (not LRA numbers: smoke scale / stand-in data)"
     assert "Long Range Arena" not in table.attrs["title"]
     image = "Image [stand-in: fashion-mnist · smoke · n=2000/250/250]"
-    assert list(table.columns) == ["params", listops, image]
+    assert list(table.columns) == ["params", "layers", "width", listops, image]
     # the same folder with paper-scale official runs: those alone are the LRA columns and the Avg
     run = new_run(root, RUN_2)
     for model, base in (("mega", 60), ("s4", 55)):
@@ -221,8 +221,9 @@ def test_smoke_and_standin_records_are_never_lra_numbers(tmp_path):
                 run.append(acc(model, task, seed, base + seed))
     table = table_of(root)
     assert table.attrs["title"] == "Long Range Arena accuracy"
-    assert list(table.columns)[:4] == ["params", "ListOps", "Text", "Avg"]
-    assert "Avg = mean over ListOps, Text " in table.attrs["caption"]
+    assert list(table.columns)[:6] == ["params", "layers", "width", "ListOps", "Text", "Avg"]
+    assert "Avg = mean over the 2 tasks ListOps, Text (Path-X excluded" in table.attrs["caption"]
+    assert "Path-X was not measured" in table.attrs["caption"]
     assert table.attrs["cells"][("mega", "Avg")]["mean"] == pytest.approx(60.5)  # not the smoke 31
     assert table.loc["mega", listops] == t_cell([30, 31, 32])
 
@@ -305,7 +306,7 @@ def test_to_json_gives_numbers_and_run_ids(tmp_path):
     data = [tables.to_json(t) for t in tables.all_tables(load_records(root))]
     json.dumps(data, allow_nan=False)  # plain JSON, no NaN
     accuracy = data[0]
-    assert accuracy["title"] and accuracy["caption"] and accuracy["columns"][:2] == ["params", "ListOps"]
+    assert accuracy["title"] and accuracy["caption"] and accuracy["columns"][:4] == ["params", "layers", "width", "ListOps"]
     row = {r["label"]: r for r in accuracy["rows"]}["mega"]
     cell = row["cells"]["ListOps"]
     values = np.array([60.0, 61.0, 62.0])

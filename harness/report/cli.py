@@ -5,6 +5,11 @@ code. Mistakes a user can fix (unknown run ids, bad lengths, unwritable paths) r
 which the harness CLI prints as one line. Warnings (damaged records, unreadable manifests) print as
 one `warning: ...` line each; --quiet hides them. Shared flags (--results-dir, --quiet, --json,
 --include) come from `harness.config.RunConfig`, the one source of defaults and help text.
+
+--results-dir may also be a folder of run folders' folders (results/reference: one subfolder per
+machine), read through `harness.store.run_folders`. With no runs to read, `table` and `report` say
+which folders below hold runs and where the committed reference results are (`no_runs_hint`).
+`compare` takes a run id of --results-dir or the path of a run folder for each side.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import functools
 import json
 import sys
 import warnings
+from pathlib import Path
 
 from harness.config import add_arguments, parse_int_list, positive_float
 from harness.errors import UserError
@@ -29,6 +35,34 @@ def _length(args) -> int:
         raise UserError(f"--length {args.length!r}: give one sequence length, e.g. --length 4096 "
                         f"(the by-length tables already show every measured length)")
     return lengths[0]
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the working folder when below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def no_runs_hint(results_dir) -> str:
+    """Where runs are when `results_dir` has none to read: its subfolders that hold run folders
+    (give one, or their parent, as --results-dir), and the committed reference results."""
+    from harness.store import folders_with_runs, reference_results, run_folders
+
+    hints = []
+    reference = reference_results()
+    inside = (lambda f: f.resolve().is_relative_to(reference.resolve())) if reference else (lambda f: False)
+    below = [f for f in folders_with_runs(results_dir) if not inside(f)]  # the reference is named below
+    if below:
+        hints.append("runs are in folders below it: " + ", ".join(_shown(f) for f in below[:6])
+                     + (f" (and {len(below) - 6} more)" if len(below) > 6 else "")
+                     + "; give one of them (or the folder holding them) as --results-dir")
+    if reference is not None:
+        newest = max(folders_with_runs(reference, depth=2), key=lambda f: max(run_folders(f), default=""))
+        hints.append(f"the committed reference results are in {_shown(reference)}: try --results-dir "
+                     f"{_shown(newest)} (the newest machine) or --results-dir {_shown(reference)} (all)")
+    return "".join(f"; {h}" for h in hints)
 
 
 def _prepare(command):
@@ -75,7 +109,8 @@ def cmd_table(args) -> int:
     records = load_records(args.results_dir, run_ids or None)
     if records.empty:
         raise UserError(f"no results in {args.results_dir}: nothing to tabulate; run `python -m harness run` "
-                        f"or `bench` first, or point --results-dir at a results folder", exit_code=1)
+                        f"or `bench` first, or point --results-dir at a results folder"
+                        + no_runs_hint(args.results_dir), exit_code=1)
     table_list = tables.all_tables(records, length=length, aggregate=args.aggregate)
     if args.json:
         print(json.dumps([tables.to_json(t) for t in table_list], indent=2))
@@ -103,7 +138,8 @@ def cmd_report(args) -> int:
     run_ids = resolve_runs(args.results_dir, args.runs)
     if not run_ids:
         raise UserError(f"no results in {args.results_dir}: nothing to report; run `python -m harness "
-                        f"run` first or point --results-dir at a results folder", exit_code=1)
+                        f"run` first or point --results-dir at a results folder"
+                        + no_runs_hint(args.results_dir), exit_code=1)
     path = write_report(args.results_dir, run_ids, args.out, length=length, aggregate=args.aggregate,
                         quiet=args.quiet)
     print(json.dumps({"report": str(path)}) if args.json else path)
@@ -160,10 +196,14 @@ def add_commands(subparsers) -> None:
                     "(Welch's t-test over seeds, p < 0.05; with one seed, beyond twice the test "
                     "sets' combined standard error); time when the p20-p80 intervals are apart and "
                     "the median is more than --threshold percent slower. Eager and compiled runs of "
-                    "one architecture are compared, their differing settings named. Exit status 1 "
-                    "on any regression.")
-    compare.add_argument("run_a", metavar="RUN_A", help="the baseline run id")
-    compare.add_argument("run_b", metavar="RUN_B", help="the run to check against it")
+                    "one architecture are compared, their differing settings named. The run settings "
+                    "that differ (options, environment, protocol) are listed first as `key: old → new`. "
+                    "A run is a run id of --results-dir or the path of a run folder, so runs of two "
+                    "results folders compare directly. Exit status 1 on any regression.")
+    compare.add_argument("run_a", metavar="RUN_A",
+                         help="the baseline: a run id of --results-dir, or the path of a run folder")
+    compare.add_argument("run_b", metavar="RUN_B",
+                         help="the run to check against it: a run id of --results-dir, or the path of a run folder")
     compare.add_argument("--threshold", default=10.0, metavar="PCT",
                          help="speed and memory only: percent change beyond which 'worse' is a "
                               "regression (default: 10); accuracy is judged in points over seeds")

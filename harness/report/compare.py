@@ -20,6 +20,11 @@ hash is the same experiment even when the execution settings differ (eager vs co
 attention kernel), and those differences are named in the note as `compile: false → true`. A
 different architecture, task version, scale or data set is "not comparable", with the differing
 keys named; speed cells timed on different devices (`hardware.device_name`) are never compared.
+
+A run is named by its id in the results folder (a folder of run folders' folders included) or by the
+path of its run folder, so runs kept in two results folders compare directly. The run settings that
+differ (the command's options, the environment, the measurement protocol) head the comparison, each
+as `key: old → new`.
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from pathlib import Path
+
 from harness.report import tables
-from harness.report.html import resolve_runs
-from harness.store import load_records
+from harness.store import Run, find_run, load_records
 
 MEMORY_NOISE_PCT = 2.0
 ALPHA = 0.05  # Welch's test: a drop with p below this is significant
@@ -170,7 +176,8 @@ def _incomparable(ra: pd.Series, rb: pd.Series, kind: str) -> list[str]:
     ha, hb = ra.get("model_config_hash"), rb.get("model_config_hash")
     if not _missing(ha) and not _missing(hb) and ha != hb:
         arch = _diffs(ra, rb, ("model_config",))
-        reasons.append("architecture " + ("; ".join(arch) if arch else f"hash {ha} {_ARROW} {hb}"))
+        reasons.append("architecture " + ("; ".join(arch) if arch else
+                                          "(its configuration is not in the records, only its hash)"))
     va, vb = ra.get("task_version"), rb.get("task_version")
     if not _missing(va) and not _missing(vb) and va != vb:
         reasons.append(f"task version: {va} {_ARROW} {vb}")
@@ -183,7 +190,7 @@ def _incomparable(ra: pd.Series, rb: pd.Series, kind: str) -> list[str]:
     else:
         da, db = ra.get("hardware.device_name"), rb.get("hardware.device_name")
         if not _missing(da) and not _missing(db) and da != db:
-            reasons.append(f"device {da} vs {db}")
+            reasons.append(f"device: {da} {_ARROW} {db}")
     return reasons
 
 
@@ -439,20 +446,72 @@ def compare_frames(df_a: pd.DataFrame, df_b: pd.DataFrame,
     return frame, int(frame["regression"].sum())
 
 
+# Options of the run commands that say where things go or how they are printed, not what was measured.
+NOT_SETTINGS = {"results_dir", "cache_dir", "data_dir", "quiet", "json", "no_report", "resume"}
+
+
+def run_settings(manifest: dict, records: pd.DataFrame | None = None) -> dict:
+    """What a run measured with, flattened to `key: value` for `settings_changes`: its command's
+    options (`config.*`, paths and output flags left out), the environment (torch, CUDA, GPU, driver,
+    CPU, threads, git revision, packages) and the measurement protocol of its records."""
+    out = {}
+    for key, value in (manifest.get("config") or {}).items():
+        if key not in NOT_SETTINGS:
+            out[key] = value
+    env = manifest.get("environment") or {}
+    gpus = env.get("gpus") or []
+    git = env.get("git") or {}
+    sha = manifest.get("git_sha") or git.get("sha")
+    dirty = manifest.get("git_dirty") if manifest.get("git_dirty") is not None else git.get("dirty")
+    out.update({
+        "git": (str(sha)[:12] if sha else None), "git dirty": dirty,
+        "gpu": gpus[0].get("name") if gpus else env.get("cuda_device"),
+        "driver": gpus[0].get("driver") if gpus else None, "gpus": len(gpus) or None,
+        "torch": env.get("torch"), "cuda": env.get("cuda"), "cudnn": env.get("cudnn"),
+        "python": env.get("python"), "cpu": env.get("cpu"), "cpu cores": env.get("cpu_count"),
+        "torch threads": env.get("torch_threads"), "harness": manifest.get("harness_version"),
+        "schema": manifest.get("schema_version")})
+    for name, version in sorted((env.get("packages") or {}).items()):
+        out[f"package {name}"] = version
+    if records is not None and "protocol_version" in records:
+        versions = sorted({int(v) for v in pd.to_numeric(records["protocol_version"], errors="coerce").dropna()})
+        out["timing protocol"] = "/".join(str(v) for v in versions) or None
+    return out
+
+
+def settings_changes(a: dict, b: dict) -> list[tuple[str, object, object]]:
+    """(key, A's value, B's value) for every setting that differs, in A's key order then B's."""
+    keys = list(dict.fromkeys(list(a) + list(b)))
+    return [(key, a.get(key), b.get(key)) for key in keys if _plain(a.get(key)) != _plain(b.get(key))]
+
+
+def _run_side(results_dir, ref: str) -> tuple[Path, dict, pd.DataFrame]:
+    """A run's folder, manifest ({} when unreadable: load_records warns) and records."""
+    folder = find_run(results_dir, ref)
+    records = load_records(folder.parent, [folder.name])
+    if records.empty:
+        records = pd.DataFrame(columns=["run_id", "kind", "model", "task", "created"])
+    records["run_id"] = records["run_id"].where(records["run_id"].notna(), folder.name)
+    try:
+        manifest = Run(folder).manifest
+    except Exception:  # a UserError: load_records has said why
+        manifest = {}
+    return folder, manifest, records
+
+
 def compare_runs(results_dir, run_a: str, run_b: str, threshold_pct: float = 10.0) -> tuple[pd.DataFrame, int]:
     """Per matching cell of runs A and B: accuracy change in points with Welch's test (or the
     test-set resolution for single seeds), median time and peak memory change in percent, each
     with a verdict; returns (frame, number of regressions). `threshold_pct` applies to speed and
-    memory only."""
-    resolve_runs(results_dir, [run_a, run_b])  # unknown ids: UserError naming the available runs
-    frames = []
-    for run_id in (run_a, run_b):  # each run's folder read on its own: a record is its folder's
-        records = load_records(results_dir, [run_id])
-        if records.empty:
-            records = pd.DataFrame(columns=["run_id", "kind", "model", "task", "created"])
-        records["run_id"] = records["run_id"].where(records["run_id"].notna(), run_id)
-        frames.append(records)
-    return compare_frames(frames[0], frames[1], threshold_pct)
+    memory only. A run is a run id of `results_dir` or the path of a run folder (`find_run`); the
+    frame's attrs carry the runs' folders (`folders`) and the settings that differ (`settings`)."""
+    side_a, side_b = _run_side(results_dir, run_a), _run_side(results_dir, run_b)
+    frame, n_regressions = compare_frames(side_a[2], side_b[2], threshold_pct)
+    frame.attrs["folders"] = {"a": str(side_a[0]), "b": str(side_b[0])}
+    frame.attrs["settings"] = (settings_changes(run_settings(side_a[1], side_a[2]),
+                                                run_settings(side_b[1], side_b[2]))
+                               if side_a[1] and side_b[1] else [])
+    return frame, n_regressions
 
 
 # -- output ---------------------------------------------------------------------------------------------
@@ -462,7 +521,11 @@ def comparison_json(frame: pd.DataFrame, run_a: str, run_b: str, threshold_pct: 
     text except the verdict and note."""
     cells = [{c: _whole(row[c]) if c in ("seq_len", "batch_size") else _plain(row[c]) for c in COLUMNS}
              for _, row in frame.iterrows()]
-    return {"run_a": run_a, "run_b": run_b, "threshold_pct": threshold_pct,
+    folders = frame.attrs.get("folders", {})
+    return {"run_a": run_a, "run_b": run_b, "folder_a": folders.get("a"), "folder_b": folders.get("b"),
+            "threshold_pct": threshold_pct,
+            "settings_changed": [{"key": key, "a": _plain(a), "b": _plain(b)}
+                                 for key, a, b in frame.attrs.get("settings", [])],
             "regressions": int(frame["regression"].sum()) if len(frame) else 0,
             "rules": {"accuracy": f"drop in points: Welch p < {ALPHA:g} (n >= 2 both), else beyond "
                                   f"{SE_FACTOR:g}*sqrt(se_a^2 + se_b^2) of the test set",
@@ -497,10 +560,8 @@ def _side_text(side, metric) -> str:
         if side.get("p20") is not None and side.get("p80") is not None:
             text += f" [{tables.fmt_ms(side['p20'])}, {tables.fmt_ms(side['p80'])}]"
         return text
-    if metric == "peak_bytes":  # GiB for GPU cells, MiB or KiB for the small peaks of CPU cells
-        for unit, size in (("GiB", tables.GIB), ("MiB", 1024 ** 2), ("KiB", 1024)):
-            if side["value"] >= 0.1 * size or unit == "KiB":
-                return f"{tables.fmt_sig(side['value'] / size, 3)} {unit}"
+    if metric == "peak_bytes":  # one unit for every memory cell, as in the tables
+        return f"{tables.fmt_mem(side['value'])} {tables.MEMORY_UNIT[0]}"
     if metric == "status":
         return _status_text(side["status"]) if side["status"] != "ok" else "ok"
     return tables.DASH
@@ -528,10 +589,36 @@ def _p_text(p) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _run_name(ref: str, folder: str | None) -> str:
+    """A run as its id: the folder's name when the run was given as a path."""
+    return Path(folder).name if folder and Path(ref) == Path(folder) else ref
+
+
+def settings_text(frame: pd.DataFrame, run_a: str, run_b: str) -> str:
+    """Where A and B are, and the run settings that differ, one `key: old → new` line each."""
+    folders = frame.attrs.get("folders") or {}
+    lines = []
+    if folders:
+        lines.append(f"A = {_run_name(run_a, folders['a'])} ({folders['a']}); "
+                     f"B = {_run_name(run_b, folders['b'])} ({folders['b']})")
+    changes = frame.attrs.get("settings")
+    if changes is not None and folders:
+        if changes:
+            lines.append(f"Settings that differ (A {_ARROW} B):")
+            lines += [f"  {key}: {_show(a)} {_ARROW} {_show(b)}" for key, a, b in changes]
+        else:
+            lines.append("Settings: the same in A and B")
+    return "\n".join(lines) + ("\n\n" if lines else "")
+
+
 def format_comparison(frame: pd.DataFrame, run_a: str, run_b: str, threshold_pct: float) -> str:
-    """The comparison as a Markdown table, the regressions listed, and a one-line summary."""
+    """The runs' folders and differing settings, the comparison as a Markdown table, the regressions
+    listed, and a one-line summary."""
+    head = settings_text(frame, run_a, run_b)
+    folders = frame.attrs.get("folders") or {}
+    run_a, run_b = _run_name(run_a, folders.get("a")), _run_name(run_b, folders.get("b"))
     if frame.empty:
-        return f"no cells to compare between {run_a} and {run_b}\n0 regressions\n"
+        return head + f"no cells to compare between {run_a} and {run_b}\n0 regressions\n"
     display = []
     for _, row in frame.iterrows():
         display.append({
@@ -552,8 +639,9 @@ def format_comparison(frame: pd.DataFrame, run_a: str, run_b: str, threshold_pct
                  f"beyond {SE_FACTOR:g}·√(se_A² + se_B²) of the test sets; reference rows are never "
                  f"regressions. Time: median [p20, p80]; a regression needs the intervals apart and the "
                  f"median more than {threshold_pct:g}% slower (CPU timings are noisy). Memory: within noise "
-                 f"below {MEMORY_NOISE_PCT:g}%, a regression beyond {threshold_pct:g}%. A cell that newly "
-                 f"fails is a regression."),
+                 f"below {MEMORY_NOISE_PCT:g}%, a regression beyond {threshold_pct:g}% (GiB). A cell that "
+                 f"newly fails is a regression. – = no number (not comparable, measured on one side only, "
+                 f"or no p-value for this test); OOM = out of memory; FAIL = an error; n/a = unavailable."),
         left_columns=["metric", "verdict", "note"])
     summary = (f"{n_reg} regression{'s' if n_reg != 1 else ''} (accuracy: significant drop in points; "
                f"speed/memory: beyond {threshold_pct:g}%) — "
@@ -561,4 +649,4 @@ def format_comparison(frame: pd.DataFrame, run_a: str, run_b: str, threshold_pct
     flagged = [f"  {cell}: {metric} {change} ({verdict})" for cell, metric, change, verdict, flag in zip(
         table.index, table["metric"], table["change"], frame["verdict"], frame["regression"]) if flag]
     listing = ("\nRegressions:\n" + "\n".join(flagged) + "\n") if flagged else ""
-    return tables.render(table, "markdown") + listing + "\n" + summary + "\n"
+    return head + tables.render(table, "markdown") + listing + "\n" + summary + "\n"

@@ -14,13 +14,14 @@ import datetime as dt
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from harness.errors import UserError
 from harness.records import LRA_KINDS
@@ -31,6 +32,12 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 TITLE = "Long-sequence benchmark report"
 TABLES_HEADING = "Benchmark tables"  # first line of the .md / .tex copies; check_report_path looks for it
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+README = "README.md"  # a results folder's notes (missing revisions, removed records): shown under Provenance
+README_MAX_CHARS = 200_000  # a larger file is cut there, with a note
+IMAGES_KALEIDO_MISSING = ("static images skipped: kaleido is not installed "
+                          "(pip install 'lsm-harness[images]' for PNG copies of the plots)")
+IMAGES_BROWSER_MISSING = ("static images skipped: no Chrome/Chromium found "
+                          "(install chromium or set BROWSER_PATH for PNG copies of the plots)")
 
 
 # -- selecting runs ---------------------------------------------------------------------------------
@@ -212,6 +219,168 @@ def data_origins(df: pd.DataFrame) -> list[dict]:
                                       o["scale"]))
 
 
+# -- a results folder's notes ----------------------------------------------------------------------
+
+_ITEM = re.compile(r"^\s{0,3}([-*+]|\d{1,9}[.)])\s+(.*)$")
+_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
+_RULE = re.compile(r"^\s{0,3}\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")  # a table's |---|---|
+_CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.S)
+_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", re.S)
+_EM = re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])", re.S)
+
+
+def _inline(text: str) -> str:
+    """Escaped HTML of one span of Markdown: `code`, **bold**, *emphasis* and links; a link's
+    target becomes an href only when it is http(s), else it is printed after the text."""
+    out, at = [], 0
+    for match in _CODE_SPAN.finditer(text):
+        out.append(_inline_plain(text[at:match.start()]))
+        out.append(f"<code>{escape(match.group(2).strip())}</code>")
+        at = match.end()
+    out.append(_inline_plain(text[at:]))
+    return "".join(out)
+
+
+def _inline_plain(text: str) -> str:
+    def link(match):
+        label, target = match.group(1), match.group(2)
+        if re.match(r"https?://", target):
+            return f'<a href="{target}" rel="noopener noreferrer">{label}</a>'
+        return f"{label} ({target})"
+
+    text = _LINK.sub(link, str(escape(text)))  # escaped first: raw HTML in the file stays text
+    text = _STRONG.sub(r"<strong>\1</strong>", text)
+    return _EM.sub(r"<em>\1</em>", text)
+
+
+def _table_cells(line: str) -> list[str]:
+    line = line.strip()
+    line = line[1:] if line.startswith("|") else line
+    line = line[:-1] if line.endswith("|") and not line.endswith("\\|") else line
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line)]
+
+
+def _code_block(body: list[str]) -> str:
+    code = "\n".join(body)
+    return f"<pre><code>{escape(code)}</code></pre>"
+
+
+def _starts_block(lines: list[str], i: int) -> bool:
+    line = lines[i]
+    return bool(_HEADING.match(line) or _ITEM.match(line) or line.lstrip().startswith("```")
+                or (line.lstrip().startswith("|") and i + 1 < len(lines) and _RULE.match(lines[i + 1])))
+
+
+def render_markdown(text: str, heading_offset: int = 3) -> Markup:
+    """A small, safe subset of Markdown as HTML, enough for a results folder's README: headings
+    (shifted down by `heading_offset` levels to sit under the report's own), paragraphs, bullet and
+    numbered lists with continuation lines, indented and fenced code blocks, pipe tables, `code`,
+    **bold**, *emphasis* and http(s) links. The source is escaped before any markup is added, so
+    HTML in the file shows as text and nothing it names is loaded."""
+    lines = text.replace("\t", "    ").splitlines()
+    out, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip():
+            i += 1
+        elif line.lstrip().startswith("```"):  # fenced code, up to the closing fence (or the end)
+            fence, body = line.lstrip()[:3], []
+            i += 1
+            while i < len(lines) and not lines[i].lstrip().startswith(fence):
+                body.append(lines[i])
+                i += 1
+            i += 1
+            out.append(_code_block(body))
+        elif _HEADING.match(line):
+            hashes, title = _HEADING.match(line).groups()
+            level = min(len(hashes) + heading_offset, 6)
+            out.append(f"<h{level}>{_inline(title)}</h{level}>")
+            i += 1
+        elif line.startswith("    "):  # indented code: indented and blank lines, 4 spaces removed
+            body = []
+            while i < len(lines) and (lines[i].startswith("    ") or not lines[i].strip()):
+                body.append(lines[i][4:])
+                i += 1
+            while body and not body[-1].strip():
+                body.pop()
+            out.append(_code_block(body))
+        elif line.lstrip().startswith("|") and i + 1 < len(lines) and _RULE.match(lines[i + 1]):
+            head = _table_cells(line)
+            rows, i = [], i + 2
+            while i < len(lines) and lines[i].lstrip().startswith("|"):
+                rows.append(_table_cells(lines[i]))
+                i += 1
+            out.append('<div class="table-scroll"><table class="plain"><thead><tr>'
+                       + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead><tbody>"
+                       + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>"
+                                 for row in rows)
+                       + "</tbody></table></div>")
+        elif _ITEM.match(line):
+            numbered = _ITEM.match(line).group(1)[0].isdigit()
+            items = []
+            while i < len(lines):
+                match = _ITEM.match(lines[i])
+                if match and match.group(1)[0].isdigit() == numbered:
+                    items.append([match.group(2)])
+                    i += 1
+                elif lines[i].strip() and not _starts_block(lines, i):  # continuation (indented or lazy)
+                    items[-1].append(lines[i].strip())
+                    i += 1
+                elif (not lines[i].strip() and i + 1 < len(lines) and _ITEM.match(lines[i + 1])
+                      and _ITEM.match(lines[i + 1]).group(1)[0].isdigit() == numbered):
+                    i += 1  # a blank line between two items of the same list
+                else:
+                    break
+            tag = "ol" if numbered else "ul"
+            out.append(f"<{tag}>" + "".join(f"<li>{_inline(' '.join(item))}</li>" for item in items)
+                       + f"</{tag}>")
+        else:  # a paragraph: up to a blank line or the start of another block
+            body = [line.strip()]
+            i += 1
+            while i < len(lines) and lines[i].strip() and not _starts_block(lines, i):
+                body.append(lines[i].strip())
+                i += 1
+            out.append(f"<p>{_inline(' '.join(body))}</p>")
+    return Markup("\n".join(out))
+
+
+def results_readmes(results_dir, run_ids: list[str]) -> list[dict]:
+    """The README.md of the results folder and of every folder that holds a reported run below
+    it (a folder of run folders' folders, such as results/reference), as
+    {"path": shown path, "html": Markup}. An unreadable file is named with its reason, never fatal."""
+    root = Path(results_dir)
+    folders = [root]
+    for run_id in run_ids:  # run ids that name a subfolder path ('h100-2026-11-22/20261122-...')
+        parent = (root / run_id).parent
+        chain = []
+        while parent != root and root in parent.parents:
+            chain.append(parent)
+            parent = parent.parent
+        folders += reversed(chain)
+    try:  # a subfolder holding one of the runs, when the run ids are bare
+        subfolders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    except OSError:
+        subfolders = []
+    folders += [sub for sub in subfolders if any((sub / r).is_dir() for r in run_ids)]
+    out = []
+    for folder in dict.fromkeys(folders):
+        path = folder / README
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            out.append({"path": str(path), "html": Markup(f"<p>cannot be read ({escape(exc.strerror or exc)})</p>")})
+            continue
+        cut = len(text) > README_MAX_CHARS
+        rendered = render_markdown(text[:README_MAX_CHARS])
+        if cut:
+            rendered += Markup(f"<p><em>(cut at {README_MAX_CHARS:,} characters; the file is longer)</em></p>")
+        out.append({"path": str(path), "html": rendered})
+    return out
+
+
 # -- static images ----------------------------------------------------------------------------------
 
 def find_browser() -> str | None:
@@ -226,18 +395,23 @@ def find_browser() -> str | None:
     return None
 
 
+def image_message_line(message: str) -> str:
+    """The stderr line for an export message: a missing optional part (kaleido, a browser) is a
+    `note:` (the report itself is complete), a failed export a `warning:`."""
+    informational = message in (IMAGES_KALEIDO_MISSING, IMAGES_BROWSER_MISSING)
+    return f"{'note' if informational else 'warning'}: {message}"
+
+
 def export_images(figures: list[tuple], out_dir: Path) -> tuple[list[Path], str | None]:
     """PNG copies of the figures through kaleido (one browser for all). Returns (paths, message);
     the message says in one line why images were skipped, or None."""
     if not figures:
         return [], None
     if importlib.util.find_spec("kaleido") is None:
-        return [], ("static images skipped: kaleido is not installed "
-                    "(pip install 'lsm-harness[images]' for PNG copies of the plots)")
+        return [], IMAGES_KALEIDO_MISSING
     browser = find_browser()
     if browser is None:
-        return [], ("static images skipped: no Chrome/Chromium found "
-                    "(install chromium or set BROWSER_PATH for PNG copies of the plots)")
+        return [], IMAGES_BROWSER_MISSING
     import plotly.io as pio
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -350,6 +524,7 @@ def write_report(results_dir, runs: list[str] | None, out_path=None, length: int
         n_models=df["label"].nunique(), models=sorted(set(df["label"].dropna()), key=tables._natural),
         tables=sections, figures=figure_html, methodology=methodology(df, manifests),
         origins=data_origins(df), length=length, aggregate=aggregate,
+        readmes=results_readmes(results_dir, run_ids),
         plotlyjs=Markup(get_plotlyjs()),
     )
     try:
@@ -362,5 +537,5 @@ def write_report(results_dir, runs: list[str] | None, out_path=None, length: int
     if images is not False:
         _, message = export_images(figures, out_path.with_name(out_path.stem + "-figures"))
         if message and not quiet:
-            print(message, file=sys.stderr)
+            print(image_message_line(message), file=sys.stderr)
     return out_path

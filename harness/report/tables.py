@@ -24,13 +24,20 @@ Conventions (shared/spec/statistics.md, harness.md "Tables and reports", lra.md 
 - Under an lr grid, each (row, column) shows the learning rate with the best mean validation
   accuracy, and says which.
 - Speed tables are sliced by task configuration, batch, dtype, device, mode and the device's name
-  (two GPUs never share a table). A time whose p80/p20 exceeds 1.5 is marked noisy (`~`); bold time
-  = the fastest and every time whose p20-p80 range overlaps it (about equal).
-- Efficiency: absolute time and peak memory beside the paper ratios, speed-up = reference time /
-  model time and memory = model peak / reference peak, against `transformer_vanilla` (materialised
-  softmax, the papers' XFM) and `transformer` (fused attention).
-- Precision: ms to 3 significant digits, GiB to 2 decimals, accuracy to 1 decimal, ratios to 2
-  significant digits. A missing number is text (`OOM`, `FAIL`, `skipped`, `n/a`, `–`), never 0.
+  (two GPUs never share a table). The papers' protocol slice (Text, L = 4096, batch 25, a training
+  step on a GPU) comes first; the others follow in the order a reader looks for them
+  (`speed_slices`). A time whose p80/p20 exceeds 1.5 is marked noisy (`~`); bold time = the
+  fastest and every time whose p20-p80 range overlaps it (about equal).
+- Efficiency: the model block (params, layers, width: the figures the accuracy table shows too),
+  absolute time and peak memory beside the paper ratios, speed-up = reference time / model time and
+  memory = model peak / reference peak, against `transformer_vanilla` (materialised softmax, the
+  papers' XFM) and `transformer` (fused attention). The caption says what a peak includes (weights,
+  gradients, optimiser state, activations: harness/bench.py measures them differently on CUDA and CPU).
+- Every symbol a table's cells use (`–`, `n/a`, `OOM`, `FAIL`, `skipped`, `ref OOM`, `~`, `†`, `×`)
+  is defined in its caption, with the meaning it has in that table; a symbol it does not use is not.
+- Precision: ms to 3 significant digits; memory always in GiB (one unit in every table), 2 decimals
+  from 0.1 GiB up and 2 significant digits below; accuracy to 1 decimal, ratios to 2 significant
+  digits. A missing number is text (`OOM`, `FAIL`, `skipped`, `n/a`, `–`), never 0.
 """
 
 from __future__ import annotations
@@ -58,7 +65,6 @@ SPEED_KEYS = ("label", "model", "task", "seq_len", "batch_size", "dtype", "devic
 SLICE_KEYS = ("task", "batch_size", "dtype", "device", "mode", "hardware.device_name")  # one table each
 FORMATS = ("markdown", "latex", "html")
 GIB = 1024 ** 3
-MIB = 1024 ** 2
 DASH = "–"  # a cell that was never measured
 NOISY = "~"  # prefix of a speed cell whose p80/p20 exceeds NOISY_SPREAD
 NOISY_SPREAD = 1.5
@@ -72,7 +78,7 @@ _NUMERIC = ("timing.median_ms", "timing.p20_ms", "timing.p80_ms", "timing.n_warm
             "memory.peak_allocated_bytes", "memory.peak_reserved_bytes", "memory.footprint_bytes",
             "memory.peak_rss_increase_bytes", "throughput_tokens_per_s", "metrics.accuracy",
             "metrics.val_accuracy", "metrics.n_test", "metrics.steps", "seq_len", "batch_size", "seed",
-            "n_params", "train.lr", "train.lr_multiplier", "train.total_steps", "train.batch_size",
+            "n_params", "model_config.n_layers", "model_config.d_model", "train.lr", "train.lr_multiplier", "train.total_steps", "train.batch_size",
             "train.warmup_steps", "train.time_budget")
 _TEXT = ("run_id", "created", "kind", "model", "label", "task", "task_version", "dtype", "device", "mode",
          "status", "error", "model_config_hash", "scale", "provenance.kind", "provenance.source",
@@ -119,18 +125,27 @@ def fmt_lr(value) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def memory_unit(values) -> tuple[str, float]:
-    """GiB, or MiB when every value is below 1 GiB (tiny CPU models would read 0.01 GiB)."""
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    if finite and max(finite) < GIB:
-        return "MiB", MIB
-    return "GiB", GIB
+MEMORY_UNIT = ("GiB", GIB)  # every memory cell of every table: one unit, so two tables never disagree
 
 
-def fmt_mem(value, unit: tuple[str, float] = ("GiB", GIB)) -> str:
+def memory_unit(values=()) -> tuple[str, float]:
+    """The unit of memory cells: always GiB, whatever the values (a table that switched to MiB for
+    small CPU peaks would put 500 beside 0.53 for the same kind of cell); `fmt_mem` keeps the
+    digits of small values."""
+    return MEMORY_UNIT
+
+
+def fmt_mem(value, unit: tuple[str, float] = MEMORY_UNIT) -> str:
+    """Bytes in `unit` (GiB): 2 decimals from 0.1 up (56.73, 0.53), 2 significant digits below
+    (0.048, 0.0012), so a small CPU peak never reads 0.00."""
     if value is None or not np.isfinite(value):
         return DASH
-    return f"{value / unit[1]:.{2 if unit[0] == 'GiB' else 1}f}"
+    scaled = value / unit[1]
+    if scaled == 0:
+        return "0"
+    if abs(scaled) >= 0.1:
+        return f"{scaled:.2f}"
+    return fmt_sig(scaled, 2)
 
 
 def length_label(length) -> str:
@@ -350,18 +365,48 @@ def speed_cells(df: pd.DataFrame, aggregate: bool = False) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# The papers' efficiency protocol (MEGA Table 2, after LRA's): one training step of the Text
+# configuration at L = 4096 with batch 25 on a GPU. Its slice leads the speed tables when present.
+PROTOCOL = {"task": "text", "batch_size": 25, "device": "cuda", "mode": "train_step"}
+PROTOCOL_LENGTH = 4096
+PROTOCOL_TEXT = "The papers' protocol (Text, L = 4096, batch 25, one training step on a GPU)."
+
+
+def is_protocol(slice_: dict, lengths=()) -> bool:
+    """Whether a slice is the papers' protocol: its keys match PROTOCOL and L = 4096 was measured."""
+    return (all(slice_.get(k) == v for k, v in PROTOCOL.items())
+            and PROTOCOL_LENGTH in {int(x) for x in lengths if not _missing(x)})
+
+
 def speed_slices(cells: pd.DataFrame) -> list[dict]:
-    """The (task, batch, dtype, device, mode, device name) combinations present, the papers'
-    protocol first: Text configuration, train_step, CUDA; then the best-populated."""
+    """The (task, batch, dtype, device, mode, device name) combinations present, in the order a
+    reader looks for them: the papers' protocol slice first (the newest measurement first when
+    several GPUs have one); then GPU before CPU; Text, then the other LRA tasks in LRA order, then
+    other tasks; a training step before inference; then the slice with more rows, more lengths,
+    the newer runs."""
     if cells.empty:
         return []
-    counts = cells.groupby(list(SLICE_KEYS), dropna=False).size().reset_index(name="n")
-    slices = [{k: (None if _missing(row[k]) else row[k]) for k in SLICE_KEYS} | {"n": int(row["n"])}
-              for _, row in counts.iterrows()]
-    slices.sort(key=lambda s: (s["task"] != "text", s["mode"] != "train_step", s["device"] != "cuda",
-                               -s["n"], str(s["dtype"]), -(s["batch_size"] or 0),
-                               str(s["hardware.device_name"])))
-    return [{k: s[k] for k in SLICE_KEYS} for s in slices]
+    task_rank = {t: i for i, t in enumerate(("text",) + tuple(t for t in LRA_TASKS if t != "text"))}
+    slices = []
+    for key, group in cells.groupby(list(SLICE_KEYS), dropna=False, sort=False):
+        slice_ = {k: (None if _missing(v) else v) for k, v in zip(SLICE_KEYS, key)}
+        runs = [str(r) for r in group["run_id"] if not _missing(r)] if "run_id" in group else []
+        slices.append((slice_, {"protocol": is_protocol(slice_, group["seq_len"]),
+                                "rows": group["label"].nunique(), "lengths": group["seq_len"].nunique(),
+                                "newest": max(runs, default="")}))
+    newest = sorted({info["newest"] for _, info in slices})
+    age = {run: len(newest) - i for i, run in enumerate(newest)}  # 1 = the newest
+
+    def order(item):
+        slice_, info = item
+        task = slice_["task"]
+        return (not info["protocol"], age[info["newest"]] if info["protocol"] else 0,
+                slice_["device"] != "cuda", task_rank.get(task, len(task_rank)), str(task),
+                slice_["mode"] != "train_step", str(slice_["mode"]), -info["rows"], -info["lengths"],
+                age[info["newest"]], str(slice_["dtype"]), -(slice_["batch_size"] or 0),
+                str(slice_["hardware.device_name"]))
+
+    return [slice_ for slice_, _ in sorted(slices, key=order)]
 
 
 def select_slice(cells: pd.DataFrame, slice_: dict) -> pd.DataFrame:
@@ -429,13 +474,30 @@ def _timing_protocol(cells: pd.DataFrame) -> str:
 
 
 def _memory_definition(cells: pd.DataFrame) -> str:
+    """What a peak-memory cell counts (harness/bench.py): on CUDA the allocator's peak since a reset
+    right after the model and optimiser were built, so the weights are in it; on CPU the rise of the
+    process's resident set over the set after the build, so the weights are not."""
     sources = set(cells["mem_source"].dropna())
+    modes = set(cells["mode"].dropna()) if "mode" in cells else set()
+    train, inference = "train_step" in modes or not modes, bool(modes - {"train_step"})
+    step = ("a training step: forward, loss, backward, AdamW update" if train and not inference else
+            "inference (no gradients, no optimiser state)" if inference and not train else
+            "a training step, or inference (no gradients, no optimiser state)")
     text = []
     if "cuda" in sources:
-        text.append("peak allocated CUDA memory (torch.cuda.max_memory_allocated)")
+        held = ("weights, gradients, AdamW optimiser state and activations" if train and not inference
+                else "weights and activations" if not train else
+                "weights and activations, plus gradients and AdamW optimiser state for a training step")
+        text.append(f"peak allocated CUDA memory of {step} (torch.cuda.max_memory_allocated, reset after "
+                    f"the model was built): {held} included; the allocator's cached reserve and the CUDA "
+                    f"context are not")
     if "rss" in sources:
-        text.append("increase of the process peak RSS during the timed iterations (CPU)")
-    return " / ".join(text) or "peak memory"
+        held = ("activations, gradients and AdamW optimiser state (created by the first step) included"
+                if train and not inference else "activations included" if not train else
+                "activations, plus gradients and AdamW optimiser state for a training step, included")
+        text.append(f"CPU: rise of the process's peak resident set (peak RSS) over the resident set after the model "
+                    f"was built, during {step}: {held}; the weights, resident before, are not")
+    return " / ".join(text) or "peak memory (how it was measured is not recorded)"
 
 
 def _row_origins(sources: dict) -> dict:
@@ -483,6 +545,80 @@ def _bold_least(values: dict) -> list:
         best = min(v for _, v in entries)
         bold += [(row, col) for row, v in entries if np.isclose(v, best, rtol=1e-9, atol=0)]
     return bold
+
+
+# -- model figures and symbols ----------------------------------------------------------------------
+
+LAYERS, WIDTH = "layers", "width"
+MODEL_COLUMNS = (PARAMS, LAYERS, WIDTH)  # the model block: beside accuracy and beside speed alike
+MODEL_CAPTION = (f"{PARAMS} = trainable parameters, {LAYERS} = blocks (n_layers), {WIDTH} = model width "
+                 f"(d_model), from each record's model configuration (a range when they differ between "
+                 f"the row's cells).")
+
+
+def _span(values, fmt) -> str:
+    values = sorted({int(v) for v in values if not _missing(v)})
+    if not values:
+        return DASH
+    return fmt(values[0]) if len(values) == 1 else f"{fmt(values[0])}–{fmt(values[-1])}"
+
+
+def model_figures(group: pd.DataFrame) -> tuple[dict, dict]:
+    """({params, layers, width} display texts, the numbers behind them) of one row's records."""
+    columns = {PARAMS: "n_params", LAYERS: "model_config.n_layers", WIDTH: "model_config.d_model"}
+    text, data = {}, {}
+    for name, column in columns.items():
+        values = group[column] if column in group else pd.Series(dtype=float)
+        text[name] = _span(values, fmt_count if name == PARAMS else str)
+        found = sorted({int(v) for v in values if not _missing(v)})
+        data[name] = {"value": found[0] if len(found) == 1 else None,
+                      "range": [found[0], found[-1]] if found else None}
+    data[PARAMS]["n_params"] = data[PARAMS]["value"]  # the key `table --json` readers know
+    data[PARAMS]["n_params_range"] = data[PARAMS]["range"]
+    return text, data
+
+
+def _has_symbol(text: str, symbol: str) -> bool:
+    if symbol == DASH:
+        return text == DASH
+    if symbol == NOISY:
+        return text.startswith(NOISY)
+    if symbol in (STOPPED, "×"):
+        return symbol in text
+    if symbol == "ref …":
+        return text.startswith("ref ")
+    return re.search(rf"(?<![\w/]){re.escape(symbol)}(?![\w/])", text) is not None
+
+
+def symbols_in(frame: pd.DataFrame, columns=None) -> set:
+    """The table symbols (SYMBOLS) that occur in the cells of `frame` (of `columns` only if given)."""
+    cells = frame if columns is None else frame[[c for c in columns if c in frame.columns]]
+    texts = [str(v) for v in cells.to_numpy().ravel()]
+    return {sym for sym in SYMBOLS if any(_has_symbol(t, sym) for t in texts)}
+
+
+SYMBOLS = (DASH, "n/a", "OOM", "FAIL", "skipped", "ref …", NOISY, STOPPED, "×")
+
+
+def symbols_caption(frame: pd.DataFrame, meanings: dict) -> str:
+    """' Symbols: – = ...; OOM = ...' for each symbol of `meanings` found in the cells of `frame` and
+    not defined in its caption yet: every mark a reader meets is explained under its table, and a
+    mark the table does not use is not."""
+    caption = frame.attrs.get("caption", "")
+    found = symbols_in(frame)
+    parts = []
+    for sym, meaning in meanings.items():
+        if sym not in found or f"{sym} = " in caption:
+            continue
+        if sym == "ref …":  # the statuses a reference cell had, spelled as the cells spell them
+            sym = " / ".join(sorted({str(v) for v in frame.to_numpy().ravel() if str(v).startswith("ref ")}))
+        parts.append(f"{sym} = {meaning}")
+    return (" Symbols: " + "; ".join(parts) + ".") if parts else ""
+
+
+STATUS_MEANINGS = {"OOM": "out of memory (CUDA out-of-memory, or the process killed for memory)",
+                   "FAIL": "the cell raised an error (hover for the message)",
+                   "skipped": "not run: the row ran out of memory at a shorter length"}
 
 
 # -- speed cells -----------------------------------------------------------------------------------
@@ -542,9 +678,8 @@ def _bold_times(entries: dict) -> list:
 
 
 SPEED_BOLD_RULE = ("Bold time = the fastest, plus every time whose p20-p80 range overlaps the fastest's "
-                   "(about equal: not separable); bold memory = the lowest peak. "
-                   f"{NOISY} = noisy: p80/p20 > {NOISY_SPREAD:g} over the timed iterations (a ratio "
-                   f"marked {NOISY} uses a noisy time).")
+                   "(about equal: not separable); bold memory = the lowest peak.")
+NOISY_TEXT = f"noisy: p80/p20 > {NOISY_SPREAD:g} over the timed iterations"
 
 
 # -- accuracy cells ---------------------------------------------------------------------------------
@@ -807,12 +942,9 @@ def _accuracy_frame(acc: pd.DataFrame, title: str, caption: str, with_avg: bool)
         if tip:
             tips.append((row, column, tip))
     for row, group in acc.groupby("row", sort=False):
-        n_params = sorted({int(v) for v in group["n_params"].dropna()})
-        rows.setdefault(row, {})[PARAMS] = (
-            DASH if not n_params else fmt_count(n_params[0]) if len(n_params) == 1
-            else f"{fmt_count(n_params[0])}–{fmt_count(n_params[-1])}")
-        data[(row, PARAMS)] = {"n_params": n_params[0] if len(n_params) == 1 else None,
-                               "n_params_range": [n_params[0], n_params[-1]] if n_params else None}
+        text, figures = model_figures(group)
+        rows.setdefault(row, {}).update(text)
+        data.update({(row, name): numbers for name, numbers in figures.items()})
 
     bold, unranked = [], []
     for column in ranked:
@@ -847,12 +979,13 @@ def _accuracy_frame(acc: pd.DataFrame, title: str, caption: str, with_avg: bool)
             if why == "single seed":
                 unranked.append(name)
         if avg_cols:
-            parts = [f"{name} = mean over {', '.join(used)}"
-                     + (" (LRA rule: Path-X excluded)" if name == "Avg" else
+            measured_pathx = "pathx" in {task_of[c] for c in lra_cols}
+            parts = [f"{name} = mean over the {len(used)} tasks {', '.join(used)}"
+                     + ((" (Path-X excluded, the LRA paper's rule" + ("" if measured_pathx else
+                         "; Path-X was not measured") + ")") if name == "Avg" else
                         " (Path-X included, as S4 and MEGA report)")
                      for name, used in avg_cols]
-            caption_avg = (" " + "; ".join(parts) + "; its ± and n are over the seeds every task has; "
-                           "n/a = a result is missing on one of these tasks.")
+            caption_avg = " " + "; ".join(parts) + "; its ± and n are over the seeds every task has."
     if excluded:
         caption_avg += (" A column marked [provenance · scale · size] is not an LRA number (another scale, "
                         "a subset, or data other than the task's own): labelled, never in an average.")
@@ -865,7 +998,7 @@ def _accuracy_frame(acc: pd.DataFrame, title: str, caption: str, with_avg: bool)
     if refs:
         caption += (" ref: rows = the majority class and a linear model on the raw input, fitted on the same "
                     "splits: context, never ranked or averaged.")
-    caption += f" {PARAMS} = trainable parameters (a range when they differ between tasks)."
+    caption += " " + MODEL_CAPTION
     caption += _schedules_caption(acc)
     if grid:
         caption += (" Under the lr grid each cell shows the learning rate whose mean validation accuracy "
@@ -876,10 +1009,29 @@ def _accuracy_frame(acc: pd.DataFrame, title: str, caption: str, with_avg: bool)
                           for row, group in acc.groupby("row", sort=False)})
     caption += _origins_caption(notes)
     tips += [(row, None, text) for row, text in notes.items()]
-    all_cols = [PARAMS] + lra_cols + [name for name, _ in avg_cols] + excluded
+    all_cols = list(MODEL_COLUMNS) + lra_cols + [name for name, _ in avg_cols] + excluded
     col_classes = {name: "avg" for name, _ in avg_cols} | {c: "standin" for c in excluded}
-    return _frame(rows, all_cols, title, caption, bold=bold, tips=tips, col_classes=col_classes,
-                  order=models + refs, cells=data)
+    frame = _frame(rows, all_cols, title, caption, bold=bold, tips=tips, col_classes=col_classes,
+                   order=models + refs, cells=data)
+    averages = [name for name, _ in avg_cols]
+    results = lra_cols + excluded
+    dash = []
+    if symbols_in(frame, results) & {DASH}:
+        dash.append("no result for this task")
+    if symbols_in(frame, MODEL_COLUMNS) & {DASH}:
+        dash.append("not recorded (params, layers, width)")
+    if refs and averages:
+        dash.append("reference rows are not averaged")
+    na = []
+    if symbols_in(frame, results) & {"n/a"}:
+        na.append("the model cannot run here (a kernel or package is missing)")
+    if symbols_in(frame, averages) & {"n/a"}:
+        na.append("a result the average needs is missing")
+    frame.attrs["caption"] += symbols_caption(frame, {
+        DASH: "; ".join(dash) or "no result", "n/a": "; ".join(na) or "not available",
+        "OOM": "out of memory", "FAIL": "the run raised an error (hover for the message)",
+        "skipped": "not run"})
+    return frame
 
 
 def _resolution_caption(summaries: dict) -> str:
@@ -906,7 +1058,7 @@ def _stopped_caption(summaries: dict) -> str:
 
 
 ACCURACY_CAPTION = ("Test accuracy (%): mean ± sample sd ({pooled}), [a, b] = 95% Student-t interval of the "
-                    "mean over seeds; FAIL = the run errored, OOM = out of memory, n/a = unavailable.")
+                    "mean over seeds; a seed that failed is counted after n (e.g. n=2; 1 FAIL).")
 
 
 def accuracy_table(df: pd.DataFrame, aggregate: bool = False) -> pd.DataFrame | None:
@@ -961,8 +1113,9 @@ def published_efficiency(models) -> dict:
 
 def efficiency_table(df: pd.DataFrame, length: int = 4096, slice_: dict | None = None,
                      aggregate: bool = False) -> pd.DataFrame | None:
-    """MEGA Table 2 style at one length: time and peak memory, with speed-up and memory fraction
-    against the vanilla and the fused Transformer. Falls back to the nearest measured length."""
+    """MEGA Table 2 style at one length: the model block (params, layers, width), time and peak
+    memory, with speed-up and memory fraction against the vanilla and the fused Transformer. Falls
+    back to the nearest measured length."""
     cells = speed_cells(df, aggregate)
     if cells.empty:
         return None
@@ -970,21 +1123,25 @@ def efficiency_table(df: pd.DataFrame, length: int = 4096, slice_: dict | None =
     cells = select_slice(cells, slice_)
     if cells.empty:
         return None
+    protocol = is_protocol(slice_, cells["seq_len"])
     at = nearest_length(cells["seq_len"].dropna(), length)
     where = (f"L = {at}" if at == length else
              f"L = {at} (nearest measured length; {length} was not measured)")
     cells = cells[cells["seq_len"] == at]
-    unit = memory_unit(cells.loc[cells["status"] == "ok", "peak_bytes"])
+    unit = memory_unit()
     by_label = {row["label"]: row for _, row in cells.iterrows()}
     refs = [(base, reference_name(by_label, base)) for base in REFERENCES]
     time_col, mem_col0 = "time (ms)", f"peak mem ({unit[0]})"
-    columns = [time_col, mem_col0]
+    columns = list(MODEL_COLUMNS) + [time_col, mem_col0]
+    ratio_cols = []
     for base, _ in refs:
-        columns += [f"speed-up vs {base}", f"memory vs {base}"]
+        ratio_cols += [f"speed-up vs {base}", f"memory vs {base}"]
+    columns += ratio_cols
     rows, memory, tips, data, times = {}, {}, [], {}, {}
     for label, row in by_label.items():
         ok = _speed_ok(row)
-        text = {}
+        text, figures = model_figures(pd.DataFrame([row]))
+        data.update({(label, name): numbers for name, numbers in figures.items()})
         data[(label, time_col)] = data[(label, mem_col0)] = _speed_data(row)
         if ok:
             text[time_col] = _time_text(row)
@@ -1022,8 +1179,8 @@ def efficiency_table(df: pd.DataFrame, length: int = 4096, slice_: dict | None =
         models = {label: row["model"] for label, row in by_label.items() if label == row["model"]}  # no variant
         figures = published_efficiency(set(models.values()))
         published = {label: figures[m] for label, m in models.items() if m in figures}
+    paper_col = "paper speed-up / memory"
     if published:
-        paper_col = "paper speed-up / memory"
         columns.append(paper_col)
         for label in rows:
             figure = published.get(label)
@@ -1038,9 +1195,11 @@ def efficiency_table(df: pd.DataFrame, length: int = 4096, slice_: dict | None =
                          "transformer": "fused attention (torch SDPA)"}[base])
         + ("" if ref == base else f", measured as {ref}" if ref else ", not measured here (ratios n/a)")
         for base, ref in refs)
-    caption = (f"At {where}; {slice_text(slice_)}; time = {_timing_protocol(cells)}; peak mem = "
-               f"{_memory_definition(cells)}. Speed-up = reference time / model time; memory = model "
-               f"peak / reference peak (the MEGA paper's Table 2 ratios). {ref_text}. {SPEED_BOLD_RULE}")
+    lead = f"{PROTOCOL_TEXT} " if protocol and at == PROTOCOL_LENGTH else ""
+    caption = (f"{lead}At {where}; {slice_text(slice_)}; time = {_timing_protocol(cells)}; peak mem "
+               f"({unit[0]}) = {_memory_definition(cells)}. Speed-up = reference time / model time; memory "
+               f"= model peak / reference peak (the MEGA paper's Table 2 ratios). {ref_text}. "
+               f"{MODEL_CAPTION} {SPEED_BOLD_RULE}")
     if published:
         sources = sorted({f.get("source") or "" for f in published.values()} - {""})
         caption += (" paper speed-up / memory = the published ratios against XFM at 4K on Text, never mixed "
@@ -1053,7 +1212,25 @@ def efficiency_table(df: pd.DataFrame, length: int = 4096, slice_: dict | None =
                     + (f" of {len(shas)} revisions ({', '.join(shas)})" if len(shas) > 1 else "")
                     + "; hover a time for its run.")
     title = f"Efficiency at {length_label(at)} ({slice_tag(slice_)})"
-    return _frame(rows, columns, title, caption, bold=bold, tips=tips, cells=data)
+    frame = _frame(rows, columns, title, caption, bold=bold, tips=tips, cells=data)
+    measured = [time_col, mem_col0]
+    dash = []
+    if symbols_in(frame, MODEL_COLUMNS) & {DASH}:
+        dash.append("not recorded (params, layers, width)")
+    if symbols_in(frame, ratio_cols) & {DASH}:
+        dash.append("no ratio: the row has no time or memory of its own")
+    if symbols_in(frame, [paper_col]) & {DASH}:
+        dash.append("no published figure for this row")
+    na = []
+    if symbols_in(frame, measured) & {"n/a"}:
+        na.append("the model cannot run here (a kernel or package is missing)")
+    if symbols_in(frame, ratio_cols) & {"n/a"}:
+        na.append("the reference was not measured in this slice")
+    frame.attrs["caption"] += symbols_caption(frame, {
+        DASH: "; ".join(dash) or "not measured", "n/a": "; ".join(na) or "not available",
+        **STATUS_MEANINGS, "ref …": "the reference's own cell at this length has that status, so no ratio",
+        NOISY: NOISY_TEXT + f" (a ratio marked {NOISY} uses a noisy time)", "×": "times (a ratio)"})
+    return frame
 
 
 def length_tables(df: pd.DataFrame, slice_: dict | None = None,
@@ -1066,7 +1243,8 @@ def length_tables(df: pd.DataFrame, slice_: dict | None = None,
     cells = select_slice(cells, slice_)
     lengths = sorted({int(x) for x in cells["seq_len"].dropna()})
     columns = [str(x) for x in lengths]
-    unit = memory_unit(cells.loc[cells["status"] == "ok", "peak_bytes"])
+    unit = memory_unit()
+    protocol = is_protocol(slice_, cells["seq_len"])
     notes = _row_origins({label: ([r for ids in group["run_ids"] for r in ids], group["git_sha"])
                           for label, group in cells.groupby("label", sort=False)})
     tables = []
@@ -1093,16 +1271,21 @@ def length_tables(df: pd.DataFrame, slice_: dict | None = None,
                     tips.append((label, col, row["error"]))
         if metric == "timing.median_ms":
             bold = [(label, col) for col, entries in times.items() for label in _bold_times(entries)]
-            what, rule = _timing_protocol(cells), SPEED_BOLD_RULE
+            what = f"time (ms) = {_timing_protocol(cells)}"
+            rule = ("Bold = the fastest per length, plus every time whose p20-p80 range overlaps the "
+                    "fastest's (about equal: not separable).")
         else:
-            bold, what = _bold_least(memory), _memory_definition(cells)
-            rule = "Lowest peak per length in bold."
-        caption = (f"{slice_text(slice_)}; {what}. OOM = out of memory; skipped = not run after an "
-                   f"OOM at a shorter length; n/a = unavailable; FAIL = error. {rule}"
-                   + _origins_caption(notes))
-        tables.append(_frame(rows, columns, f"{title} ({slice_tag(slice_)})", caption, bold=bold,
-                             tips=tips + [(r, None, t) for r, t in notes.items()],
-                             index_name="Model \\ L", cells=data))
+            bold, what = _bold_least(memory), f"peak memory ({unit[0]}) = {_memory_definition(cells)}"
+            rule = "Bold = the lowest peak per length."
+        lead = f"{PROTOCOL_TEXT} " if protocol else ""
+        caption = f"{lead}{slice_text(slice_)}; {what}. {rule}" + _origins_caption(notes)
+        frame = _frame(rows, columns, f"{title} ({slice_tag(slice_)})", caption, bold=bold,
+                       tips=tips + [(r, None, t) for r, t in notes.items()],
+                       index_name="Model \\ L", cells=data)
+        frame.attrs["caption"] += symbols_caption(frame, {
+            DASH: "not measured at this length", "n/a": "the model cannot run here (a kernel or package "
+            "is missing)", **STATUS_MEANINGS, NOISY: NOISY_TEXT})
+        tables.append(frame)
     return tables
 
 
@@ -1160,13 +1343,16 @@ def complexity_table(df: pd.DataFrame, slice_: dict | None = None, aggregate: bo
                f"p at short lengths, so an O(L²) model can measure below 2 until its quadratic term dominates. "
                f"registered = the complexity its model file declares (– in records written before it was recorded). † = fitted on 2 lengths only; "
                f"– = fewer than 2 ok lengths.")
-    return _frame(rows, ["registered", "time p", "memory p", "fit range", "time r²"],
-                  f"Measured complexity ({slice_tag(slice_)})", caption, index_name="Model", cells=data)
+    frame = _frame(rows, ["registered", "time p", "memory p", "fit range", "time r²"],
+                   f"Measured complexity ({slice_tag(slice_)})", caption, index_name="Model", cells=data)
+    frame.attrs["caption"] += symbols_caption(frame, {DASH: "not available"})  # defined above already
+    return frame
 
 
 def all_tables(df: pd.DataFrame, length: int = 4096, aggregate: bool = False) -> list[pd.DataFrame]:
     """Every table of a report, in reading order (accuracy, other tasks, efficiency, by length,
-    measured complexity)."""
+    measured complexity); within each kind the slices in `speed_slices` order, the papers' protocol
+    slice first."""
     df = prepare(df)
     out = [t for t in (accuracy_table(df, aggregate), other_tasks_table(df, aggregate)) if t is not None]
     cells = speed_cells(df, aggregate)
