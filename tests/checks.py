@@ -1,5 +1,7 @@
 """Backbone-contract assertions shared by the per-family tests and test_model_contract."""
 
+import sys
+
 import torch
 
 
@@ -45,3 +47,20 @@ def assert_bf16_close_to_fp32(model, d: int, rel_tol: float = 0.05) -> None:
         yb = model(x, None)
     rel = ((yb.float() - y).norm() / y.norm()).item()
     assert rel < rel_tol, rel
+
+
+def forbid_host_reads(monkeypatch, roots: tuple) -> None:
+    """Make reads of tensor values on the host (`bool`, `int`, `float`, `.item()`, `.tolist()`,
+    `.numpy()`) by code in files under `roots` fail: on a GPU each one waits for every queued kernel.
+    Reads from inside torch (AdamW reads its CPU step counters) stay allowed."""
+    for name in ("__bool__", "__int__", "__float__", "item", "tolist", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self, *args, _name=name, _original=original, **kwargs):
+            frame = sys._getframe(1)
+            if frame.f_code.co_filename.startswith(roots):
+                raise AssertionError(f"host read of a tensor (Tensor.{_name}) at "
+                                     f"{frame.f_code.co_filename}:{frame.f_lineno}")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, guarded)

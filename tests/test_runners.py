@@ -1,7 +1,6 @@
 """Speed/memory runner (measurement.md protocol) and accuracy runner (train.py)."""
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from harness.heads import SequenceModel, batch_to, param_groups
 from harness.registry import MODELS, TASKS, register_model
 from harness.store import RunStore, load_records
 from harness.executors import run_unit
+from tests.checks import forbid_host_reads
 from harness.train import TrainSettings, lr_factor, resolve_settings, train_cell
 
 
@@ -143,23 +143,6 @@ OWN_CODE = tuple(str(Path(__file__).resolve().parents[1] / part) for part in ("h
 TINY_MODELS = sorted(name for name in MODELS.names() if name.endswith("_tiny") and MODELS.get(name).availability()[0])
 
 
-def forbid_host_reads(monkeypatch, roots=OWN_CODE):
-    """Make our code's reads of tensor values on the host (`bool`, `int`, `float`, `.item()`,
-    `.tolist()`, `.numpy()`) fail: on a GPU each one waits for every queued kernel. Reads from
-    inside torch (AdamW reads its CPU step counters) stay allowed."""
-    for name in ("__bool__", "__int__", "__float__", "item", "tolist", "numpy"):
-        original = getattr(torch.Tensor, name)
-
-        def guarded(self, *args, _name=name, _original=original, **kwargs):
-            frame = sys._getframe(1)
-            if frame.f_code.co_filename.startswith(roots):
-                raise AssertionError(f"host read of a tensor (Tensor.{_name}) at "
-                                     f"{frame.f_code.co_filename}:{frame.f_lineno}")
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, guarded)
-
-
 @pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
 @pytest.mark.parametrize("train", [True, False], ids=["train_step", "forward"])
 @pytest.mark.parametrize("model_name", TINY_MODELS)
@@ -176,7 +159,7 @@ def test_timed_iteration_never_waits_for_the_device(model_name, train, padded, m
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if train else None
     model.train(train)
     iteration = make_iteration(model, batch, optimizer, "cpu", "fp32")
-    forbid_host_reads(monkeypatch)
+    forbid_host_reads(monkeypatch, OWN_CODE)
     bad = iteration()
     monkeypatch.undo()
     assert bad.dtype == torch.bool and not bool(bad)
