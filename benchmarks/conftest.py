@@ -92,7 +92,7 @@ def timed(benchmark, device, pytestconfig):
             fn()
             sync()
 
-        import models  # which checkout's code ran (a base worktree or this one)
+        import harness_models  # which checkout's code ran (a base worktree or this one)
 
         benchmark.extra_info.update(device=device.type, torch=torch.__version__,
                                     source=str(Path(models.__file__).resolve().parent.parent),

@@ -4,7 +4,7 @@ Kernels (forward, and forward + backward through torch.autograd.grad so no .grad
 - MEGA EMA convolution, FFT path: `MultiHeadEMA.conv_fft` (fp32 kernel build + `ema_conv`), LRA Text
   widths (d 128, h 16, truncation 1024, bidirectional). Reference: the damped-EMA recurrence over
   time in float64 (truncation as a dropped tap), written here, with its autograd gradients.
-- MEGA EMA convolution, Triton scan (`models.mega_triton`), CUDA only, same shapes and reference.
+- MEGA EMA convolution, Triton scan (`harness_models.mega_triton`), CUDA only, same shapes and reference.
 - MEGA-chunk softmax attention: `MovingAverageGatedAttention.attend` (chunks of 128 folded into the
   batch; `matmul` = materialised fp32 softmax, `sdpa` = F.scaled_dot_product_attention), z 64, v 256,
   simple relative bias. Reference: `attend_reference` (chunk by chunk, explicitly indexed bias).
@@ -24,12 +24,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models.s4 as s4
-from models.mamba import selective_scan_chunked, selective_scan_sequential
-from models.mega import MegaConfig, MovingAverageGatedAttention, MultiHeadEMA
+import harness_models.s4 as s4
+from harness_models.mamba import selective_scan_chunked, selective_scan_sequential
+from harness_models.mega import MegaConfig, MovingAverageGatedAttention, MultiHeadEMA
 
 try:  # absent in revisions before it was added: a base revision in a comparison still runs the rest
-    import models.mega_triton as mega_triton
+    import harness_models.mega_triton as mega_triton
 except ImportError:
     mega_triton = None
 
@@ -127,7 +127,7 @@ def test_mega_ema_fft(timed, device, L, mode):
 def test_mega_ema_triton(timed, device, L, mode):
     if device.type != "cuda":
         pytest.skip("the Triton EMA is timed on CUDA only (the CPU interpreter is a test tool)")
-    reason = ("models.mega_triton is not in this revision" if mega_triton is None
+    reason = ("harness_models.mega_triton is not in this revision" if mega_triton is None
               else mega_triton.triton_ema_unavailable_reason())
     if reason is not None:
         pytest.skip(reason)

@@ -171,7 +171,7 @@ def check_listops(data_dir: Path, problems: Problems) -> None:
 
 
 def check_text(data_dir: Path, problems: Problems) -> None:
-    from tasks.text import find_source
+    from harness_tasks.text import find_source
     found = find_source(data_dir)
     if found is None:
         problems.add(f"{data_dir}: no aclImdb/{{train,test}}/{{pos,neg}}/*.txt and no imdb/{{train,test}}."
@@ -193,7 +193,7 @@ def check_text(data_dir: Path, problems: Problems) -> None:
                     problems.add(f"{folder}: {len(files)} reviews, the Stanford release has {OFFICIAL['aclimdb']}",
                                  minor=True)
         return
-    from tasks.text import read_export
+    from harness_tasks.text import read_export
     for part in ("train", "test"):
         path = root / f"{part}.{kind}"
         if not problems.readable(path):
@@ -211,7 +211,7 @@ def check_text(data_dir: Path, problems: Problems) -> None:
 
 
 def check_retrieval(data_dir: Path, problems: Problems) -> None:
-    from tasks.retrieval import find_tsv_dir
+    from harness_tasks.retrieval import find_tsv_dir
     folder = find_tsv_dir(data_dir)
     if folder is None:
         problems.add(f"{data_dir}: no tsv_data/new_aan_pairs.{{train,eval,test}}.tsv found (also looked in "
@@ -244,7 +244,7 @@ def check_retrieval(data_dir: Path, problems: Problems) -> None:
 
 
 def check_image(data_dir: Path, problems: Problems) -> None:
-    from tasks.image import TEST_FILE, TRAIN_FILES, find_cifar_dir, read_cifar_batch
+    from harness_tasks.image import TEST_FILE, TRAIN_FILES, find_cifar_dir, read_cifar_batch
     folder = find_cifar_dir(data_dir)
     if folder is None:
         problems.add(f"{data_dir}: no cifar-10-batches-py/ with data_batch_1..5 and test_batch found")
@@ -265,7 +265,7 @@ def check_image(data_dir: Path, problems: Problems) -> None:
 def check_pathfinder(task: str, data_dir: Path, problems: Problems, difficulty: str = "hard") -> None:
     from PIL import Image
 
-    from tasks.pathfinder import (BLACKLIST, DIFFICULTIES, PNG_MAGIC, find_difficulty_dir, metadata_files,
+    from harness_tasks.pathfinder import (BLACKLIST, DIFFICULTIES, PNG_MAGIC, find_difficulty_dir, metadata_files,
                                   parse_metadata)
     resolution = PATHFINDER_RESOLUTION[task]
     folder_name = DIFFICULTIES.get(difficulty, difficulty)
@@ -391,7 +391,7 @@ def generate(task_name: str, out_dir: str | Path, n: int | None = None, seed: in
         raise UserError(f"--out {out_dir}: is a file, expected a directory", exit_code=1)
     started = time.perf_counter()
     if task_name == "listops":
-        from tasks.listops import generate_files
+        from harness_tasks.listops import generate_files
         total = int(n) if n is not None else 100000
         if total < 3:
             raise UserError(f"--n {total}: ListOps needs at least 3 examples (train, val, test)")
@@ -400,13 +400,13 @@ def generate(task_name: str, out_dir: str | Path, n: int | None = None, seed: in
         folder = out_dir / "listops-1000"
         with output_folder(folder):
             checksums = generate_files(folder, int(seed), sizes)
-        manifest = dict(generator="tasks.listops (re-implementation of lra_benchmarks/data/listops.py)",
+        manifest = dict(generator="harness_tasks.listops (re-implementation of lra_benchmarks/data/listops.py)",
                         seed=int(seed), params=dict(max_depth=10, max_args=10, min_length=500, max_length=2000),
                         counts={k: sizes[k] for k in ("train", "val", "test")},
                         seconds=round(time.perf_counter() - started, 3), files=checksums)
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     else:
-        from tasks.pathfinder import DIFFICULTIES, generate_dataset, lra_params
+        from harness_tasks.pathfinder import DIFFICULTIES, generate_dataset, lra_params
         resolution = PATHFINDER_RESOLUTION[task_name]
         folder = out_dir / f"pathfinder{resolution}" / DIFFICULTIES.get(difficulty, difficulty)
         params = lra_params(resolution, difficulty)

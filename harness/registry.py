@@ -5,10 +5,11 @@ A model plugin is a factory decorated with `@register_model("name", ...)` that r
 The factory receives the resolved architecture config as keyword arguments (always including
 `d_model`); the harness owns embedding, pooling, classifier head and dual encoding
 (`harness/heads.py`). A task plugin is a class decorated with `@register_task("name")`
-(see `tasks/base.py`).
+(see `harness/task.py`).
 
 Where entries come from, in order (built-ins win a name clash):
-1. built-ins: the modules of the `models` and `tasks` packages;
+1. built-ins: the modules of the `harness_models` and `harness_tasks` packages (the repository's
+   `models/` and `tasks/` folders, installed under those names);
 2. installed plugins: entry-point groups `harness.models` and `harness.tasks` (each entry point
    names a module or callable; importing/calling it registers its entries);
 3. local files given with `--include FILE.py`.
@@ -78,6 +79,12 @@ class ModelEntry:
     # A published efficiency row for this model (not its tiny variant), shown beside ours and never
     # mixed with it: {"speed": ratio, "memory": ratio, "source": "where, which protocol"}.
     published: dict = field(default_factory=dict)
+    # (rank, what it is) when this model is a reference of the efficiency tables' speed and memory
+    # ratios, e.g. (1, "materialised softmax attention (the papers' XFM)"); () for other models.
+    efficiency_reference: tuple = ()
+    # Hook that adapts an architecture config to a cell's sequence length (e.g. MEGA widens its
+    # positional bias to the length, as the official code does): (config, seq_len) -> overrides.
+    fit_length: Callable[[dict, int], dict] | None = None
 
     def split_config(self, config: dict) -> tuple[dict, dict]:
         """(architecture, runtime settings) of a resolved config: the architecture is the model's
@@ -255,8 +262,8 @@ class Registry:
         return out
 
 
-MODELS = Registry("model", MODEL_GROUP, "models")
-TASKS = Registry("task", TASK_GROUP, "tasks")
+MODELS = Registry("model", MODEL_GROUP, "harness_models")
+TASKS = Registry("task", TASK_GROUP, "harness_tasks")
 
 
 def _entry_points(group: str):
@@ -281,13 +288,17 @@ def register_model(
     description: str = "",
     runtime: tuple | list = (),
     published: dict | None = None,
+    efficiency_reference: tuple = (),
+    fit_length: Callable[[dict, int], dict] | None = None,
     override: bool = False,
 ):
     """Decorator for a backbone factory. `tiny` (architecture overrides) also registers `name_tiny`.
     `runtime` names the config keys that are execution settings (e.g. `compile`, a kernel choice):
     recorded and shown as a variant, but not part of the architecture's identity. `published` is the
     paper's efficiency figures for this model (e.g. MEGA Table 2's speed and memory ratios at 4K),
-    which the efficiency table shows in a column of their own.
+    which the efficiency table shows in a column of their own. `efficiency_reference` = (rank, what it
+    is) makes the model (not its tiny variant) a reference of the efficiency ratios. `fit_length`
+    adapts the config to a benchmark cell's length: (config, seq_len) -> overrides.
 
     Example::
 
@@ -313,9 +324,10 @@ def register_model(
             defaults=dict(defaults), task_configs=dict(task_configs or {}),
             train_configs=dict(train_configs or {}), requires=tuple(requires), probe=probe,
             origin=origin, description=description or (inspect.getdoc(factory) or "").split("\n")[0],
-            runtime_keys=tuple(runtime),
+            runtime_keys=tuple(runtime), fit_length=fit_length,
         )
-        MODELS.add(ModelEntry(name=name, published=dict(published or {}), **common), override=override)
+        MODELS.add(ModelEntry(name=name, published=dict(published or {}),
+                              efficiency_reference=tuple(efficiency_reference), **common), override=override)
         if tiny is not None:
             MODELS.add(
                 ModelEntry(name=f"{name}_tiny", tiny_of=name, tiny_overrides=dict(tiny), **common),
@@ -327,7 +339,7 @@ def register_model(
 
 
 def register_task(name: str, *, override: bool = False):
-    """Class decorator for a task (a subclass of `tasks.base.Task`)."""
+    """Class decorator for a task (a subclass of `harness.task.Task`)."""
 
     def decorator(cls):
         cls.name = name

@@ -49,6 +49,8 @@ class TaskSpec:
     metric: str = "accuracy"
     splits: dict = field(default_factory=dict)  # paper split sizes, e.g. {"train": 96000, ...}
     lra: bool = False  # one of the six LRA tasks (eligible for the LRA average)
+    label: str = ""  # name in tables and reports (e.g. "Path-X"); the registered name when empty
+    order: int = 100  # column order in tables (the six LRA tasks: 1-6, in LRA's own order)
     version: str = "1"  # bump when the data or its preprocessing changes
     real_mean: float = 0.0  # "real" inputs are embedded as (value - mean) / std
     real_std: float = 1.0

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from harness.registry import register_model
 from harness.validate import check_config, invalid
-from models.transformer import (
+from harness_models.transformer import (
     DEFAULTS as TRANSFORMER_DEFAULTS,
     POSITIONS,
     TASK_CONFIGS as TRANSFORMER_TASK_CONFIGS,
@@ -166,7 +166,7 @@ def block_sparse_attention(q, k, v, key_pad, block_size: int, global_blocks: int
 
 
 # ---------------------------------------------------------------------------------------------
-# Attention module (drop-in for models.transformer.SelfAttention)
+# Attention module (drop-in for harness_models.transformer.SelfAttention)
 # ---------------------------------------------------------------------------------------------
 
 class BigBirdSelfAttention(nn.Module):
@@ -239,7 +239,7 @@ class BigBirdSelfAttention(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Encoder: models.transformer's blocks and shell with the attention swapped
+# Encoder: harness_models.transformer's blocks and shell with the attention swapped
 # ---------------------------------------------------------------------------------------------
 
 class BigBirdEncoder(TransformerEncoder):

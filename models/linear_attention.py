@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from harness.registry import register_model
 from harness.validate import check_config
-from models.transformer import (
+from harness_models.transformer import (
     DEFAULTS as TRANSFORMER_DEFAULTS,
     POSITIONS,
     TASK_CONFIGS as TRANSFORMER_TASK_CONFIGS,
@@ -159,7 +159,7 @@ def favor_attention(q, k, v, W, padding_mask=None, causal: bool = False, chunk: 
 
 
 # ---------------------------------------------------------------------------------------------
-# Attention modules (drop-in for models.transformer.SelfAttention)
+# Attention modules (drop-in for harness_models.transformer.SelfAttention)
 # ---------------------------------------------------------------------------------------------
 
 class LinearSelfAttention(nn.Module):
@@ -239,7 +239,7 @@ class PerformerSelfAttention(LinearSelfAttention):
 
 
 # ---------------------------------------------------------------------------------------------
-# Encoder: models.transformer's blocks and encoder with the attention swapped
+# Encoder: harness_models.transformer's blocks and encoder with the attention swapped
 # ---------------------------------------------------------------------------------------------
 
 class LinearAttentionEncoder(TransformerEncoder):

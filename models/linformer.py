@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from harness.errors import UserError
 from harness.registry import register_model
 from harness.validate import check_config, invalid
-from models.transformer import (
+from harness_models.transformer import (
     DEFAULTS as TRANSFORMER_DEFAULTS,
     POSITIONS,
     TASK_CONFIGS as TRANSFORMER_TASK_CONFIGS,

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from harness.registry import register_model
 from harness.validate import check_config
-from models.transformer import POSITIONS, check_heads, sinusoidal_positions
+from harness_models.transformer import POSITIONS, check_heads, sinusoidal_positions
 
 PAPER = "Ma et al., NeurIPS 2021 (arXiv 2106.01540); LRA configs from fairseq-apollo (2021-11)"
 MASK_VALUE = -1e9  # finite: a row with every key masked (a pad row) stays finite

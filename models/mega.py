@@ -388,7 +388,7 @@ _TRITON_FALLBACK_WARNED = set()
 
 def _triton_ema_runs(x: torch.Tensor) -> bool:
     """Whether the fused Triton EMA can run on `x`; when not, say why once (the FFT path runs)."""
-    from models.mega_triton import triton_ema_unavailable_reason
+    from harness_models.mega_triton import triton_ema_unavailable_reason
 
     reason = triton_ema_unavailable_reason() or (None if x.is_cuda else "the input is not on a CUDA device")
     if reason is not None and reason not in _TRITON_FALLBACK_WARNED:
@@ -452,7 +452,7 @@ class MultiHeadEMA(nn.Module):
             if self.impl == "reference":
                 out = self.forward_recurrence(x, padding_mask)
             elif self.ema_kernel == "triton" and _triton_ema_runs(x):
-                from models.mega_triton import multi_head_ema_conv
+                from harness_models.mega_triton import multi_head_ema_conv
 
                 out = F.silu(multi_head_ema_conv(self, x, padding_mask) + x.float() * self.omega.float())
             else:

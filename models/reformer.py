@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from harness.registry import register_model
 from harness.validate import check_config, invalid
-from models.transformer import (
+from harness_models.transformer import (
     DEFAULTS as TRANSFORMER_DEFAULTS,
     POSITIONS,
     TASK_CONFIGS as TRANSFORMER_TASK_CONFIGS,
@@ -166,7 +166,7 @@ def dense_shared_qk_attention(qk: torch.Tensor, v: torch.Tensor, key_padding: to
 
 
 # ---------------------------------------------------------------------------------------------
-# Attention module (drop-in for models.transformer.SelfAttention)
+# Attention module (drop-in for harness_models.transformer.SelfAttention)
 # ---------------------------------------------------------------------------------------------
 
 class LSHSelfAttention(nn.Module):

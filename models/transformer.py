@@ -175,7 +175,8 @@ TINY = dict(d_model=32, n_layers=2, n_heads=2, d_ffn=128, dropout=0.0, attn_drop
 XFM_PUBLISHED = dict(speed=1.0, memory=1.0, source="MEGA Table 2: XFM = the 1x reference (MEGA authors' GPU replication)")
 
 
-def _register(name: str, attention: str, description: str, requires=(), probe=None, published=None):
+def _register(name: str, attention: str, description: str, requires=(), probe=None, published=None,
+              efficiency_reference=()):
     def factory(**cfg):
         return TransformerEncoder(attention=attention, **cfg)
 
@@ -183,13 +184,15 @@ def _register(name: str, attention: str, description: str, requires=(), probe=No
     return register_model(name, family="attention", paper=PAPER, complexity="O(L^2)",
                           defaults=DEFAULTS, task_configs=TASK_CONFIGS, train_configs=TRAIN_CONFIGS,
                           tiny=TINY, requires=requires, probe=probe, description=description,
-                          published=published)(factory)
+                          published=published, efficiency_reference=efficiency_reference)(factory)
 
 
-transformer = _register("transformer", "sdpa", "Transformer, fused attention (torch SDPA)")
+transformer = _register("transformer", "sdpa", "Transformer, fused attention (torch SDPA)",
+                        efficiency_reference=(2, "fused attention (torch SDPA)"))
 transformer_vanilla = _register("transformer_vanilla", "vanilla",
                                 "Transformer, materialised softmax attention (the papers' XFM)",
-                                published=XFM_PUBLISHED)
+                                published=XFM_PUBLISHED,
+                                efficiency_reference=(1, "materialised softmax attention (the papers' XFM)"))
 transformer_xformers = _register("transformer_xformers", "xformers",
                                  "Transformer, xformers memory-efficient attention (GPU only)",
                                  requires=("xformers",), probe=xformers_unavailable_reason)

@@ -56,7 +56,7 @@ from harness.errors import UserError
 from harness.records import Provenance
 from harness.registry import register_task
 from harness.task import Task, TaskData, TaskSpec
-from tasks.byte_text import files_fingerprint
+from harness_tasks.byte_text import files_fingerprint
 
 SPLITS = ("train", "val", "test")
 SIDE = 32
@@ -77,7 +77,7 @@ SCALES = {
 N_VAL = 5000  # of the 50,000 CIFAR training images
 EMBEDDED_FASHION = Path(__file__).resolve().parent / "data" / "fashion_mnist_16x16.npz"
 EMBEDDED_SCALE, EMBEDDED_SPLIT_SEED = "smoke", 0  # the only smoke data the embedded subset holds
-REBUILD = "python -m tasks.data.build_fashion_mnist"
+REBUILD = "python -m harness_tasks.data.build_fashion_mnist"
 # Pixel statistics of p/255, the real-valued embedding's (v - mean) / std. CIFAR-10: MEGA's / S4's
 # constants. Fashion-MNIST: all 60,000 training images zero-padded to 32x32 (computed once from the
 # Debian copy; tests/test_default_data.py recomputes them). Synthetic shapes: 2,000 drawn images.
@@ -372,7 +372,7 @@ class ImageBase(Task):
 class ImageTask(ImageBase):
     spec = TaskSpec(
         seq_len=1024, input_kind="real", vocab_size=0, num_classes=10,
-        splits=dict(train=45000, val=5000, test=10000), lra=True, version="1",
+        splits=dict(train=45000, val=5000, test=10000), lra=True, label="Image", order=4, version="1",
         real_mean=0.48, real_std=0.24, real_scale=1 / 255,
         description="Sequential grayscale CIFAR-10 (TF grayscale), 1024 pixels as real values "
                     "normalised (p/255-0.48)/0.24 (a stand-in uses its own pixel statistics)",

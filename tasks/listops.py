@@ -185,7 +185,7 @@ def find_release_dir(data_dir: Path) -> Path:
 class ListOps(Task):
     spec = TaskSpec(
         seq_len=2000, input_kind="tokens", vocab_size=OOV_ID + 1, num_classes=10,
-        splits=dict(train=96000, val=2000, test=2000), lra=True, version="1",
+        splits=dict(train=96000, val=2000, test=2000), lra=True, label="ListOps", order=1, version="1",
         description="Long ListOps: evaluate nested MIN/MAX/MED/SM expressions (10 classes)",
     )
 

@@ -591,7 +591,7 @@ def generate_dataset(out_dir: str | Path, n: int, seed: int, params: SnakeParams
     files = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*")
                    if p.is_file() and p.name != "manifest.json")
     manifest = dict(
-        generator="tasks.pathfinder (re-implementation of drewlinsley/pathfinder snakes2, LRA parameters)",
+        generator="harness_tasks.pathfinder (re-implementation of drewlinsley/pathfinder snakes2, LRA parameters)",
         seed=seed, n=n, params=asdict(params), metadata_format=metadata_format,
         counts=dict(images=sum(r["n"] for r in results), positives=sum(r["positives"] for r in results),
                     batches=len(results)),
@@ -891,7 +891,7 @@ class Pathfinder(PathfinderBase):
     resolution = 32
     spec = TaskSpec(
         seq_len=1024, input_kind="real", vocab_size=0, num_classes=2,
-        splits=dict(train=160000, val=20000, test=20000), lra=True, version="1",
+        splits=dict(train=160000, val=20000, test=20000), lra=True, label="Pathfinder", order=5, version="1",
         real_mean=0.5, real_std=0.5, real_scale=1 / 255,
         description="Pathfinder 32x32 (curv_contour_length_14): are the two markers on one contour? "
                     "Pixels as real values, normalised (p/255-0.5)/0.5",
@@ -910,7 +910,7 @@ class PathX(PathfinderBase):
     resolution = 128
     spec = TaskSpec(
         seq_len=16384, input_kind="real", vocab_size=0, num_classes=2,
-        splits=dict(train=160000, val=20000, test=20000), lra=True, version="1",
+        splits=dict(train=160000, val=20000, test=20000), lra=True, label="Path-X", order=6, version="1",
         real_mean=0.5, real_std=0.5, real_scale=1 / 255,
         description="Path-X: Pathfinder at 128x128 (curv_contour_length_14), 16K pixels as real values",
     )

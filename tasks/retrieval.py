@@ -33,7 +33,7 @@ from harness.errors import UserError
 from harness.registry import register_task
 from harness.records import Provenance
 from harness.task import Task, TaskData, TaskSpec
-from tasks.byte_text import BYTE_VOCAB, encode_documents, filler, files_fingerprint, plant, seeded_subset
+from harness_tasks.byte_text import BYTE_VOCAB, encode_documents, filler, files_fingerprint, plant, seeded_subset
 
 SPLITS = ("train", "val", "test")
 FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv", "test": "new_aan_pairs.test.tsv"}
@@ -118,7 +118,7 @@ def synthetic_pairs(n: int, seq_len: int, seed) -> tuple[list[bytes], list[bytes
 class Retrieval(Task):
     spec = TaskSpec(
         seq_len=4000, input_kind="tokens", vocab_size=BYTE_VOCAB, num_classes=2, dual=True,
-        splits=dict(train=147086, val=18090, test=17437), lra=True, version="1",
+        splits=dict(train=147086, val=18090, test=17437), lra=True, label="Retrieval", order=3, version="1",
         description="Byte-level AAN citation matching, two documents of 4000 bytes each, one shared "
                     "encoder; pair interaction set by the head option 'interaction' (concat = MEGA / "
                     "LRA code, nli = [u, v, u*v, u-v] as the LRA paper and S4)",

@@ -45,7 +45,7 @@ from harness.errors import UserError
 from harness.registry import register_task
 from harness.records import Provenance
 from harness.task import Task, TaskData, TaskSpec
-from tasks.byte_text import BYTE_VOCAB, encode_documents, filler, files_fingerprint, plant, seeded_subset
+from harness_tasks.byte_text import BYTE_VOCAB, encode_documents, filler, files_fingerprint, plant, seeded_subset
 
 SPLITS = ("train", "val", "test")
 PROFILES = ("default", "lra-original")
@@ -184,7 +184,7 @@ def keyword_label(doc: bytes) -> int:
 class Text(Task):
     spec = TaskSpec(
         seq_len=4096, input_kind="tokens", vocab_size=BYTE_VOCAB, num_classes=2,
-        splits=dict(train=22500, val=2500, test=25000), lra=True, version="1",
+        splits=dict(train=22500, val=2500, test=25000), lra=True, label="Text", order=2, version="1",
         description="Byte-level IMDB sentiment (UTF-8 bytes, id = byte+1); validation carved from train "
                     "(profile 'lra-original': validation = test, as LRA did)",
     )

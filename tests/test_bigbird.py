@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import models.bigbird as bb
+import harness_models.bigbird as bb
 from harness.errors import UserError
 from harness.heads import count_parameters
 from harness.registry import MODELS

@@ -182,13 +182,13 @@ def test_generate_refuses_a_negative_seed_and_writes_nothing(workdir, capsys, ta
 
 
 def test_failed_generation_leaves_no_empty_folder(workdir, monkeypatch):
-    import tasks.pathfinder
+    import harness_tasks.pathfinder
 
     def fails(folder, *args, **kwargs):
         (folder / "imgs" / "0").mkdir(parents=True)
         raise RuntimeError("generator failed")
 
-    monkeypatch.setattr(tasks.pathfinder, "generate_dataset", fails)
+    monkeypatch.setattr(harness_tasks.pathfinder, "generate_dataset", fails)
     with pytest.raises(RuntimeError):
         datacmd.generate("pathfinder", workdir / "gen", n=4, seed=0)
     assert not (workdir / "gen").exists()

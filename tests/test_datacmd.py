@@ -11,7 +11,7 @@ from PIL import Image
 
 from harness import datacmd
 from harness.errors import UserError
-from tasks.pathfinder import Pathfinder
+from harness_tasks.pathfinder import Pathfinder
 
 
 def parse(argv):

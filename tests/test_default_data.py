@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from harness.errors import UserError
-from tasks.image import (CIFAR_STATS, EMBEDDED_FASHION, FASHION_FILES, FASHION_MNIST_DIR, FASHION_STATS, SCALES,
+from harness_tasks.image import (CIFAR_STATS, EMBEDDED_FASHION, FASHION_FILES, FASHION_MNIST_DIR, FASHION_STATS, SCALES,
                          SHAPES_STATS, ImageTask, ImageTokens, read_fashion_mnist, synthetic_shapes)
-from tasks.synthetic import MQAR, MQAR_VOCAB, InductionHeads, SelectiveCopy
+from harness_tasks.synthetic import MQAR, MQAR_VOCAB, InductionHeads, SelectiveCopy
 
 README = EMBEDDED_FASHION.parent / "README.md"
 HAVE_DEBIAN = all((FASHION_MNIST_DIR / f).is_file() for pair in FASHION_FILES.values() for f in pair)
@@ -36,7 +36,7 @@ def test_embedded_file_holds_the_smoke_splits_and_matches_its_readme():
     assert hashlib.sha256(raw).hexdigest() in re.findall(r"[0-9a-f]{64}", notes)
     assert f"{len(raw):,} bytes" in notes
     for needed in ("MIT", "Zalando SE", "0.0~git20200523.55506a9-1", "github.com/zalandoresearch/fashion-mnist",
-                   "python -m tasks.data.build_fashion_mnist"):
+                   "python -m harness_tasks.data.build_fashion_mnist"):
         assert needed in notes
     with np.load(EMBEDDED_FASHION) as z:
         for split in SPLITS:
@@ -79,7 +79,7 @@ def test_embedded_subset_equals_the_full_debian_copy(tmp_path):
 
 @needs_debian
 def test_build_script_rebuilds_the_committed_arrays(tmp_path):
-    from tasks.data.build_fashion_mnist import main
+    from harness_tasks.data.build_fashion_mnist import main
 
     out = tmp_path / "rebuilt.npz"
     assert main(["--out", str(out)]) == 0

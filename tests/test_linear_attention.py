@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-import models.linear_attention as la
+import harness_models.linear_attention as la
 from harness.registry import MODELS
 from tests.checks import (assert_bf16_close_to_fp32, assert_every_parameter_gets_a_gradient,
                           assert_padding_invariant, pad_mask)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import models.linformer as lf
+import harness_models.linformer as lf
 from harness.errors import UserError
 from harness.registry import MODELS, TASKS
 from tests.checks import (assert_bf16_close_to_fp32, assert_every_parameter_gets_a_gradient,

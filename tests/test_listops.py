@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from harness.errors import UserError
-from tasks import listops
-from tasks.listops import (END, OPERATORS, ListOps, apply_operator, generate_examples, generate_files,
+from harness_tasks import listops
+from harness_tasks.listops import (END, OPERATORS, ListOps, apply_operator, generate_examples, generate_files,
                            generate_tree, read_tsv, to_string, to_value, tokenize)
 
 

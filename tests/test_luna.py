@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import models.luna as luna
+import harness_models.luna as luna
 from harness.errors import UserError
 from harness.heads import count_parameters
 from harness.registry import MODELS
-from models.transformer import sinusoidal_positions
+from harness_models.transformer import sinusoidal_positions
 from tests.checks import (assert_bf16_close_to_fp32, forbid_host_reads, assert_every_parameter_gets_a_gradient,
                           assert_padding_invariant, pad_mask)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import models.mamba as mm
+import harness_models.mamba as mm
 from harness.errors import UserError
 from harness.registry import MODELS
 from tests.checks import (assert_bf16_close_to_fp32, assert_every_parameter_gets_a_gradient,
@@ -26,7 +26,7 @@ def _scan_inputs(B=2, L=50, E=6, N=4, dtype=torch.float64, device="cpu", seed=0)
 
 
 def _explicit_loop(u, delta, A, Bm, Cm, D):
-    """The recurrence written out element by element (independent of models.mamba)."""
+    """The recurrence written out element by element (independent of harness_models.mamba)."""
     B, L, E = u.shape
     N = A.shape[1]
     y = torch.zeros_like(u)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from harness.errors import UserError
 from harness.registry import MODELS
-from models import mega as M
+from harness_models import mega as M
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 TOL = dict(atol=1e-4, rtol=1e-4)  # fast vs reference in fp32 (FFT vs recurrence, SDPA vs softmax)

@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # also when run as a script
     sys.path.insert(0, str(REPO))
 
-import models.mega_triton as mt  # noqa: E402
-from models.mega import MultiHeadEMA, ema_kernel  # noqa: E402
+import harness_models.mega_triton as mt  # noqa: E402
+from harness_models.mega import MultiHeadEMA, ema_kernel  # noqa: E402
 
 PARAMS = ("delta", "alpha", "beta", "gamma", "omega")
 
@@ -139,7 +139,7 @@ def test_bf16_input_is_widened_not_rounded_again(interpreted):
 
 
 def test_coefficients_give_the_mega_kernel():
-    """sum_n weight q^t (the scan's kernel) is models.mega.ema_kernel, so both paths compute one function."""
+    """sum_n weight q^t (the scan's kernel) is harness_models.mega.ema_kernel, so both paths compute one function."""
     torch.manual_seed(2)
     ema = MultiHeadEMA(6, 4, True, None)
     weight, q = mt.ema_coefficients(ema.delta, ema.alpha, ema.beta, ema.gamma, ema.scale)

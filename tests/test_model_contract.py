@@ -5,7 +5,7 @@ registration metadata, forward/backward, padding invariance, bf16 autocast, and 
 import pytest
 import torch
 
-import models  # noqa: F401  (registers every built-in family)
+import harness_models  # noqa: F401  (registers every built-in family)
 from harness.heads import count_parameters
 from harness.registry import FAMILIES, MODELS
 from tests.checks import assert_every_parameter_gets_a_gradient, assert_padding_invariant, pad_mask

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from harness.errors import UserError
-from tasks.pathfinder import (PathX, Pathfinder, generate_batch, generate_dataset, lra_params, marker,
+from harness_tasks.pathfinder import (PathX, Pathfinder, generate_batch, generate_dataset, lra_params, marker,
                               parse_metadata, render)
 
 

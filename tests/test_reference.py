@@ -172,7 +172,7 @@ def test_large_training_splits_are_fitted_on_a_stated_seeded_subsample(monkeypat
 
 def test_linear_row_on_the_embedded_fashion_mnist_smoke_splits(tmp_path):
     """The default data: the issue measured 82.8% for a logistic regression on raw pixels."""
-    from tasks.image import ImageTask
+    from harness_tasks.image import ImageTask
 
     task = ImageTask(scale="smoke", seed=0, options={"fashion_mnist_dir": str(tmp_path / "no-debian-copy")})
     assert task.source_name == "fashion-mnist-embedded"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import models.reformer as rf
+import harness_models.reformer as rf
 from harness.errors import UserError
 from harness.registry import MODELS
 from tests.checks import assert_every_parameter_gets_a_gradient, pad_mask

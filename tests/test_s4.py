@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-import models.s4 as s4
+import harness_models.s4 as s4
 from harness.errors import UserError
 from harness.heads import param_groups
 from harness.records import config_hash

@@ -6,7 +6,7 @@ import torch
 
 from harness.errors import UserError
 from harness.task import IGNORE_INDEX
-from tasks.synthetic import (COPY_MARKER, COPY_NOISE, INDUCTION_TRIGGER, MQAR, MQAR_BLANK, MQAR_VOCAB,
+from harness_tasks.synthetic import (COPY_MARKER, COPY_NOISE, INDUCTION_TRIGGER, MQAR, MQAR_BLANK, MQAR_VOCAB,
                              InductionHeads, SelectiveCopy, induction_examples, mqar_examples,
                              selective_copy_examples)
 

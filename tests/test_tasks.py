@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from harness.errors import UserError
-from tasks.byte_text import decode_ids, encode_documents
-from tasks.image import ImageTask, ImageTokens, read_cifar_batch, tf_grayscale
-from tasks.retrieval import Retrieval, read_tsv, synthetic_pairs
-from tasks.text import Text, keyword_label, synthetic_documents
+from harness_tasks.byte_text import decode_ids, encode_documents
+from harness_tasks.image import ImageTask, ImageTokens, read_cifar_batch, tf_grayscale
+from harness_tasks.retrieval import Retrieval, read_tsv, synthetic_pairs
+from harness_tasks.text import Text, keyword_label, synthetic_documents
 
 
 # -- byte encoding ---------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ the per-task configs they inherit set."""
 import pytest
 import torch.nn as nn
 
-import models  # noqa: F401  (registers every built-in family)
+import harness_models  # noqa: F401  (registers every built-in family)
 from harness.heads import build_classifier
 from harness.heads import count_parameters
 from harness.registry import MODELS

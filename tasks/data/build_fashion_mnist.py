@@ -17,7 +17,7 @@ Arrays: `{train,val,test}_pixels` (N, 256) uint8, `{train,val,test}_labels` (N,)
 The zip is written with fixed member timestamps, so the same input gives the same bytes (and the
 sha256 recorded in tasks/data/README.md) with the same zlib.
 
-    python -m tasks.data.build_fashion_mnist [--source DIR] [--out FILE]
+    python -m harness_tasks.data.build_fashion_mnist [--source DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.image import (EMBEDDED_FASHION, EMBEDDED_SCALE, EMBEDDED_SPLIT_SEED, FASHION_FILES, FASHION_MNIST_DIR,
+from harness_tasks.image import (EMBEDDED_FASHION, EMBEDDED_SCALE, EMBEDDED_SPLIT_SEED, FASHION_FILES, FASHION_MNIST_DIR,
                          SPLITS, ImageTask, pool_pixels, read_fashion_mnist)
 
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: no build time in the file
