@@ -24,7 +24,7 @@ import abc
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -59,6 +59,21 @@ class TaskSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Settings of a task instance that a user may change (`--task-option TASK.KEY=VALUE`); each task
+    family subclasses it with its own fields, each default written once with a comment. The fields
+    here shape the classifier head, which belongs to the task."""
+
+    interaction: str = "concat"  # dual tasks: how the two pooled documents meet ("concat" or "nli")
+    head_dropout: float | None = None  # dropout inside the classifier head; None = the model's dropout
+
+    def changed(self) -> dict:
+        """The options that differ from their defaults (what identifies a non-default instance)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) != f.default}
 
 
 @dataclass
@@ -112,6 +127,7 @@ class Task(abc.ABC):
     name: str = ""  # set by @register_task
     spec: TaskSpec
     needs_data: bool = False  # True when real data must come from --data-dir (else stand-in)
+    Options: type = TaskOptions  # the family's options dataclass (a TaskOptions subclass)
 
     def __init__(self, *, scale: str = "smoke", seed: int = 0, data_dir: str | Path | None = None,
                  cache_dir: str | Path | None = None, options: dict | None = None):
