@@ -3,8 +3,7 @@
 Python API: `harness.run(harness.RunConfig(...))` runs what `python -m harness run` runs and returns
 the stored records (harness/runner.py)."""
 
-__version__ = "0.1.0"
-
+from harness.version import __version__  # noqa: E402
 from harness.config import RunConfig  # noqa: E402
 from harness.runner import RunInterrupted, RunResult, run  # noqa: E402
 

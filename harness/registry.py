@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -50,6 +51,32 @@ class PluginImportError(UserError):
 
     def __init__(self, message: str):
         super().__init__(message, exit_code=1)
+
+
+BUILTIN_PACKAGES = ("harness_models", "harness_tasks")
+
+
+@functools.lru_cache(maxsize=None)
+def _distributions() -> dict:
+    return importlib.metadata.packages_distributions()
+
+
+def plugin_source(module: str, origin: str) -> str:
+    """Which plugin supplied an entry, for `ls` and every record: the harness itself
+    ("built-in lsm-harness 0.1.0"), an installed distribution ("mypkg 1.2.0") or a file."""
+    top = module.split(".")[0]
+    if top in BUILTIN_PACKAGES:
+        from harness.version import __version__
+
+        return f"built-in lsm-harness {__version__}"
+    if top == "__main__" or top.startswith("harness_include_"):
+        return "file " + origin.rsplit(":", 1)[0]
+    for dist in _distributions().get(top, ()):
+        try:
+            return f"{dist} {importlib.metadata.version(dist)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return f"module {module}"
 
 
 def _caller_origin(depth: int = 2) -> str:
@@ -85,6 +112,7 @@ class ModelEntry:
     # Hook that adapts an architecture config to a cell's sequence length (e.g. MEGA widens its
     # positional bias to the length, as the official code does): (config, seq_len) -> overrides.
     fit_length: Callable[[dict, int], dict] | None = None
+    source: str = ""  # which plugin supplied it (see plugin_source)
 
     def split_config(self, config: dict) -> tuple[dict, dict]:
         """(architecture, runtime settings) of a resolved config: the architecture is the model's
@@ -151,6 +179,7 @@ class TaskEntry:
     name: str
     cls: type
     origin: str = ""
+    source: str = ""  # which plugin supplied it (see plugin_source)
 
     @property
     def spec(self):
@@ -325,6 +354,7 @@ def register_model(
             train_configs=dict(train_configs or {}), requires=tuple(requires), probe=probe,
             origin=origin, description=description or (inspect.getdoc(factory) or "").split("\n")[0],
             runtime_keys=tuple(runtime), fit_length=fit_length,
+            source=plugin_source(factory.__module__, origin),
         )
         MODELS.add(ModelEntry(name=name, published=dict(published or {}),
                               efficiency_reference=tuple(efficiency_reference), **common), override=override)
@@ -346,7 +376,8 @@ def register_task(name: str, *, override: bool = False):
         origin = f"{cls.__module__}:{cls.__qualname__}"
         if cls.__module__.startswith("harness_include_"):
             origin = _caller_origin(depth=2)
-        TASKS.add(TaskEntry(name=name, cls=cls, origin=origin), override=override)
+        TASKS.add(TaskEntry(name=name, cls=cls, origin=origin, source=plugin_source(cls.__module__, origin)),
+                  override=override)
         return cls
 
     return decorator
