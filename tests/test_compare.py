@@ -85,7 +85,9 @@ def only(frame, **match):
 
 
 def compare(root, a, b, threshold=10.0):
-    return compare_runs(root, a, b, threshold)
+    """(one row per cell and metric, number of regressions) of comparing run a with run b."""
+    comparison = compare_runs(root, a, b, threshold)
+    return comparison.frame, comparison.n_regressions
 
 
 # -- accuracy: absolute points over seeds -------------------------------------------------------------

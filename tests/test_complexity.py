@@ -4,7 +4,7 @@ row over its ok lengths, shown with its fit range beside the registered complexi
 import numpy as np
 import pytest
 
-from harness.report import tables
+from harness.report import select, tables
 from harness.store import load_records
 from tests.stored_runs import RUN_A, write_run
 
@@ -27,17 +27,17 @@ def test_a_known_exponent_is_recovered_from_noisy_records(tmp_path, p):
         ms = 2e-4 * n ** p * noise
         records.append(speed(n, ms, peak=int(50 * n ** (p / 2)), complexity="O(L^2)"))
     write_run(tmp_path, RUN_A, records)
-    table = tables.complexity_table(tables.prepare(load_records(tmp_path)))
-    cell = table.attrs["cells"][("m", "time p")]
+    table = tables.complexity_table(select.prepare(load_records(tmp_path)))
+    cell = table.numbers[("m", "time p")]
     assert abs(cell["p"] - p) < 0.05 and cell["lengths"] == lengths
-    assert abs(table.attrs["cells"][("m", "memory p")]["p"] - p / 2) < 0.05
-    assert table.loc["m", "registered"] == "O(L^2)" and table.loc["m", "fit range"] == "1K–16K (5 lengths)"
+    assert abs(table.numbers[("m", "memory p")]["p"] - p / 2) < 0.05
+    assert table.text.loc["m", "registered"] == "O(L^2)" and table.text.loc["m", "fit range"] == "1K–16K (5 lengths)"
 
 
 def test_failed_lengths_are_left_out_of_the_fit_and_two_lengths_are_marked(tmp_path):
     write_run(tmp_path, RUN_A, [speed(1024, 1.0), speed(2048, 4.0), speed(4096, None, status="oom")])
-    table = tables.complexity_table(tables.prepare(load_records(tmp_path)))
-    assert table.loc["m", "time p"] == "2.00†" and "(2 lengths)" in table.loc["m", "fit range"]
+    table = tables.complexity_table(select.prepare(load_records(tmp_path)))
+    assert table.text.loc["m", "time p"] == "2.00†" and "(2 lengths)" in table.text.loc["m", "fit range"]
     assert tables.fit_exponent([1024], [3.0]) is None  # one length: no slope
 
 
@@ -47,10 +47,10 @@ def test_paper_ratios_stand_beside_ours_only_at_the_papers_cell(tmp_path):
     records = [dict(speed(n, ms), model=model) for model, ms in (("mega", 30.0), ("transformer_vanilla", 60.0), ("m", 9.0))
                for n in (1024, 4096)]
     write_run(tmp_path, RUN_A, records)
-    frame = tables.prepare(load_records(tmp_path))
-    slice_ = tables.speed_slices(tables.speed_cells(frame))[0]
+    frame = select.prepare(load_records(tmp_path))
+    slice_ = select.speed_slices(select.speed_cells(frame))[0]
     table = tables.efficiency_table(frame, 4096, slice_)
-    assert table.loc["mega", "paper speed-up / memory"] == "2.9× / 0.31×"
-    assert table.loc["mega", "speed-up vs transformer_vanilla"] == "2.0×"  # ours, from our times
-    assert table.loc["m", "paper speed-up / memory"] == "–" and "never mixed with ours" in table.attrs["caption"]
+    assert table.text.loc["mega", "paper speed-up / memory"] == "2.9× / 0.31×"
+    assert table.text.loc["mega", "speed-up vs transformer_vanilla"] == "2.0×"  # ours, from our times
+    assert table.text.loc["m", "paper speed-up / memory"] == "–" and "never mixed with ours" in table.caption
     assert "paper speed-up / memory" not in tables.efficiency_table(frame, 1024, slice_).columns

@@ -20,7 +20,8 @@ import pytest
 
 from harness import store as store_module
 from harness.errors import UserError
-from harness.report import tables
+from harness.report import format as fmt, select, tables
+from harness.report.render import render
 from harness.store import RunStore, config_hash, load_records, make_record
 
 MODELS = ("mega", "mega_chunk", "transformer", "transformer_vanilla", "s4")
@@ -168,8 +169,8 @@ def results(tmp_path):
 
 
 def _table(tables_list, title_start):
-    found = [t for t in tables_list if t.attrs["title"].startswith(title_start)]
-    assert found, [t.attrs["title"] for t in tables_list]
+    found = [t for t in tables_list if t.title.startswith(title_start)]
+    assert found, [t.title for t in tables_list]
     return found[0]
 
 
@@ -186,7 +187,7 @@ def _seed_cell(values, extra="") -> str:
 
 
 def test_accuracy_table_lra_order_seeds_and_standin_kept_out_of_avg(results):
-    df = tables.prepare(load_records(results))
+    df = select.prepare(load_records(results))
     table = tables.accuracy_table(df)
     cols = list(table.columns)
     assert cols[:3] == list(tables.MODEL_COLUMNS) == ["params", "layers", "width"]  # the model block
@@ -197,22 +198,22 @@ def test_accuracy_table_lra_order_seeds_and_standin_kept_out_of_avg(results):
     assert "Image" not in cols and "mqar" not in cols  # the stand-in never poses as LRA Image
     # mean ± sample std over three seeds, 1 decimal, with the seed count and the 95% t interval
     acc = [0.631 + 0.004 * (s - 1) for s in range(3)]
-    assert table.loc["mega", "ListOps"] == _seed_cell(acc) == "63.1 ± 0.4 (n=3) [62.1, 64.1]"
-    assert table.loc["mega", "params"] == "1.00M"
-    assert (table.loc["mega", "layers"], table.loc["mega", "width"], table.loc["s4", "width"]) == ("4", "128", "256")
+    assert table.text.loc["mega", "ListOps"] == _seed_cell(acc) == "63.1 ± 0.4 (n=3) [62.1, 64.1]"
+    assert table.text.loc["mega", "params"] == "1.00M"
+    assert (table.text.loc["mega", "layers"], table.text.loc["mega", "width"], table.text.loc["s4", "width"]) == ("4", "128", "256")
     # Avg = mean of the three LRA tasks' means, not including the stand-in column; ± over per-seed averages
     avg = np.mean([0.631, 0.904, 0.913]) * 100
-    assert table.loc["mega", "Avg"] == f"{avg:.1f} ± 0.4 (n=3)"
-    assert table.attrs["cells"][("mega", "Avg")]["mean"] != pytest.approx(np.mean([63.1, 90.4, 91.3, 92.1]),
+    assert table.text.loc["mega", "Avg"] == f"{avg:.1f} ± 0.4 (n=3)"
+    assert table.numbers[("mega", "Avg")]["mean"] != pytest.approx(np.mean([63.1, 90.4, 91.3, 92.1]),
                                                                           abs=0.05)
     # failures as text, partial failures counted, missing averages say so
-    assert table.loc["transformer_vanilla", "Retrieval"] == "OOM"
-    assert table.loc["transformer_vanilla", "Avg"] == "n/a"
-    assert table.loc["s4", "Text"] == _seed_cell([0.861, 0.865], "; 1 FAIL")
-    assert ("mega", "ListOps") in table.attrs["bold"] and ("mega", "Avg") in table.attrs["bold"]
-    assert ("mega_chunk", "ListOps") not in table.attrs["bold"]  # 4 points below: separated
-    assert "Path-X excluded" in table.attrs["caption"] and "never in an average" in table.attrs["caption"]
-    assert "binomial s.e." in table.attrs["caption"] and "Welch" in table.attrs["caption"]
+    assert table.text.loc["transformer_vanilla", "Retrieval"] == "OOM"
+    assert table.text.loc["transformer_vanilla", "Avg"] == "n/a"
+    assert table.text.loc["s4", "Text"] == _seed_cell([0.861, 0.865], "; 1 FAIL")
+    assert ("mega", "ListOps") in table.bold_cells and ("mega", "Avg") in table.bold_cells
+    assert ("mega_chunk", "ListOps") not in table.bold_cells  # 4 points below: separated
+    assert "Path-X excluded" in table.caption and "never in an average" in table.caption
+    assert "binomial s.e." in table.caption and "Welch" in table.caption
 
 
 def test_avg6_appears_with_pathx_and_other_tasks_have_their_own_table(tmp_path):
@@ -221,82 +222,85 @@ def test_avg6_appears_with_pathx_and_other_tasks_have_their_own_table(tmp_path):
         run.append(accuracy_record("mega", task, 0, acc))
     run.append(accuracy_record("mega", "mqar", 0, 0.99))
     run.append(accuracy_record("transformer", "pathx", 0, None, status="error", error="did not learn"))
-    df = tables.prepare(load_records(tmp_path))
+    df = select.prepare(load_records(tmp_path))
     table = tables.accuracy_table(df)
     assert list(table.columns) == ["params", "layers", "width", "ListOps", "Text", "Path-X", "Avg", "Avg (3)"]
-    assert table.loc["mega", "Avg"] == "70.0" and table.loc["mega", "Avg (3)"] == "76.7"
-    assert table.loc["transformer", "Path-X"] == "FAIL" and table.loc["transformer", "Avg (3)"] == "n/a"
+    assert table.text.loc["mega", "Avg"] == "70.0" and table.text.loc["mega", "Avg (3)"] == "76.7"
+    assert table.text.loc["transformer", "Path-X"] == "FAIL" and table.text.loc["transformer", "Avg (3)"] == "n/a"
     other = tables.other_tasks_table(df)
-    assert list(other.columns) == ["params", "layers", "width", "mqar"] and other.loc["mega", "mqar"] == "99.0 (n=1)"
+    assert list(other.columns) == ["params", "layers", "width", "mqar"] and other.text.loc["mega", "mqar"] == "99.0 (n=1)"
 
 
 def test_efficiency_table_ratios_against_both_transformers(results):
-    df = tables.prepare(load_records(results))
+    df = select.prepare(load_records(results))
     table = tables.efficiency_table(df, 4096)
-    assert table.attrs["title"].startswith("Efficiency at 4K")
+    assert table.title.startswith("Efficiency at 4K")
     # RUN_2 re-measured mega_chunk at 4K: the latest run's record is shown
-    assert table.loc["mega_chunk", "time (ms)"] == "4.00"
-    assert table.loc["mega_chunk", "peak mem (GiB)"] == "0.55"
+    assert table.text.loc["mega_chunk", "time (ms)"] == "4.00"
+    assert table.text.loc["mega_chunk", "peak mem (GiB)"] == "0.55"
     vanilla_ms, vanilla_gib = model_speed("transformer_vanilla", 4096)  # 80 ms, 9.6 GiB
     fused_ms, _ = model_speed("transformer", 4096)
-    assert table.loc["transformer_vanilla", "time (ms)"] == tables.fmt_sig(vanilla_ms, 3) == "80.0"
-    assert table.loc["mega_chunk", "speed-up vs transformer_vanilla"] == f"{vanilla_ms / 4.0:.0f}×"
-    assert table.loc["mega_chunk", "memory vs transformer_vanilla"] == tables.fmt_sig(0.55 / vanilla_gib, 2) + "×"
-    assert table.loc["transformer", "speed-up vs transformer"] == "1.0×"
-    assert table.loc["mega_chunk", "speed-up vs transformer"] == tables.fmt_sig(fused_ms / 4.0, 2) + "×"
-    assert ("mega_chunk", "time (ms)") in table.attrs["bold"]
-    caption = table.attrs["caption"]
+    assert table.text.loc["transformer_vanilla", "time (ms)"] == fmt.fmt_sig(vanilla_ms, 3) == "80.0"
+    assert table.text.loc["mega_chunk", "speed-up vs transformer_vanilla"] == f"{vanilla_ms / 4.0:.0f}×"
+    assert table.text.loc["mega_chunk", "memory vs transformer_vanilla"] == fmt.fmt_sig(0.55 / vanilla_gib, 2) + "×"
+    assert table.text.loc["transformer", "speed-up vs transformer"] == "1.0×"
+    assert table.text.loc["mega_chunk", "speed-up vs transformer"] == fmt.fmt_sig(fused_ms / 4.0, 2) + "×"
+    assert ("mega_chunk", "time (ms)") in table.bold_cells
+    caption = table.caption
     assert "L = 4096" in caption and "batch 4" in caption and "bf16" in caption and "median of 10" in caption
 
 
 def test_efficiency_table_falls_back_to_nearest_length_and_marks_oom(results):
-    df = tables.prepare(load_records(results))
+    df = select.prepare(load_records(results))
     table = tables.efficiency_table(df, 10000)
-    assert "L = 8192 (nearest measured length; 10000 was not measured)" in table.attrs["caption"]
-    assert table.loc["transformer_vanilla", "time (ms)"] == "OOM"
-    assert table.loc["mega", "speed-up vs transformer_vanilla"] == "ref OOM"
+    assert "L = 8192 (nearest measured length; 10000 was not measured)" in table.caption
+    assert table.text.loc["transformer_vanilla", "time (ms)"] == "OOM"
+    assert table.text.loc["mega", "speed-up vs transformer_vanilla"] == "ref OOM"
 
 
 def test_length_tables_text_statuses_and_precision(results):
-    df = tables.prepare(load_records(results))
+    df = select.prepare(load_records(results))
     time_table, mem_table = tables.length_tables(df)
     assert list(time_table.columns) == [str(x) for x in LENGTHS]
-    assert time_table.loc["transformer_vanilla", "8192"] == "OOM"
-    assert time_table.loc["transformer_vanilla", "16384"] == "skipped"
-    assert time_table.loc["mega", "1024"] == "6.00"  # 3 significant digits
-    assert time_table.loc["mega", "16384"] == tables.fmt_sig(model_speed("mega", 16384)[0], 3) == "167"
-    assert mem_table.loc["s4", "2048"] == "0.40"  # GiB, 2 decimals
-    for cell in time_table.to_numpy().ravel():
+    assert time_table.text.loc["transformer_vanilla", "8192"] == "OOM"
+    assert time_table.text.loc["transformer_vanilla", "16384"] == "skipped"
+    assert time_table.text.loc["mega", "1024"] == "6.00"  # 3 significant digits
+    assert time_table.text.loc["mega", "16384"] == fmt.fmt_sig(model_speed("mega", 16384)[0], 3) == "167"
+    assert mem_table.text.loc["s4", "2048"] == "0.40"  # GiB, 2 decimals
+    for cell in time_table.text.to_numpy().ravel():
         assert cell in ("OOM", "skipped") or re.fullmatch(r"\d+(\.\d+)?", cell)
         if "." in cell:
             assert len(cell.replace(".", "").lstrip("0")) == 3, cell
 
 
 def test_aggregate_pools_runs_instead_of_latest(results):
-    df = tables.prepare(load_records(results))
+    df = select.prepare(load_records(results))
     latest = tables.efficiency_table(df, 4096)
     pooled = tables.efficiency_table(df, 4096, aggregate=True)
     run1_ms = model_speed("mega_chunk", 4096)[0]
-    assert latest.loc["mega_chunk", "time (ms)"] == "4.00"
-    assert pooled.loc["mega_chunk", "time (ms)"] == tables.fmt_ms(np.median([run1_ms, 4.0]))
+    assert latest.text.loc["mega_chunk", "time (ms)"] == "4.00"
+    assert pooled.text.loc["mega_chunk", "time (ms)"] == fmt.fmt_ms(np.median([run1_ms, 4.0]))
 
 
 def test_render_formats(results):
-    df = tables.prepare(load_records(results))
+    df = select.prepare(load_records(results))
     table = tables.accuracy_table(df)
-    md = tables.render(table, "markdown")
+    md = render(table, "markdown")
     assert "| Model | params | layers | width | ListOps | Text | Retrieval | Avg |" in md
     assert "**63.1 ± 0.4 (n=3) [62.1, 64.1]**" in md and "_Test accuracy" in md
-    tex = tables.render(table, "latex")
-    assert r"\begin{tabular}{lrrrrrrrr}" in tex and r"\toprule" in tex
+    tex = render(table, "latex")
+    assert r"\begin{tabular}{lrrrrrrrr}" in tex and r"\toprule" in tex and r"\bottomrule" in tex
+    assert r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%" in tex  # fits the page
     assert r"\textbf{63.1 $\pm$ 0.4 (n=3) [62.1, 64.1]}" in tex and r"transformer\_vanilla" in tex
     assert "±" not in tex and "·" not in tex and "√" not in tex
     assert "_vanilla" not in tex.replace(r"\_vanilla", "")
-    page = tables.render(table, "html")
-    assert "<strong>63.1 ± 0.4 (n=3) [62.1, 64.1]</strong>" in page and 'class="standin' in page
+    page = render(table, "html")
+    bold = re.search(r'<td id="([^"]+)" class="[^"]*"[^>]*>63.1 ± 0.4 \(n=3\) \[62.1, 64.1\]</td>', page)
+    assert bold and re.search(rf"#{bold.group(1)}\b[^{{]*{{\s*font-weight: bold", page)  # the Styler's bold
+    assert re.search(r'class="data row\d+ col\d+ standin', page)
     assert 'title="CUDA out of memory"' in page  # error text as a hover note
     with pytest.raises(UserError, match="--format"):
-        tables.render(table, "csv")
+        render(table, "csv")
 
 
 def test_render_all_joins_every_table_in_reading_order(results):
@@ -311,8 +315,8 @@ def test_render_all_joins_every_table_in_reading_order(results):
 def test_html_escaping_of_hostile_names(tmp_path):
     run = create_run(tmp_path, RUN_1)
     run.append(accuracy_record("<script>alert(1)</script>", "listops", 0, 0.5))
-    table = tables.accuracy_table(tables.prepare(load_records(tmp_path)))
-    page = tables.render(table, "html")
+    table = tables.accuracy_table(select.prepare(load_records(tmp_path)))
+    page = render(table, "html")
     assert "<script>" not in page and "&lt;script&gt;" in page
 
 
@@ -355,7 +359,7 @@ def test_report_is_self_contained_with_tables_models_and_plots(results, tmp_path
                   "Time (ms) by sequence length", "Peak memory (GiB) by sequence length"):
         assert title in page
     for model in MODELS:
-        assert f'<th scope="row" class="rowhead">{model}</th>' in page
+        assert re.search(rf'<th id="[^"]+" class="row_heading level0 row\d+" >{model}</th>', page), model
     figures = re.findall(r'data-figure="([^"]+)"', page)
     # one figure per metric and slice (throughput behind the time figure's button, other runs in hover)
     assert {"fig-time-text-4-bf16-cuda", "fig-memory-text-4-bf16-cuda", "fig-accuracy-vs-speed"} <= set(figures)
@@ -375,7 +379,7 @@ def test_report_is_self_contained_with_tables_models_and_plots(results, tmp_path
 def test_report_oom_points_are_marked_in_plots(results):
     from harness.report import plots
 
-    df = tables.prepare(load_records(results))
+    df = select.prepare(load_records(results))
     fig = plots.length_figure(df, "memory")
     oom = [t for t in fig.data if t.name and t.name.endswith(": OOM")]
     assert [t.name for t in oom] == ["transformer_vanilla: OOM"]
@@ -450,16 +454,16 @@ def test_cpu_smoke_results_tiny_models_rss_memory_two_modes(tmp_path):
                 rec["memory"] = {"peak_allocated_bytes": None, "peak_reserved_bytes": None,
                                  "footprint_bytes": None, "peak_rss_increase_bytes": int(mib * x * 2 ** 20)}
                 run.append(rec)
-    df = tables.prepare(load_records(tmp_path / "results"))
-    slices = tables.speed_slices(tables.speed_cells(df))
+    df = select.prepare(load_records(tmp_path / "results"))
+    slices = select.speed_slices(select.speed_cells(df))
     assert [s["mode"] for s in slices] == ["train_step", "forward"]  # the papers' protocol first
     table = tables.efficiency_table(df, 4096)
-    assert "L = 1024 (nearest measured length; 4096 was not measured)" in table.attrs["caption"]
-    assert "measured as transformer_vanilla_tiny" in table.attrs["caption"]
-    assert "peak RSS" in table.attrs["caption"] and "peak mem (GiB)" in table.columns
-    assert table.loc["mega_tiny", "peak mem (GiB)"] == "0.020"  # GiB even for CPU peaks, digits kept
-    assert table.loc["mega_tiny", "memory vs transformer_vanilla"] == "0.25×"
-    assert table.loc["transformer_tiny", "speed-up vs transformer"] == "1.0×"
+    assert "L = 1024 (nearest measured length; 4096 was not measured)" in table.caption
+    assert "measured as transformer_vanilla_tiny" in table.caption
+    assert "peak RSS" in table.caption and "peak mem (GiB)" in table.columns
+    assert table.text.loc["mega_tiny", "peak mem (GiB)"] == "0.020"  # GiB even for CPU peaks, digits kept
+    assert table.text.loc["mega_tiny", "memory vs transformer_vanilla"] == "0.25×"
+    assert table.text.loc["transformer_tiny", "speed-up vs transformer"] == "1.0×"
     fig = plots.length_figure(df, "time")
     assert [a.text for a in fig.layout.annotations][:2] == [plots.MODE_TITLES["train_step"],
                                                            plots.MODE_TITLES["forward"]]

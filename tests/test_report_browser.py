@@ -224,7 +224,7 @@ TIME_FIGURE = """(() => {
     legendBox: box(gd.querySelector('.legend .bg')),
     oomKey: oomKey ? {text: box(oomKey.querySelector('.legendtext')),
                       symbols: oomKey.querySelectorAll('.legendpoints path').length} : null,
-    tableRows: Array.from(table.querySelectorAll('tbody th.rowhead')).map(th => th.textContent),
+    tableRows: Array.from(table.querySelectorAll('tbody th.row_heading')).map(th => th.textContent),
     mambaLine: mamba ? Array.from(mamba.querySelectorAll('path.js-line')).map(p => p.getAttribute('d')) : null,
     megaCurve: gd._fullData.findIndex(d => d.name === 'mega' && d.visible === true),
     yTitle: gd.querySelector('.g-ytitle').textContent,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.report import plots, tables
+from harness.report import plots, select, tables
 from harness.store import load_records
 
 try:
@@ -28,7 +28,7 @@ SHA = "d1ff256c0ffe"  # the fixture environment's git sha, as hover text shorten
 
 
 def frame(results: Path) -> pd.DataFrame:
-    return tables.prepare(load_records(results))
+    return select.prepare(load_records(results))
 
 
 def lines(fig, visible=True) -> dict:
@@ -215,12 +215,18 @@ def test_results_folder_readme_in_the_provenance_section(tmp_path):
     assert results_readmes(write_fixture_results(tmp_path / "plain"), [RUN_1]) == []
 
 
-def test_missing_image_export_is_a_note(tmp_path, monkeypatch, capsys):
+def test_missing_image_export_is_a_note(tmp_path, monkeypatch, caplog):
+    import logging
+
     from harness.report import html as report_html
 
     monkeypatch.setattr(report_html, "find_browser", lambda: None)  # kaleido or no kaleido: skipped
-    report_html.write_report(write_fixture_results(tmp_path / "results"), None, tmp_path / "r.html")
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("note: static images skipped: "), err
-    assert report_html.image_message_line("static images skipped: kaleido failed (boom)").startswith(
-        "warning: static images skipped: kaleido failed")
+    with caplog.at_level(logging.INFO, logger="harness.report.html"):
+        report_html.write_report(write_fixture_results(tmp_path / "results"), None, tmp_path / "r.html")
+    notes = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "harness.report.html"]
+    assert len(notes) == 1 and notes[0][0] == logging.INFO, notes
+    assert notes[0][1].startswith("note: static images skipped: ")
+    caplog.clear()
+    report_html.log_image_message("static images skipped: kaleido failed (boom)")  # a failed export warns
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "static images skipped: kaleido failed (boom)")]

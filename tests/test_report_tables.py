@@ -16,6 +16,7 @@ Fixtures are written through the store API into pytest's tmp_path.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -23,7 +24,8 @@ import numpy as np
 import pytest
 
 from harness.errors import UserError
-from harness.report import tables
+from harness.report import format as fmt, select, tables
+from harness.report.render import render
 from harness.report.cli import main
 from harness.report.compare import compare_runs
 from harness.store import RunStore, folders_with_runs, load_records, make_record, run_folders
@@ -100,8 +102,8 @@ def protocol_runs(root):
 
 def test_protocol_slice_leads_and_slices_follow_reading_order(tmp_path):
     protocol_runs(tmp_path)
-    frame = tables.prepare(load_records(tmp_path))
-    slices = tables.speed_slices(tables.speed_cells(frame))
+    frame = select.prepare(load_records(tmp_path))
+    slices = select.speed_slices(select.speed_cells(frame))
     described = [(s["task"], s["device"], s["batch_size"], s["hardware.device_name"]) for s in slices]
     assert described[:2] == [("text", "cuda", 25, H200), ("text", "cuda", 25, H100)]  # protocol, newest first
     # then the other Text slices on a GPU, more rows first (5 rows at 1K before 4 rows at 1K-4K; the
@@ -110,15 +112,15 @@ def test_protocol_slice_leads_and_slices_follow_reading_order(tmp_path):
     assert [d[3] for d in described[2:4]] == [A100, H100] and described[4][0] == "listops"
     assert described[-1][1] == "cpu"
     text_1k = {"task": "text", "batch_size": 25, "device": "cuda", "mode": "train_step"}
-    assert not tables.is_protocol(text_1k, [1024]) and tables.is_protocol(text_1k, [1024, 4096])
+    assert not select.is_protocol(text_1k, [1024]) and select.is_protocol(text_1k, [1024, 4096])
     # the first speed table a reader meets is the protocol's, and its caption says so
     table_list = tables.all_tables(load_records(tmp_path))
-    first = next(t for t in table_list if t.attrs["title"].startswith("Efficiency"))
-    assert first.attrs["title"] == f"Efficiency at 4K (text, train_step, bf16, cuda, b=25, {H200})"
-    assert first.attrs["caption"].startswith("The papers' protocol (Text, L = 4096, batch 25")
+    first = next(t for t in table_list if t.title.startswith("Efficiency"))
+    assert first.title == f"Efficiency at 4K (text, train_step, bf16, cuda, b=25, {H200})"
+    assert first.caption.startswith("The papers' protocol (Text, L = 4096, batch 25")
     others = [t for t in table_list if t is not first]
-    assert not any("The papers' protocol" in t.attrs["caption"] and H200 not in t.attrs["title"]
-                   and H100 not in t.attrs["title"] for t in others)
+    assert not any("The papers' protocol" in t.caption and H200 not in t.title
+                   and H100 not in t.title for t in others)
 
 
 def test_table_command_prints_the_protocol_slice_first(tmp_path, capsys):
@@ -134,16 +136,16 @@ def test_table_command_prints_the_protocol_slice_first(tmp_path, capsys):
 def test_every_memory_cell_is_in_gib_even_small_cpu_peaks(tmp_path):
     protocol_runs(tmp_path)
     table_list = tables.all_tables(load_records(tmp_path))
-    text = "\n".join(tables.render(t, "markdown") for t in table_list)
+    text = "\n".join(render(t, "markdown") for t in table_list)
     assert "MiB" not in text and "KiB" not in text
     memory_columns = [c for t in table_list for c in t.columns if str(c).startswith("peak mem")]
     assert memory_columns and set(memory_columns) == {"peak mem (GiB)"}
-    assert all("(GiB)" in t.attrs["title"] for t in table_list if t.attrs["title"].startswith("Peak memory"))
-    cpu = next(t for t in table_list if "cpu" in t.attrs["title"] and t.attrs["title"].startswith("Efficiency"))
-    assert cpu.loc["m0", "peak mem (GiB)"] == "0.029"  # 30 MiB: its digits kept, never "0.00"
-    protocol = table_list[0] if table_list[0].attrs["title"].startswith("Efficiency") else None
-    assert protocol is not None and protocol.loc["transformer", "peak mem (GiB)"] == "4.69"
-    assert [tables.fmt_mem(v) for v in (56.7 * GIB, 0.53 * GIB, 20 * MIB, 0)] == ["56.70", "0.53", "0.020", "0"]
+    assert all("(GiB)" in t.title for t in table_list if t.title.startswith("Peak memory"))
+    cpu = next(t for t in table_list if "cpu" in t.title and t.title.startswith("Efficiency"))
+    assert cpu.text.loc["m0", "peak mem (GiB)"] == "0.029"  # 30 MiB: its digits kept, never "0.00"
+    protocol = table_list[0] if table_list[0].title.startswith("Efficiency") else None
+    assert protocol is not None and protocol.text.loc["transformer", "peak mem (GiB)"] == "4.69"
+    assert [fmt.fmt_mem(v) for v in (56.7 * GIB, 0.53 * GIB, 20 * MIB, 0)] == ["56.70", "0.53", "0.020", "0"]
 
 
 def test_compare_shows_memory_in_gib(tmp_path, capsys):
@@ -191,39 +193,39 @@ def test_every_symbol_in_a_table_is_defined_in_its_caption_and_no_other(tmp_path
     table_list = tables.all_tables(load_records(tmp_path))
     seen = set()
     for table in table_list:
-        caption, cells = table.attrs["caption"], [str(v) for v in table.to_numpy().ravel()]
+        caption, cells = table.caption, [str(v) for v in table.text.to_numpy().ravel()]
         found = tables.symbols_in(table)
         seen |= found
         for symbol in found - {"ref …"}:
-            assert defined(caption, symbol), (table.attrs["title"], symbol, caption)
+            assert defined(caption, symbol), (table.title, symbol, caption)
         for ref in {c for c in cells if c.startswith("ref ")}:
-            assert ref in caption, (table.attrs["title"], ref)
-        for symbol in set(tables.SYMBOLS) - found - {"ref …", tables.STOPPED}:
+            assert ref in caption, (table.title, ref)
+        for symbol in set(tables.SYMBOLS) - found - {"ref …", fmt.STOPPED}:
             assert f"Symbols: {symbol} = " not in caption and f"; {symbol} = " not in caption.split("Symbols:")[-1]
-        if not table.attrs["title"].startswith(("Long Range", "Accuracy", "Other", "Measured")):
+        if not table.title.startswith(("Long Range", "Accuracy", "Other", "Measured")):
             assert all(CELL.match(c) for c in cells), [c for c in cells if not CELL.match(c)]
-    assert {tables.DASH, "n/a", "OOM", "FAIL", "skipped", "ref …", tables.NOISY, "×"} <= seen  # the fixture has them
-    efficiency = next(t for t in table_list if t.attrs["title"].startswith("Efficiency at 4K"))
-    assert efficiency.loc["transformer", "speed-up vs transformer_vanilla"] == "ref OOM"
-    assert "ref OOM = the reference's own cell" in efficiency.attrs["caption"]
-    assert efficiency.loc["s4", "time (ms)"] == "FAIL" and efficiency.loc["s4", "speed-up vs transformer"] == "–"
-    assert "– = no ratio: the row has no time or memory of its own" in efficiency.attrs["caption"]
-    assert efficiency.loc["mamba", "time (ms)"] == "n/a"
-    assert "n/a = the model cannot run here" in efficiency.attrs["caption"]
-    at_8k = tables.efficiency_table(tables.prepare(load_records(tmp_path)), 8192)
-    assert at_8k.loc["s4", "speed-up vs transformer_vanilla"] == "ref skipped"
-    assert "ref skipped = the reference's own cell" in at_8k.attrs["caption"]
-    times = next(t for t in table_list if t.attrs["title"].startswith("Time (ms)"))
-    assert times.loc["mamba", "2048"] == tables.DASH and "– = not measured at this length" in times.attrs["caption"]
-    assert "skipped = not run: the row ran out of memory at a shorter length" in times.attrs["caption"]
+    assert {fmt.DASH, "n/a", "OOM", "FAIL", "skipped", "ref …", fmt.NOISY, "×"} <= seen  # the fixture has them
+    efficiency = next(t for t in table_list if t.title.startswith("Efficiency at 4K"))
+    assert efficiency.text.loc["transformer", "speed-up vs transformer_vanilla"] == "ref OOM"
+    assert "ref OOM = the reference's own cell" in efficiency.caption
+    assert efficiency.text.loc["s4", "time (ms)"] == "FAIL" and efficiency.text.loc["s4", "speed-up vs transformer"] == "–"
+    assert "– = no ratio: the row has no time or memory of its own" in efficiency.caption
+    assert efficiency.text.loc["mamba", "time (ms)"] == "n/a"
+    assert "n/a = the model cannot run here" in efficiency.caption
+    at_8k = tables.efficiency_table(select.prepare(load_records(tmp_path)), 8192)
+    assert at_8k.text.loc["s4", "speed-up vs transformer_vanilla"] == "ref skipped"
+    assert "ref skipped = the reference's own cell" in at_8k.caption
+    times = next(t for t in table_list if t.title.startswith("Time (ms)"))
+    assert times.text.loc["mamba", "2048"] == fmt.DASH and "– = not measured at this length" in times.caption
+    assert "skipped = not run: the row ran out of memory at a shorter length" in times.caption
 
 
 def test_accuracy_caption_defines_its_marks_and_what_avg_covers(tmp_path):
     symbol_runs(tmp_path)
-    table = tables.accuracy_table(tables.prepare(load_records(tmp_path)))
-    caption = table.attrs["caption"]
-    assert table.loc["s4", "Path-X"] == tables.DASH and table.loc["s4", "Avg (3)"] == "n/a"
-    assert "1 FAIL" in table.loc["s4", "Text"] and "FAIL = the run raised an error" in caption
+    table = tables.accuracy_table(select.prepare(load_records(tmp_path)))
+    caption = table.caption
+    assert table.text.loc["s4", "Path-X"] == fmt.DASH and table.text.loc["s4", "Avg (3)"] == "n/a"
+    assert "1 FAIL" in table.text.loc["s4", "Text"] and "FAIL = the run raised an error" in caption
     assert "– = no result for this task" in caption and "n/a = a result the average needs is missing" in caption
     assert ("Avg = mean over the 2 tasks ListOps, Text (Path-X excluded, the LRA paper's rule)" in caption
             and "Avg (3) = mean over the 3 tasks ListOps, Text, Path-X (Path-X included" in caption)
@@ -231,18 +233,18 @@ def test_accuracy_caption_defines_its_marks_and_what_avg_covers(tmp_path):
     # without a Path-X result, the Avg says Path-X was not measured, and there is no Avg (3)
     other = tmp_path / "nopathx"
     new_run(other, [accuracy("mega", t, s, 60 + s) for t in ("listops", "text") for s in range(2)])
-    no_pathx = tables.accuracy_table(tables.prepare(load_records(other)))
-    assert "Path-X excluded, the LRA paper's rule; Path-X was not measured" in no_pathx.attrs["caption"]
+    no_pathx = tables.accuracy_table(select.prepare(load_records(other)))
+    assert "Path-X excluded, the LRA paper's rule; Path-X was not measured" in no_pathx.caption
     assert "Avg (3)" not in no_pathx.columns
 
 
 def test_memory_definition_says_what_a_peak_includes(tmp_path):
     new_run(tmp_path, [speed("mega", 4096, 30, 3 * GIB), speed("mega", 4096, 10, GIB, mode="forward"),
                        speed("mega", 1024, 3, 30 * MIB, device="cpu", device_name="EPYC", batch=2, rss=True)])
-    frame = tables.prepare(load_records(tmp_path))
+    frame = select.prepare(load_records(tmp_path))
     captions = {}
-    for slice_ in tables.speed_slices(tables.speed_cells(frame)):
-        captions[(slice_["device"], slice_["mode"])] = tables.efficiency_table(frame, 4096, slice_).attrs["caption"]
+    for slice_ in select.speed_slices(select.speed_cells(frame)):
+        captions[(slice_["device"], slice_["mode"])] = tables.efficiency_table(frame, 4096, slice_).caption
     train, forward, cpu = captions[("cuda", "train_step")], captions[("cuda", "forward")], captions[("cpu", "train_step")]
     assert "weights, gradients, AdamW optimiser state and activations included" in train
     assert "cached reserve and the CUDA context are not" in train
@@ -250,23 +252,23 @@ def test_memory_definition_says_what_a_peak_includes(tmp_path):
     assert "activations, gradients and AdamW optimiser state" in cpu and "the weights, resident before, are not" in cpu
     memory_table = tables.length_tables(frame, {"task": "text", "batch_size": 25, "dtype": "bf16", "device": "cuda",
                                                 "mode": "train_step", "hardware.device_name": H200})[1]
-    assert "peak memory (GiB) = peak allocated CUDA memory" in memory_table.attrs["caption"]
+    assert "peak memory (GiB) = peak allocated CUDA memory" in memory_table.caption
 
 
 # -- the model block ------------------------------------------------------------------------------------
 
 def test_model_block_beside_speed_matches_the_accuracy_table(tmp_path):
     symbol_runs(tmp_path)
-    frame = tables.prepare(load_records(tmp_path))
+    frame = select.prepare(load_records(tmp_path))
     efficiency, accuracy_table = tables.efficiency_table(frame, 8192), tables.accuracy_table(frame)
     assert list(efficiency.columns[:5]) == ["params", "layers", "width", "time (ms)", "peak mem (GiB)"]
     assert list(accuracy_table.columns[:3]) == ["params", "layers", "width"]
-    assert (efficiency.loc["s4", "params"], efficiency.loc["s4", "layers"], efficiency.loc["s4", "width"]) == (
+    assert (efficiency.text.loc["s4", "params"], efficiency.text.loc["s4", "layers"], efficiency.text.loc["s4", "width"]) == (
         "3.30M", "23", "256")  # S4's speed is read against its 23 layers
     for row in ("mega", "s4"):
-        assert [efficiency.loc[row, c] for c in tables.MODEL_COLUMNS] == [
-            accuracy_table.loc[row, c] for c in tables.MODEL_COLUMNS]
-    assert "layers = blocks (n_layers), width = model width (d_model)" in efficiency.attrs["caption"]
+        assert [efficiency.text.loc[row, c] for c in tables.MODEL_COLUMNS] == [
+            accuracy_table.text.loc[row, c] for c in tables.MODEL_COLUMNS]
+    assert "layers = blocks (n_layers), width = model width (d_model)" in efficiency.caption
     data = tables.to_json(efficiency)
     s4 = next(r for r in data["rows"] if r["label"] == "s4")["cells"]
     assert s4["layers"]["value"] == 23 and s4["width"]["value"] == 256 and s4["params"]["n_params"] == 3_296_276
@@ -354,3 +356,93 @@ def test_compare_runs_of_two_results_folders_names_settings_as_old_to_new(tmp_pa
     assert data["folder_a"] == str(path_a) and data["folder_b"] == str(path_b)
     with pytest.raises(UserError, match=r"run nope not found .*nor a run folder.*available runs: " + run_a):
         compare_runs(tmp_path / "one", "nope", str(path_b))
+
+
+# -- what the registry says: task metadata and efficiency references -------------------------------------
+
+def test_lra_columns_take_membership_order_and_labels_from_the_task_specs(tmp_path, monkeypatch):
+    from harness.registry import TASKS
+
+    records = [accuracy(m, task, seed, 60 + seed) for m in ("mega", "s4") for seed in (0, 1)
+               for task in ("pathx", "listops", "text")]
+    records += [accuracy("mega", task, 0, 50) for task in ("aaa_retired_task", "mqar")]
+    new_run(tmp_path, records)
+    frame = select.prepare(load_records(tmp_path))
+    lra = tables.accuracy_table(frame)
+    assert [c for c in lra.columns if c not in tables.MODEL_COLUMNS][:3] == ["ListOps", "Text", "Path-X"]
+    # a task no longer registered still renders: its name, not LRA, after the registered tasks
+    other = tables.other_tasks_table(frame)
+    assert list(other.columns)[len(tables.MODEL_COLUMNS):] == ["mqar", "aaa_retired_task"]
+    assert select.task_label("aaa_retired_task") == "aaa_retired_task" and not select.is_lra("aaa_retired_task")
+    # the table follows the spec: relabel ListOps and move it after Text
+    cls = TASKS.get("listops").cls
+    monkeypatch.setattr(cls, "spec", dataclasses.replace(cls.spec, label="List-Ops", order=2.5))
+    relabelled = tables.accuracy_table(frame)
+    assert [c for c in relabelled.columns if c not in tables.MODEL_COLUMNS][:3] == ["Text", "List-Ops", "Path-X"]
+    assert select.lra_tasks() == ["text", "listops", "retrieval", "image", "pathfinder", "pathx"]
+
+
+def test_efficiency_ratios_use_the_registered_references(tmp_path, monkeypatch):
+    from harness.registry import MODELS
+
+    refs = select.efficiency_references()
+    assert [name for name, _ in refs] == ["transformer_vanilla", "transformer"]  # by registered rank
+    assert refs == [(n, MODELS.get(n).efficiency_reference[1]) for n in ("transformer_vanilla", "transformer")]
+    new_run(tmp_path, [speed(m, 4096, ms, 4 * GIB) for m, ms in (("mega", 40), ("transformer", 20),
+                                                                  ("transformer_vanilla", 160))])
+    frame = select.prepare(load_records(tmp_path))
+    monkeypatch.setattr(tables, "efficiency_references", lambda: [("transformer", "the fused one")])
+    table = tables.efficiency_table(frame)
+    assert [c for c in table.columns if " vs " in c] == ["speed-up vs transformer", "memory vs transformer"]
+    assert "transformer = the fused one." in table.caption
+    assert table.text.loc["mega", "speed-up vs transformer"] == "0.50×"
+
+
+def test_builders_return_numbers_beside_their_text(tmp_path):
+    new_run(tmp_path, [speed(m, n, ms * n / 1024, gib * GIB) for m, ms, gib in
+                       (("mega", 10, 2.0), ("transformer", 5, 1.0)) for n in (1024, 4096)]
+            + [accuracy("mega", "listops", seed, v) for seed, v in enumerate((60, 62))])
+    frame = select.prepare(load_records(tmp_path))
+    for table in tables.all_tables(load_records(tmp_path)):
+        assert table.values.shape == table.text.shape and (table.values.dtypes == float).all(), table.title
+        assert list(table.bold.index) == list(table.text.index) and table.bold.dtypes.eq(bool).all()
+    efficiency = tables.efficiency_table(frame)
+    assert efficiency.values.loc["mega", "time (ms)"] == pytest.approx(40.0)
+    assert efficiency.values.loc["mega", "peak mem (GiB)"] == pytest.approx(2.0)
+    assert efficiency.values.loc["mega", "speed-up vs transformer"] == pytest.approx(0.5)
+    assert efficiency.values.loc["mega", "params"] == N_PARAMS["mega"]
+    memory = tables.length_tables(frame)[1]
+    assert memory.values.loc["transformer", "1024"] == pytest.approx(1.0)  # GiB, as the text reads
+    acc = tables.accuracy_table(frame)
+    assert acc.values.loc["mega", "ListOps"] == pytest.approx(61.0) and acc.text.loc["mega", "ListOps"].startswith("61.0")
+
+
+def test_latex_is_booktabs_scaled_to_the_line_and_escapes_every_header(tmp_path):
+    new_run(tmp_path, [speed(m, n, ms, GIB) for m, ms in (("mega_chunk", 10), ("transformer", 5))
+                       for n in (1024, 2048)])
+    (time_table, _) = tables.length_tables(select.prepare(load_records(tmp_path)))
+    tex = render(time_table, "latex")
+    assert r"Model \textbackslash{} L & 1024 & 2048 \\" in tex and r"mega\_chunk" in tex
+    assert tex.index(r"\resizebox") < tex.index(r"\begin{tabular}") < tex.index(r"\end{tabular}%") < tex.index("}\n\\end{table}")
+    assert [line for line in tex.splitlines() if line.endswith("rule")] == [r"\toprule", r"\midrule", r"\bottomrule"]
+    assert r"\textbf{5.00}" in tex  # the fastest at each length
+
+
+def test_fresh_clone_table_reads_the_committed_reference_results(tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
+    from harness.store import reference_results
+
+    reference = reference_results()
+    if reference is None:
+        pytest.skip("no committed reference results in this checkout")
+    run_id = min(run_folders(reference))
+    monkeypatch.chdir(tmp_path)  # no results/ here: a fresh clone's working folder
+    with caplog.at_level(logging.INFO, logger="harness.report.cli"):
+        assert main(["table", "--runs", run_id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)  # the reference tables
+    lines = [r.getMessage() for r in caplog.records if r.name == "harness.report.cli"]
+    assert len(lines) == 1 and lines[0].startswith("no runs in results: showing the committed reference results in")
+    # a folder the user names is never replaced, even when it holds no runs
+    assert main(["table", "--results-dir", "results"]) == 1
+    assert capsys.readouterr().err.startswith("error: no results in results")

@@ -7,8 +7,10 @@ one `warning: ...` line each; --quiet hides them. Shared flags (--results-dir, -
 --include) come from `harness.config.RunConfig`, the one source of defaults and help text.
 
 --results-dir may also be a folder of run folders' folders (results/reference: one subfolder per
-machine), read through `harness.store.run_folders`. With no runs to read, `table` and `report` say
-which folders below hold runs and where the committed reference results are (`no_runs_hint`).
+machine), read through `harness.store.run_folders`. Without --results-dir, when the default folder
+holds no runs (a fresh clone), `table` and `report` read the committed reference results and say so
+in one info line. With no runs to read in a folder the user named, they say which folders below hold
+runs and where the committed reference results are (`no_runs_hint`).
 `compare` takes a run id of --results-dir or the path of a run folder for each side.
 """
 
@@ -17,12 +19,15 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
 
 from harness.config import add_arguments, parse_int_list, positive_float
 from harness.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # pandas, plotly and jinja2 are imported inside the commands: building the parser stays cheap for
 # every other harness command.
@@ -65,6 +70,25 @@ def no_runs_hint(results_dir) -> str:
     return "".join(f"; {h}" for h in hints)
 
 
+class DefaultDir(str):
+    """The --results-dir default: tells a folder the user named from the one nobody named."""
+
+
+def _results_dir(args) -> str:
+    """--results-dir; left at its default in a folder with no runs (a fresh clone), the committed
+    reference results instead, said in one info line."""
+    from harness.store import reference_results, run_folders
+
+    if not isinstance(args.results_dir, DefaultDir) or run_folders(args.results_dir):
+        return args.results_dir
+    reference = reference_results()
+    if reference is None:
+        return args.results_dir
+    log.info("no runs in %s: showing the committed reference results in %s (give --results-dir to choose)",
+             args.results_dir, _shown(reference))
+    return str(reference)
+
+
 def _prepare(command):
     """Shared start of the report commands: no warnings with --quiet, and the --include files
     imported as `run` imports them (a missing file is a one-line error)."""
@@ -102,9 +126,11 @@ def _aggregate_arg(parser: argparse.ArgumentParser) -> None:
 def cmd_table(args) -> int:
     from harness.report import tables
     from harness.report.html import banner_line, resolve_runs
+    from harness.report.render import render
     from harness.store import RunStore, load_records
 
     length = _length(args)
+    args.results_dir = _results_dir(args)
     run_ids = resolve_runs(args.results_dir, args.runs)
     records = load_records(args.results_dir, run_ids or None)
     if records.empty:
@@ -126,7 +152,7 @@ def cmd_table(args) -> int:
         print("\n".join(f"% {line}" for line in banner.splitlines()) + "\n")
     else:
         print("<!-- " + banner.replace("--", "- -") + " -->")
-    print("\n".join(tables.render(t, args.format) for t in table_list))
+    print("\n".join(render(t, args.format) for t in table_list))
     return 0
 
 
@@ -135,6 +161,7 @@ def cmd_report(args) -> int:
     from harness.report.html import resolve_runs, write_report
 
     length = _length(args)
+    args.results_dir = _results_dir(args)
     run_ids = resolve_runs(args.results_dir, args.runs)
     if not run_ids:
         raise UserError(f"no results in {args.results_dir}: nothing to report; run `python -m harness "
@@ -151,42 +178,45 @@ def cmd_compare(args) -> int:
     from harness.report.compare import compare_runs, comparison_json, format_comparison
 
     threshold = positive_float("threshold", args.threshold)
-    frame, n_regressions = compare_runs(args.results_dir, args.run_a, args.run_b, threshold)
+    comparison = compare_runs(args.results_dir, args.run_a, args.run_b, threshold)
     if args.json:  # numbers and run ids: accuracy in points, times in ms, memory in bytes
-        print(json.dumps(comparison_json(frame, args.run_a, args.run_b, threshold), indent=2,
+        print(json.dumps(comparison_json(comparison, args.run_a, args.run_b, threshold), indent=2,
                          allow_nan=False, default=str))
     else:
-        text = format_comparison(frame, args.run_a, args.run_b, threshold)
+        text = format_comparison(comparison, args.run_a, args.run_b, threshold)
         print(text.strip().splitlines()[-1] if args.quiet else text.rstrip())
-    return 1 if n_regressions else 0
+    return 1 if comparison.n_regressions else 0
+
+
+def _tables_command(subparsers, name: str, func, own_argument, **texts) -> None:
+    """`table` or `report`: --runs, the command's own argument, --length, --aggregate, the shared
+    flags; --results-dir's default marked as nobody's choice (`DefaultDir`)."""
+    parser = subparsers.add_parser(name, **texts)
+    _runs_arg(parser)
+    own_argument(parser)
+    _length_arg(parser)
+    _aggregate_arg(parser)
+    add_arguments(parser, name)
+    parser.set_defaults(func=func, results_dir=DefaultDir(parser.get_default("results_dir")))
 
 
 def add_commands(subparsers) -> None:
     """Add `table`, `report` and `compare` to the harness's argparse subparsers."""
-    table = subparsers.add_parser(
-        "table", help="print the accuracy, efficiency and by-length tables of stored results",
+    _tables_command(
+        subparsers, "table", cmd_table,
+        lambda p: p.add_argument("--format", choices=FORMATS, default="markdown",
+                                 help="output format (default: markdown)"),
+        help="print the accuracy, efficiency and by-length tables of stored results",
         description="Print LRA-style accuracy, paper Table 2 efficiency and speed/memory by length "
                     "tables from stored results (latest run per cell unless --aggregate).")
-    _runs_arg(table)
-    table.add_argument("--format", choices=FORMATS, default="markdown",
-                       help="output format (default: markdown)")
-    _length_arg(table)
-    _aggregate_arg(table)
-    add_arguments(table, "table")
-    table.set_defaults(func=cmd_table)
-
-    report = subparsers.add_parser(
-        "report", help="write a self-contained HTML report (plus .md and .tex tables)",
+    _tables_command(
+        subparsers, "report", cmd_report,
+        lambda p: p.add_argument("--out", default=None, metavar="reports/NAME.html",
+                                 help="where to write the report: an .html path outside --results-dir; NAME.md "
+                                      "and NAME.tex go beside it (default: reports/report-<latest run id>.html)"),
+        help="write a self-contained HTML report (plus .md and .tex tables)",
         description="Write a self-contained HTML report with environment banner, methodology, "
                     "tables, plots and provenance; Markdown and LaTeX copies of the tables go next to it.")
-    _runs_arg(report)
-    report.add_argument("--out", default=None, metavar="reports/NAME.html",
-                        help="where to write the report: an .html path outside --results-dir; NAME.md "
-                             "and NAME.tex go beside it (default: reports/report-<latest run id>.html)")
-    _length_arg(report)
-    _aggregate_arg(report)
-    add_arguments(report, "report")
-    report.set_defaults(func=cmd_report)
 
     compare = subparsers.add_parser(
         "compare", help="compare two runs cell by cell; exit 1 on a regression",

@@ -32,20 +32,22 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pathlib import Path
-
-from harness.report import tables
+from harness.report.format import DASH, MEMORY_UNIT, fmt_mem, fmt_ms, fmt_sig, missing, natural, status_text
+from harness.report.render import render
+from harness.report.select import REF_PREFIX, ensure_columns, prepare
+from harness.report.stats import ALPHA
+from harness.report.tables import Table
 from harness.store import Run, find_run, load_records
 
 MEMORY_NOISE_PCT = 2.0
-ALPHA = 0.05  # Welch's test: a drop with p below this is significant
 SE_FACTOR = 2.0  # single seed: a drop beyond this many combined test-set standard errors
-REFERENCE_PREFIX = "ref:"
 # What was measured; the groups below say which experiment. Row label and device name are not part
 # of it: compare pairs across labels (naming the differing settings) and refuses other devices.
 SPEED_KEYS = ("model", "task", "seq_len", "batch_size", "dtype", "device", "mode")
@@ -66,15 +68,10 @@ COLUMNS = ["kind", "model", "label", "task", "seq_len", "batch_size", "dtype", "
            "verdict", "regression", "note"]
 METRIC_LABELS = {"accuracy": "accuracy (%)", "median_ms": "median time (ms)",
                  "peak_bytes": "peak memory", "status": "status"}
-_STATUS_TEXT = {"oom": "OOM", "error": "FAIL", "skipped": "skipped", "unavailable": "n/a"}
 _ARROW = "→"
 
 
 # -- small helpers ----------------------------------------------------------------------------------
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
-
 
 def _plain(value):
     """A JSON-ready scalar: numpy numbers as Python numbers, NaN as None."""
@@ -99,16 +96,12 @@ def _show(value) -> str:
     """A setting as text: booleans and numbers as JSON writes them (`false`, `256`), text bare."""
     value = _plain(value)
     if value is None:
-        return tables.DASH
+        return DASH
     if isinstance(value, str):
         return value
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return json.dumps(value, sort_keys=True)
-
-
-def _status_text(status) -> str:
-    return _STATUS_TEXT.get(status, tables.DASH if _missing(status) else str(status))
 
 
 def _diffs(ra: pd.Series, rb: pd.Series, prefixes) -> list[str]:
@@ -127,16 +120,16 @@ def _diffs(ra: pd.Series, rb: pd.Series, prefixes) -> list[str]:
 
 
 def _first(series: pd.Series):
-    values = [v for v in series if not _missing(v)]
+    values = [v for v in series if not missing(v)]
     return values[0] if values else None
 
 
 def _ident(row: pd.Series, fields) -> tuple:
-    return tuple(None if _missing(row.get(f)) else row.get(f) for f in fields)
+    return tuple(None if missing(row.get(f)) else row.get(f) for f in fields)
 
 
 def _sort_key(key: tuple) -> list:
-    return [tables._natural("" if v is None else v) for v in key]
+    return [natural("" if v is None else v) for v in key]
 
 
 def _pair(keys_a, keys_b, fields, pairing) -> list[tuple]:
@@ -156,11 +149,11 @@ def _pair(keys_a, keys_b, fields, pairing) -> list[tuple]:
 
 def _provenance(row: pd.Series) -> dict | None:
     kind = row.get("provenance.kind")
-    if _missing(kind):
+    if missing(kind):
         return None
     subset = row.get("provenance.subset")
     return {"kind": kind, "source": _plain(row.get("provenance.source")),
-            "subset": None if _missing(subset) else subset}
+            "subset": None if missing(subset) else subset}
 
 
 def _provenance_text(prov: dict | None) -> str:
@@ -174,12 +167,12 @@ def _incomparable(ra: pd.Series, rb: pd.Series, kind: str) -> list[str]:
     """Why two paired experiments are different experiments (empty: they may be compared)."""
     reasons = []
     ha, hb = ra.get("model_config_hash"), rb.get("model_config_hash")
-    if not _missing(ha) and not _missing(hb) and ha != hb:
+    if not missing(ha) and not missing(hb) and ha != hb:
         arch = _diffs(ra, rb, ("model_config",))
         reasons.append("architecture " + ("; ".join(arch) if arch else
                                           "(its configuration is not in the records, only its hash)"))
     va, vb = ra.get("task_version"), rb.get("task_version")
-    if not _missing(va) and not _missing(vb) and va != vb:
+    if not missing(va) and not missing(vb) and va != vb:
         reasons.append(f"task version: {va} {_ARROW} {vb}")
     if kind == "accuracy":
         if _plain(ra.get("scale")) != _plain(rb.get("scale")):
@@ -189,7 +182,7 @@ def _incomparable(ra: pd.Series, rb: pd.Series, kind: str) -> list[str]:
             reasons.append(f"data: {_provenance_text(pa)} {_ARROW} {_provenance_text(pb)}")
     else:
         da, db = ra.get("hardware.device_name"), rb.get("hardware.device_name")
-        if not _missing(da) and not _missing(db) and da != db:
+        if not missing(da) and not missing(db) and da != db:
             reasons.append(f"device: {da} {_ARROW} {db}")
     return reasons
 
@@ -208,8 +201,8 @@ _EXTRA_TEXT = ("label", "scale", "provenance.kind", "provenance.source", "proven
 
 
 def _prepared(records: pd.DataFrame) -> pd.DataFrame:
-    """`tables.prepare` (label, peak_bytes, ...) plus the typed columns compare reads."""
-    df = tables.ensure_columns(tables.prepare(records), _EXTRA_NUMERIC, _EXTRA_TEXT)
+    """`select.prepare` (label, peak_bytes, ...) plus the typed columns compare reads."""
+    df = ensure_columns(prepare(records), _EXTRA_NUMERIC, _EXTRA_TEXT)
     return df.sort_values(["run_id", "created"], kind="stable")
 
 
@@ -279,13 +272,13 @@ def _compare_accuracy(ra: pd.Series, rb: pd.Series, ga: pd.DataFrame, gb: pd.Dat
     b, vb = _accuracy_side(gb)
     notes = _setting_notes(ra, rb)
     if a["lr"] is not None and b["lr"] is not None and not math.isclose(a["lr"], b["lr"]):
-        notes.append(f"lr: {tables.fmt_sig(a['lr'], 3)} {_ARROW} {tables.fmt_sig(b['lr'], 3)}")
+        notes.append(f"lr: {fmt_sig(a['lr'], 3)} {_ARROW} {fmt_sig(b['lr'], 3)}")
     if a["device_name"] and b["device_name"] and a["device_name"] != b["device_name"]:
         notes.append(f"device: {a['device_name']} {_ARROW} {b['device_name']}")
     for name, side in (("A", a), ("B", b)):
         if side["failed"] and side["n"]:
             notes.append(f"{name}: {side['failed']} of {side['failed'] + side['n']} seeds failed")
-    reference = str(base["model"]).startswith(REFERENCE_PREFIX)
+    reference = str(base["model"]).startswith(REF_PREFIX)
     if not a["n"] or not b["n"]:
         row = _status_row(base, a, b, b.get("error") or a.get("error"))
     else:
@@ -313,7 +306,7 @@ def _compare_accuracy(ra: pd.Series, rb: pd.Series, ga: pd.DataFrame, gb: pd.Dat
 # -- speed and memory --------------------------------------------------------------------------------
 
 def _overlap(a_lo, a_hi, b_lo, b_hi) -> bool | None:
-    if any(_missing(v) or not np.isfinite(v) for v in (a_lo, a_hi, b_lo, b_hi)):
+    if any(missing(v) or not np.isfinite(v) for v in (a_lo, a_hi, b_lo, b_hi)):
         return None
     return not (a_hi < b_lo or b_hi < a_lo)
 
@@ -331,7 +324,7 @@ def _speed_side(r: pd.Series) -> dict:
 def _compare_speed(ra: pd.Series, rb: pd.Series, base: dict, threshold_pct: float) -> list[dict]:
     settings = _setting_notes(ra, rb)
     a, b = _speed_side(ra), _speed_side(rb)
-    if not all(r["status"] == "ok" and not _missing(r["timing.median_ms"]) for r in (ra, rb)):
+    if not all(r["status"] == "ok" and not missing(r["timing.median_ms"]) for r in (ra, rb)):
         row = _status_row(base, a, b, rb["error"] if isinstance(rb["error"], str) else None)
         row["note"] = "; ".join(n for n in [row["note"]] + settings if n)
         return [row]
@@ -373,11 +366,11 @@ def _status_row(base: dict, a: dict, b: dict, error: str | None) -> dict:
     row = dict(base, metric="status", a=a, b=b, change=None, change_pct=None, p_value=None, test=None,
                regression=False, note="")
     if sa == "ok" and sb in ("oom", "error"):
-        row.update(verdict=f"worse (now {_status_text(sb)})", regression=True, note=(error or "")[:200])
+        row.update(verdict=f"worse (now {status_text(sb)})", regression=True, note=(error or "")[:200])
     elif sa == "ok":
         row.update(verdict=f"not measured in B ({sb})")
     elif sb == "ok":
-        row.update(verdict=f"better (was {_status_text(sa)})")
+        row.update(verdict=f"better (was {status_text(sa)})")
     else:
         row.update(verdict=f"unchanged status ({sa} / {sb})" if sa == sb else f"status {sa} -> {sb}")
     return row
@@ -499,33 +492,41 @@ def _run_side(results_dir, ref: str) -> tuple[Path, dict, pd.DataFrame]:
     return folder, manifest, records
 
 
-def compare_runs(results_dir, run_a: str, run_b: str, threshold_pct: float = 10.0) -> tuple[pd.DataFrame, int]:
+@dataclass
+class Comparison:
+    """What `compare_runs` found: one row per (cell, metric) with its verdict (`compare_frames`),
+    the number of regressions, where the two runs are and the run settings that differ."""
+
+    frame: pd.DataFrame
+    n_regressions: int
+    folders: dict = field(default_factory=dict)  # "a" / "b" -> the run's folder
+    settings: list = field(default_factory=list)  # (key, A's value, B's value) of differing settings
+
+
+def compare_runs(results_dir, run_a: str, run_b: str, threshold_pct: float = 10.0) -> Comparison:
     """Per matching cell of runs A and B: accuracy change in points with Welch's test (or the
     test-set resolution for single seeds), median time and peak memory change in percent, each
-    with a verdict; returns (frame, number of regressions). `threshold_pct` applies to speed and
-    memory only. A run is a run id of `results_dir` or the path of a run folder (`find_run`); the
-    frame's attrs carry the runs' folders (`folders`) and the settings that differ (`settings`)."""
+    with a verdict. `threshold_pct` applies to speed and memory only. A run is a run id of
+    `results_dir` or the path of a run folder (`find_run`)."""
     side_a, side_b = _run_side(results_dir, run_a), _run_side(results_dir, run_b)
     frame, n_regressions = compare_frames(side_a[2], side_b[2], threshold_pct)
-    frame.attrs["folders"] = {"a": str(side_a[0]), "b": str(side_b[0])}
-    frame.attrs["settings"] = (settings_changes(run_settings(side_a[1], side_a[2]),
-                                                run_settings(side_b[1], side_b[2]))
-                               if side_a[1] and side_b[1] else [])
-    return frame, n_regressions
+    settings = (settings_changes(run_settings(side_a[1], side_a[2]), run_settings(side_b[1], side_b[2]))
+                if side_a[1] and side_b[1] else [])
+    return Comparison(frame, n_regressions, {"a": str(side_a[0]), "b": str(side_b[0])}, settings)
 
 
 # -- output ---------------------------------------------------------------------------------------------
 
-def comparison_json(frame: pd.DataFrame, run_a: str, run_b: str, threshold_pct: float) -> dict:
+def comparison_json(comparison: Comparison, run_a: str, run_b: str, threshold_pct: float) -> dict:
     """The comparison as plain data: numbers (points, milliseconds, bytes) and run ids, no display
     text except the verdict and note."""
     cells = [{c: _whole(row[c]) if c in ("seq_len", "batch_size") else _plain(row[c]) for c in COLUMNS}
-             for _, row in frame.iterrows()]
-    folders = frame.attrs.get("folders", {})
+             for _, row in comparison.frame.iterrows()]
+    frame, folders = comparison.frame, comparison.folders
     return {"run_a": run_a, "run_b": run_b, "folder_a": folders.get("a"), "folder_b": folders.get("b"),
             "threshold_pct": threshold_pct,
             "settings_changed": [{"key": key, "a": _plain(a), "b": _plain(b)}
-                                 for key, a, b in frame.attrs.get("settings", [])],
+                                 for key, a, b in comparison.settings],
             "regressions": int(frame["regression"].sum()) if len(frame) else 0,
             "rules": {"accuracy": f"drop in points: Welch p < {ALPHA:g} (n >= 2 both), else beyond "
                                   f"{SE_FACTOR:g}*sqrt(se_a^2 + se_b^2) of the test set",
@@ -550,21 +551,21 @@ def _category(verdict: str) -> str:
 
 def _side_text(side, metric) -> str:
     if not isinstance(side, dict):
-        return tables.DASH
+        return DASH
     if metric == "accuracy":
         if side["n"] >= 2:
             return f"{side['mean']:.1f} ± {side['sd']:.1f} ({side['n']})"
         return f"{side['mean']:.1f} (1)"
     if metric == "median_ms":
-        text = tables.fmt_ms(side["value"])
+        text = fmt_ms(side["value"])
         if side.get("p20") is not None and side.get("p80") is not None:
-            text += f" [{tables.fmt_ms(side['p20'])}, {tables.fmt_ms(side['p80'])}]"
+            text += f" [{fmt_ms(side['p20'])}, {fmt_ms(side['p80'])}]"
         return text
     if metric == "peak_bytes":  # one unit for every memory cell, as in the tables
-        return f"{tables.fmt_mem(side['value'])} {tables.MEMORY_UNIT[0]}"
+        return f"{fmt_mem(side['value'])} {MEMORY_UNIT[0]}"
     if metric == "status":
-        return _status_text(side["status"]) if side["status"] != "ok" else "ok"
-    return tables.DASH
+        return status_text(side["status"]) if side["status"] != "ok" else "ok"
+    return DASH
 
 
 def _cell_text(row: pd.Series) -> str:
@@ -576,16 +577,16 @@ def _cell_text(row: pd.Series) -> str:
 
 
 def _change_text(row: pd.Series) -> str:
-    if row["metric"] == "accuracy" and not _missing(row["change"]):
+    if row["metric"] == "accuracy" and not missing(row["change"]):
         return f"{row['change']:+.1f} pts"
-    if not _missing(row["change_pct"]):
+    if not missing(row["change_pct"]):
         return f"{row['change_pct']:+.1f}%"
-    return tables.DASH
+    return DASH
 
 
 def _p_text(p) -> str:
-    if _missing(p):
-        return tables.DASH
+    if missing(p):
+        return DASH
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
@@ -594,15 +595,15 @@ def _run_name(ref: str, folder: str | None) -> str:
     return Path(folder).name if folder and Path(ref) == Path(folder) else ref
 
 
-def settings_text(frame: pd.DataFrame, run_a: str, run_b: str) -> str:
+def settings_text(comparison: Comparison, run_a: str, run_b: str) -> str:
     """Where A and B are, and the run settings that differ, one `key: old → new` line each."""
-    folders = frame.attrs.get("folders") or {}
+    folders = comparison.folders
     lines = []
     if folders:
         lines.append(f"A = {_run_name(run_a, folders['a'])} ({folders['a']}); "
                      f"B = {_run_name(run_b, folders['b'])} ({folders['b']})")
-    changes = frame.attrs.get("settings")
-    if changes is not None and folders:
+    changes = comparison.settings
+    if folders:
         if changes:
             lines.append(f"Settings that differ (A {_ARROW} B):")
             lines += [f"  {key}: {_show(a)} {_ARROW} {_show(b)}" for key, a, b in changes]
@@ -611,28 +612,32 @@ def settings_text(frame: pd.DataFrame, run_a: str, run_b: str) -> str:
     return "\n".join(lines) + ("\n\n" if lines else "")
 
 
-def format_comparison(frame: pd.DataFrame, run_a: str, run_b: str, threshold_pct: float) -> str:
+def format_comparison(comparison: Comparison, run_a: str, run_b: str, threshold_pct: float) -> str:
     """The runs' folders and differing settings, the comparison as a Markdown table, the regressions
     listed, and a one-line summary."""
-    head = settings_text(frame, run_a, run_b)
-    folders = frame.attrs.get("folders") or {}
+    head = settings_text(comparison, run_a, run_b)
+    frame, folders = comparison.frame, comparison.folders
     run_a, run_b = _run_name(run_a, folders.get("a")), _run_name(run_b, folders.get("b"))
     if frame.empty:
         return head + f"no cells to compare between {run_a} and {run_b}\n0 regressions\n"
     display = []
     for _, row in frame.iterrows():
         display.append({
-            "cell": _cell_text(row), "metric": METRIC_LABELS.get(row["metric"], tables.DASH),
+            "cell": _cell_text(row), "metric": METRIC_LABELS.get(row["metric"], DASH),
             "A": _side_text(row["a"], row["metric"]), "B": _side_text(row["b"], row["metric"]),
             "change": _change_text(row), "p": _p_text(row["p_value"]),
             "verdict": row["verdict"] + (" ⚠ regression" if row["regression"] else ""),
             "note": row["note"] or "",
         })
-    table = pd.DataFrame(display, columns=["cell", "metric", "A", "B", "change", "p", "verdict", "note"])
-    table = table.set_index("cell")
+    text = pd.DataFrame(display, columns=["cell", "metric", "A", "B", "change", "p", "verdict", "note"])
+    text = text.set_index("cell")  # a cell has a row per metric: the index repeats
+    values = pd.DataFrame(np.nan, index=text.index, columns=text.columns, dtype=float)
+    numeric = lambda column: pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)  # noqa: E731
+    values["change"] = np.where(frame["metric"] == "accuracy", numeric("change"), numeric("change_pct"))  # points / %
+    values["p"] = numeric("p_value")
     n_reg = int(frame["regression"].sum())
     counts = frame["verdict"].map(_category).value_counts()
-    table.attrs.update(
+    table = Table(
         title=f"Comparison {run_a} (A) {_ARROW} {run_b} (B)",
         caption=(f"Accuracy: mean ± sd (n seeds), change in points; a regression is a drop that Welch's "
                  f"test calls significant (p < {ALPHA:g}) with n ≥ 2 on both sides, or with one seed a drop "
@@ -642,11 +647,12 @@ def format_comparison(frame: pd.DataFrame, run_a: str, run_b: str, threshold_pct
                  f"below {MEMORY_NOISE_PCT:g}%, a regression beyond {threshold_pct:g}% (GiB). A cell that "
                  f"newly fails is a regression. – = no number (not comparable, measured on one side only, "
                  f"or no p-value for this test); OOM = out of memory; FAIL = an error; n/a = unavailable."),
-        left_columns=["metric", "verdict", "note"])
+        values=values, text=text, bold=pd.DataFrame(False, index=text.index, columns=text.columns),
+        tips=pd.DataFrame("", index=text.index, columns=text.columns), left_columns=("metric", "verdict", "note"))
     summary = (f"{n_reg} regression{'s' if n_reg != 1 else ''} (accuracy: significant drop in points; "
                f"speed/memory: beyond {threshold_pct:g}%) — "
                + ", ".join(f"{n} {v}" for v, n in counts.items()))
     flagged = [f"  {cell}: {metric} {change} ({verdict})" for cell, metric, change, verdict, flag in zip(
-        table.index, table["metric"], table["change"], frame["verdict"], frame["regression"]) if flag]
+        text.index, text["metric"], text["change"], frame["verdict"], frame["regression"]) if flag]
     listing = ("\nRegressions:\n" + "\n".join(flagged) + "\n") if flagged else ""
-    return head + tables.render(table, "markdown") + listing + "\n" + summary + "\n"
+    return head + render(table, "markdown") + listing + "\n" + summary + "\n"

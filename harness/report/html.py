@@ -4,7 +4,7 @@ Markdown and LaTeX copies of the tables next to it and, when kaleido and a Chrom
 installed, PNG copies of the figures.
 
 The page is rendered by jinja2 with autoescaping (`templates/report.html`); only fragments this
-package builds itself (tables escaped by `tables.render`, plotly's figure divs) are marked safe.
+package builds itself (tables escaped by `render.render`, plotly's figure divs) are marked safe.
 No script or stylesheet is loaded from anywhere else.
 """
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +26,12 @@ from markupsafe import Markup, escape
 from harness.errors import UserError
 from harness.records import LRA_KINDS
 from harness.report import plots, tables
+from harness.report.format import GIB, first_line, get, natural
+from harness.report.render import render, table_id
+from harness.report.select import accuracy_column, prepare, provenance_text, row_name, task_order
 from harness.store import RunStore, load_records
+
+log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 TITLE = "Long-sequence benchmark report"
@@ -62,7 +67,7 @@ def resolve_runs(results_dir, runs: list[str] | None) -> list[str]:
 # -- banner, methodology and provenance -------------------------------------------------------------
 
 def _gib(n) -> str:
-    return f"{n / tables.GIB:.0f} GiB" if isinstance(n, (int, float)) and n else "?"
+    return f"{n / GIB:.0f} GiB" if isinstance(n, (int, float)) and n else "?"
 
 
 def when(stamp) -> str:
@@ -183,15 +188,15 @@ def methodology(df: pd.DataFrame, manifests: list[dict]) -> list[str]:
 def _not_counted(row) -> str:
     """Why an accuracy record of an LRA task is not an LRA number, from its typed fields."""
     reasons = []
-    scale = tables._get(row, "scale")
+    scale = get(row, "scale")
     if scale != "paper":
         reasons.append(f"{scale} scale" if scale else "scale not recorded")
-    kind = tables._get(row, "provenance.kind")
+    kind = get(row, "provenance.kind")
     if kind is None:
         reasons.append("provenance unknown")
     elif kind not in LRA_KINDS:
         reasons.append(f"{kind} data")
-    elif tables._get(row, "provenance.subset"):
+    elif get(row, "provenance.subset"):
         reasons.append("a subset")
     return "no (" + ", ".join(reasons or ["not LRA data"]) + ")"
 
@@ -204,19 +209,17 @@ def data_origins(df: pd.DataFrame) -> list[dict]:
     keys = ["task", "provenance.kind", "provenance.source", "provenance.subset", "scale"]
     for _, group in acc.groupby(keys, dropna=False, sort=True):
         first = group.iloc[0]
-        label, group_name = tables.accuracy_column(first)
-        rows = {tables.row_name(m, lab) for m, lab in zip(group["model"], group["label"])}
+        label, group_name = accuracy_column(first)
+        rows = {row_name(m, lab) for m, lab in zip(group["model"], group["label"])}
         out.append({
-            "task": first["task"], "provenance": tables.provenance_text(first) or "unknown",
-            "scale": tables._get(first, "scale") or "not recorded", "column": label,
+            "task": first["task"], "provenance": provenance_text(first) or "unknown",
+            "scale": get(first, "scale") or "not recorded", "column": label,
             "counted": ("yes" if group_name == "lra" else
                         "no (not an LRA task)" if group_name == "other" else _not_counted(first)),
             "version": ", ".join(sorted({str(v) for v in group["task_version"].dropna()})) or "?",
-            "models": ", ".join(sorted(rows, key=tables._natural)),
+            "models": ", ".join(sorted(rows, key=natural)),
         })
-    order = {t: i for i, t in enumerate(tables.LRA_TASKS)}
-    return sorted(out, key=lambda o: (order.get(o["task"], len(order)), str(o["task"]), o["provenance"],
-                                      o["scale"]))
+    return sorted(out, key=lambda o: (task_order(o["task"]), str(o["task"]), o["provenance"], o["scale"]))
 
 
 # -- a results folder's notes ----------------------------------------------------------------------
@@ -395,11 +398,13 @@ def find_browser() -> str | None:
     return None
 
 
-def image_message_line(message: str) -> str:
-    """The stderr line for an export message: a missing optional part (kaleido, a browser) is a
-    `note:` (the report itself is complete), a failed export a `warning:`."""
-    informational = message in (IMAGES_KALEIDO_MISSING, IMAGES_BROWSER_MISSING)
-    return f"{'note' if informational else 'warning'}: {message}"
+def log_image_message(message: str) -> None:
+    """Log an export message: a missing optional part (kaleido, a browser) is an info `note:` (the
+    report itself is complete), a failed export a warning."""
+    if message in (IMAGES_KALEIDO_MISSING, IMAGES_BROWSER_MISSING):
+        log.info("note: %s", message)
+    else:
+        log.warning("%s", message)
 
 
 def export_images(figures: list[tuple], out_dir: Path) -> tuple[list[Path], str | None]:
@@ -421,8 +426,7 @@ def export_images(figures: list[tuple], out_dir: Path) -> tuple[list[Path], str 
     try:
         pio.write_images([fig for _, _, fig in figures], paths, format="png", scale=2)
     except Exception as exc:  # an export problem must not cost the report
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return [], f"static images skipped: kaleido failed ({first_line})"
+        return [], f"static images skipped: kaleido failed ({first_line(exc, type(exc).__name__)})"
     finally:
         if previous is None:
             os.environ.pop("BROWSER_PATH", None)
@@ -436,10 +440,10 @@ def export_images(figures: list[tuple], out_dir: Path) -> tuple[list[Path], str 
 def _text_copy(table_list: list, fmt: str, banners: list[str]) -> str:
     if fmt == "markdown":
         head = f"# {TABLES_HEADING}\n\n" + "".join(f"- {b}\n" for b in banners) + "\n"
-        return head + "\n".join(tables.render(t, "markdown") for t in table_list)
-    head = (f"% {TABLES_HEADING}; needs \\usepackage{{booktabs}}\n"
+        return head + "\n".join(render(t, "markdown") for t in table_list)
+    head = (f"% {TABLES_HEADING}; needs \\usepackage{{booktabs}} and \\usepackage{{graphicx}}\n"
             + "".join(f"% {b}\n" for b in banners) + "\n")
-    return head + "\n".join(tables.render(t, "latex") for t in table_list)
+    return head + "\n".join(render(t, "latex") for t in table_list)
 
 
 def default_report_path(run_ids: list[str]) -> Path:
@@ -481,7 +485,7 @@ def write_report(results_dir, runs: list[str] | None, out_path=None, length: int
     """Write the HTML report of `runs` (all runs when None) to `out_path` (None: the default
     `reports/report-<latest run id>.html`), with `<name>.md` and `<name>.tex` copies of the
     tables beside it. `images`: PNGs of the figures via kaleido (None = when kaleido and a
-    browser are available; a one-line note on stderr otherwise). An `out_path` that
+    browser are available; otherwise a one-line note, logged). An `out_path` that
     `check_report_path` refuses is a UserError, raised before any work."""
     if out_path is not None:
         check_report_path(Path(out_path), results_dir)
@@ -490,7 +494,7 @@ def write_report(results_dir, runs: list[str] | None, out_path=None, length: int
     if records.empty:
         raise UserError(f"no results in {results_dir}: nothing to report; run `python -m harness run` "
                         f"first or point --results-dir at a results folder", exit_code=1)
-    df = tables.prepare(records)
+    df = prepare(records)
     run_ids = [r for r in run_ids if r in set(df["run_id"])] or run_ids
     manifests = RunStore(results_dir).manifests(run_ids, warn=False)  # load_records warned already
     summaries = [environment_summary(m) for m in manifests]
@@ -512,8 +516,7 @@ def write_report(results_dir, runs: list[str] | None, out_path=None, length: int
                     "html": Markup(fig.to_html(full_html=False, include_plotlyjs=False, div_id=fig_id,
                                                config=plot_config, default_height=f"{plots.HEIGHT}px"))}
                    for fig_id, title, fig in figures]
-    sections = [{"id": "table-" + tables._slug(t.attrs.get("title", "")), "title": t.attrs.get("title", ""),
-                 "html": Markup(tables.render(t, "html"))} for t in table_list]
+    sections = [{"id": table_id(t), "title": t.title, "html": Markup(render(t, "html"))} for t in table_list]
     template = Environment(loader=FileSystemLoader(str(TEMPLATES)),
                            autoescape=select_autoescape(["html"])).get_template("report.html")
     latest = summaries[-1] if summaries else environment_summary({})
@@ -521,7 +524,7 @@ def write_report(results_dir, runs: list[str] | None, out_path=None, length: int
         title=TITLE,
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         latest=latest, runs=summaries, n_records=len(df),
-        n_models=df["label"].nunique(), models=sorted(set(df["label"].dropna()), key=tables._natural),
+        n_models=df["label"].nunique(), models=sorted(set(df["label"].dropna()), key=natural),
         tables=sections, figures=figure_html, methodology=methodology(df, manifests),
         origins=data_origins(df), length=length, aggregate=aggregate,
         readmes=results_readmes(results_dir, run_ids),
@@ -537,5 +540,5 @@ def write_report(results_dir, runs: list[str] | None, out_path=None, length: int
     if images is not False:
         _, message = export_images(figures, out_path.with_name(out_path.stem + "-figures"))
         if message and not quiet:
-            print(image_message_line(message), file=sys.stderr)
+            log_image_message(message)
     return out_path

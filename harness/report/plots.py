@@ -33,6 +33,10 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from harness.report import tables
+from harness.report.format import (DASH, GIB, first_line, fmt_mem, fmt_ms, length_label, memory_unit, missing,
+                                   natural, number, slug, status_text)
+from harness.report.select import (SLICE_KEYS, SPEED_KEYS, is_noisy, latest, nearest_length, prepare,
+                                   select_slice, slice_text, speed_cells, speed_ok, speed_slices)
 
 PALETTE = qualitative.D3 + qualitative.Dark2
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
@@ -56,7 +60,7 @@ MAX_OTHER_RUNS = 4  # hover lists at most this many other runs' measurements of 
 
 def model_colors(models) -> dict:
     """A stable colour per row label (natural order), shared by every figure of a report."""
-    ordered = sorted(set(models), key=tables._natural)
+    ordered = sorted(set(models), key=natural)
     return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(ordered)}
 
 
@@ -70,7 +74,7 @@ def plain(value, digits: int = 3) -> str:
     """`value` to `digits` significant digits with thousands separators and never an SI suffix:
     18.1, 6,790, 3,020,000 (a hover reading '6.79k' ms is a puzzle)."""
     if value is None or not np.isfinite(value):
-        return tables.DASH
+        return DASH
     if value == 0:
         return "0"
     rounded = float(f"{value:.{digits}g}")
@@ -106,20 +110,20 @@ def log_ticks(values, compact: bool = True) -> tuple[list, list]:
 
 
 def _sha(value) -> str:
-    return str(value)[:12] if not tables._missing(value) else "not recorded"
+    return str(value)[:12] if not missing(value) else "not recorded"
 
 
 def _measurement(row, unit: tuple[str, float]) -> str:
     """'18.1 ms · 4.06 GiB' for an ok cell, else its status ('OOM', 'FAIL: ...')."""
-    if not tables._speed_ok(row):
-        text = tables.status_text(row["status"])
+    if not speed_ok(row):
+        text = status_text(row["status"])
         error = row.get("error")
         if row["status"] == "error" and isinstance(error, str) and error.strip():
-            text += ": " + error.strip().splitlines()[0][:80]
+            text += ": " + first_line(error, limit=80)
         return text
-    text = f"{tables.fmt_ms(row['timing.median_ms'])} ms"
+    text = f"{fmt_ms(row['timing.median_ms'])} ms"
     if np.isfinite(row["peak_bytes"]):
-        text += f" · {tables.fmt_mem(row['peak_bytes'], unit)} {unit[0]}"
+        text += f" · {fmt_mem(row['peak_bytes'], unit)} {unit[0]}"
     return text
 
 
@@ -130,14 +134,14 @@ class _Hover:
     def __init__(self, df: pd.DataFrame, keep: dict, unit: tuple[str, float]):
         speed = df[(df["kind"] == "speed") & df["seq_len"].notna()]
         self.unit = unit
-        self.sha = {r: s for r, s in zip(speed["run_id"], speed["git_sha"]) if not tables._missing(s)}
+        self.sha = {r: s for r, s in zip(speed["run_id"], speed["git_sha"]) if not missing(s)}
         self.records = {}  # (label, mode, length) -> every run's latest record of the cell
-        per_run = tables.latest(tables.select_slice(speed, keep), tables.SPEED_KEYS + ("run_id",))
+        per_run = latest(select_slice(speed, keep), SPEED_KEYS + ("run_id",))
         for _, row in per_run.sort_values("run_id").iterrows():
             self.records.setdefault((row["label"], row["mode"], int(row["seq_len"])), []).append(row)
 
     def run_line(self, run_ids) -> str:
-        runs = [r for r in run_ids if not tables._missing(r)]
+        runs = [r for r in run_ids if not missing(r)]
         if not runs:
             return "run not recorded"
         if len(runs) == 1:
@@ -149,19 +153,19 @@ class _Hover:
         esc = lambda s: html.escape(str(s), quote=False)  # noqa: E731  plotly reads entities back
         length = int(row["seq_len"])
         lines = [f"<b>{esc(name)}</b>",
-                 f"L = {tables.length_label(length)} ({length:,}) · batch {int(row['batch_size'])} · "
+                 f"L = {length_label(length)} ({length:,}) · batch {int(row['batch_size'])} · "
                  f"{esc(row['mode'])}", *extra]
-        if tables._speed_ok(row):
-            time = f"time {tables.fmt_ms(row['timing.median_ms'])} ms"
+        if speed_ok(row):
+            time = f"time {fmt_ms(row['timing.median_ms'])} ms"
             if np.isfinite(row["timing.p20_ms"]) and np.isfinite(row["timing.p80_ms"]):
-                time += (f" (p20–p80 {tables.fmt_ms(row['timing.p20_ms'])}–"
-                         f"{tables.fmt_ms(row['timing.p80_ms'])} ms{', noisy' if tables.is_noisy(row) else ''})")
+                time += (f" (p20–p80 {fmt_ms(row['timing.p20_ms'])}–"
+                         f"{fmt_ms(row['timing.p80_ms'])} ms{', noisy' if is_noisy(row) else ''})")
             lines.append(time)
             tokens = _throughput(pd.DataFrame([row])).iloc[0]
             lines.append(f"throughput {plain(tokens)} tokens/s")
             if np.isfinite(row["peak_bytes"]):
                 what = "peak RSS increase" if row.get("mem_source") == "rss" else "peak memory"
-                lines.append(f"{what} {tables.fmt_mem(row['peak_bytes'], self.unit)} {self.unit[0]}")
+                lines.append(f"{what} {fmt_mem(row['peak_bytes'], self.unit)} {self.unit[0]}")
         else:
             lines.append(esc(_measurement(row, self.unit)))
         used = row.get("run_ids")
@@ -182,7 +186,7 @@ class _Hover:
 
 def _log2_axis(fig: go.Figure, lengths, **where) -> None:
     lengths = sorted({int(x) for x in lengths})
-    fig.update_xaxes(type="log", tickvals=lengths, ticktext=[tables.length_label(x) for x in lengths],
+    fig.update_xaxes(type="log", tickvals=lengths, ticktext=[length_label(x) for x in lengths],
                      title_text="sequence length L", **where)
     if lengths:  # a little margin so the end markers and OOM labels are not clipped
         lo, hi = math.log10(lengths[0]), math.log10(lengths[-1])
@@ -317,7 +321,7 @@ def _axis_name(col: int) -> str:
 
 
 def _title(metric: str, keep: dict, across_runs: bool) -> str:
-    title = f"{METRICS[metric][0]} vs sequence length — {tables.slice_text(keep)}"
+    title = f"{METRICS[metric][0]} vs sequence length — {slice_text(keep)}"
     return title + (" — across runs (dash = run)" if across_runs else "")
 
 
@@ -328,23 +332,23 @@ def length_figure(df: pd.DataFrame, metric: str, slice_: dict | None = None, acr
     cells behind a button (the report's time figure offers throughput). `across_runs`: one line per
     (row label, run), dash = run, instead of the table's cell (the latest run's, or the pooled
     runs' with `aggregate`)."""
-    df = tables.prepare(df) if "peak_bytes" not in df else df
+    df = prepare(df) if "peak_bytes" not in df else df
     if across_runs:
-        cells = tables.latest(df[(df["kind"] == "speed") & df["seq_len"].notna()],
-                              tables.SPEED_KEYS + ("run_id",))
+        cells = latest(df[(df["kind"] == "speed") & df["seq_len"].notna()],
+                              SPEED_KEYS + ("run_id",))
     else:
-        cells = tables.speed_cells(df, aggregate)
+        cells = speed_cells(df, aggregate)
     if cells.empty:
         return None
-    slice_ = slice_ or tables.speed_slices(tables.speed_cells(df))[0]
+    slice_ = slice_ or speed_slices(speed_cells(df))[0]
     keep = {k: v for k, v in slice_.items() if k != "mode"}
-    cells = tables.select_slice(cells, keep)  # every mode of the slice: one panel each
+    cells = select_slice(cells, keep)  # every mode of the slice: one panel each
     if cells.empty:
         return None
-    unit = tables.memory_unit(cells.loc[cells["status"] == "ok", "peak_bytes"])
+    unit = memory_unit(cells.loc[cells["status"] == "ok", "peak_bytes"])
     modes = sorted(cells["mode"].dropna().unique(), key=lambda m: (m != "train_step", m))
     order = row_order(df, keep, modes, aggregate)
-    order += sorted(set(cells["label"].dropna()) - set(order), key=tables._natural)
+    order += sorted(set(cells["label"].dropna()) - set(order), key=natural)
     if across_runs:
         runs = sorted(set(cells["run_id"].dropna()))
         groups = [(label, run) for label in order for run in runs]
@@ -400,18 +404,18 @@ def accuracy_vs_speed(df: pd.DataFrame, length: int = 4096, aggregate: bool = Fa
     memory, one bubble per row label. Accuracy is the LRA Avg where rows have one, else the mean
     over the accuracy columns every plotted row has (named on the axis); the numbers come from the
     accuracy table's cells, never from its display text. Reference rows have no speed: not drawn."""
-    df = tables.prepare(df) if "peak_bytes" not in df else df
+    df = prepare(df) if "peak_bytes" not in df else df
     acc_table = tables.accuracy_table(df, aggregate)
-    cells = tables.speed_cells(df, aggregate)
+    cells = speed_cells(df, aggregate)
     if acc_table is None or cells.empty:
         return None
-    slice_ = tables.speed_slices(cells)[0]
-    cells = tables.select_slice(cells, slice_)
-    at = tables.nearest_length(cells["seq_len"].dropna(), length)
+    slice_ = speed_slices(cells)[0]
+    cells = select_slice(cells, slice_)
+    at = nearest_length(cells["seq_len"].dropna(), length)
     speed = {r["label"]: r for _, r in cells[(cells["seq_len"] == at) & (cells["status"] == "ok")].iterrows()}
-    numbers = acc_table.attrs.get("cells", {})
-    columns = [c for c in acc_table.columns if c != tables.PARAMS]
-    mean = {(row, c): (numbers.get((row, c)) or {}).get("mean") for row in acc_table.index for c in columns}
+    columns = [c for c in acc_table.columns if c not in tables.MODEL_COLUMNS]
+    # the mean accuracies behind the cells (the table's numbers, never its display text)
+    mean = {(row, c): number(acc_table.values.loc[row, c]) for row in acc_table.index for c in columns}
     labels = [r for r in acc_table.index if r in speed]
     if not labels:
         return None
@@ -426,8 +430,8 @@ def accuracy_vs_speed(df: pd.DataFrame, length: int = 4096, aggregate: bool = Fa
         y_label = f"mean accuracy over {', '.join(common)} (%)"
         scores = {r: float(np.mean([mean[(r, c)] for c in common])) for r in labels}
     colors = model_colors(df["label"].dropna())
-    hover = _Hover(df, slice_, ("GiB", tables.GIB))
-    mem = np.array([speed[r]["peak_bytes"] / tables.GIB for r in scores], dtype=float)
+    hover = _Hover(df, slice_, ("GiB", GIB))
+    mem = np.array([speed[r]["peak_bytes"] / GIB for r in scores], dtype=float)
     mem = np.where(np.isfinite(mem), mem, np.nanmin(mem) if np.isfinite(mem).any() else 1.0)
     sizeref = 2.0 * max(float(np.nanmax(mem)), 1e-9) / (60.0 ** 2)  # largest bubble ~60 px
     fig = go.Figure()
@@ -449,7 +453,7 @@ def accuracy_vs_speed(df: pd.DataFrame, length: int = 4096, aggregate: bool = Fa
     fig.update_layout(showlegend=False)  # every bubble carries its row label
     fig.update_yaxes(title_text=y_label)
     return _style(fig, f"Accuracy vs speed — bubble area = peak memory at L={at} "
-                       f"({tables.slice_text(slice_)})")
+                       f"({slice_text(slice_)})")
 
 
 # -- the report's figures ---------------------------------------------------------------------------
@@ -458,19 +462,19 @@ def report_figures(df: pd.DataFrame, length: int = 4096, aggregate: bool = False
     """Every figure of a report as (id, title, Figure), in reading order: per slice (the tables'
     order), time per step (throughput behind its button) and peak memory; then accuracy vs speed.
     One figure per metric and slice: other runs' measurements of a cell are in its hover text."""
-    df = tables.prepare(df)
+    df = prepare(df)
     out = []
-    cells = tables.speed_cells(df, aggregate)
+    cells = speed_cells(df, aggregate)
     # the device's name enters a figure's id only when the records hold more than one (the ids stay
     # short and stable for the common one-machine report)
     several_devices = cells["hardware.device_name"].nunique(dropna=False) > 1 if not cells.empty else False
     seen = set()
-    for slice_ in tables.speed_slices(cells):
-        keep = tuple((k, slice_[k]) for k in tables.SLICE_KEYS if k != "mode")
+    for slice_ in speed_slices(cells):
+        keep = tuple((k, slice_[k]) for k in SLICE_KEYS if k != "mode")
         if keep in seen:  # modes are panels of one figure
             continue
         seen.add(keep)
-        suffix = tables._slug("-".join(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+        suffix = slug("-".join(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
                                        for k, v in keep if k != "hardware.device_name" or several_devices))
         for metric, alternate in (("time", "throughput"), ("memory", None)):
             fig = length_figure(df, metric, dict(keep), aggregate=aggregate, alternate=alternate)
