@@ -30,7 +30,8 @@ def _one_line(record: dict) -> str:
 
     train = record.get("train") or {}
     lr = f", lr {train['lr']:.2g}" if train.get("lr_grid") else ""
-    what = f"{row_label(record['model'], record.get('variant'))} on {record['task']} (seed {record['seed']}{lr})"
+    row = row_label(record["model"], record.get("variant"), record.get("task_options"), record["task"])
+    what = f"{row} on {record['task']} (seed {record['seed']}{lr})"
     m = record.get("metrics") or {}
     if record["status"] != "ok":
         return f"  {what}: {record['status']}: {record.get('error') or ''}"
@@ -177,6 +178,7 @@ def _param_count(entry, task_name: str) -> int | None:
 
 def cmd_ls(args) -> int:
     from harness.registry import MODELS, TASKS, load_plugins
+    from harness.task import describe_options
 
     load_plugins(args.include)
     pattern = args.pattern or "*"
@@ -196,7 +198,8 @@ def cmd_ls(args) -> int:
                               classes=spec.num_classes, target=spec.target, dual=spec.dual,
                               splits="/".join(str(spec.splits.get(s, "?")) for s in ("train", "val", "test")),
                               metric=spec.metric, lra="yes" if spec.lra else "no", version=spec.version,
-                              description=spec.description, origin=TASKS.get(name).origin))
+                              description=spec.description, origin=TASKS.get(name).origin,
+                              options=describe_options(TASKS.get(name).cls.Options)))
     if not model_rows and not task_rows:
         raise UserError(f"nothing matches {pattern!r}: no model or task has such a name "
                         f"(try `python -m harness ls` without a pattern)", exit_code=1)
@@ -215,7 +218,11 @@ def cmd_ls(args) -> int:
                 frame = pd.concat([frame.drop(columns=["paper"]), params.map(_fmt_count)], axis=1)
             print("Models\n" + frame.to_string(index=False))
         if task_rows:
-            print("\nTasks\n" + pd.DataFrame(task_rows).drop(columns=["origin", "description"]).to_string(index=False))
+            print("\nTasks\n" + pd.DataFrame(task_rows).drop(columns=["origin", "description", "options"])
+                  .to_string(index=False))
+            print("\nTask options (--task-option TASK.KEY=VALUE)")
+            for row in task_rows:
+                print(f"  {row['name']}: " + "; ".join(f"{k}: {v}" for k, v in row["options"].items()))
     return 0
 
 

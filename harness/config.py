@@ -164,6 +164,12 @@ class RunConfig:
     sweep: list = _opt("run every value of a model-config key as its own labelled variant row, e.g. --sweep "
                        "chunk_size=16,64,128 (repeatable: several keys give their product); each value parses "
                        "as JSON, else as text", default_factory=list, metavar="KEY=V1,V2,...", action="append")
+    task_option: list = _opt("set an option of one task, e.g. --task-option text.seq_len=1000 or --task-option "
+                             "retrieval.interaction=nli (repeatable; the value is read as the option's type; "
+                             "`python -m harness ls` lists each task's options); a changed option is recorded "
+                             "(`task_options`) and labels the row; a comma list, e.g. text.seq_len=1000,4096, "
+                             "is a sweep (one labelled row per value)", default_factory=list,
+                             metavar="TASK.KEY=VALUE", action="append")
     steps: int = _opt("training steps (overrides the scale preset)", commands=("run",), metavar="N")
     lr: float = _opt("peak learning rate (overrides scale and model defaults)", commands=("run",),
                      metavar="LR")
@@ -283,6 +289,7 @@ class RunConfig:
             raise UserError(f"--warmup {self.warmup}: expected an integer of at least 0")
         parse_int_list("seeds", self.seeds, minimum=0)
         self.override_grid  # noqa: B018 (validates --set and --sweep)
+        self.task_option_grid  # noqa: B018 (validates the form of --task-option; plan.py checks names and values)
         self.data_seed = parse_int_list("data-seed", str(self.data_seed), minimum=0)[0]
         return self
 
@@ -303,16 +310,18 @@ class RunConfig:
         return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))]
 
     def variants(self) -> list["RunConfig"]:
-        """One config per point of `override_grid`, its overrides all single-valued (itself without a sweep)."""
+        """One config per point of `override_grid` and of `task_option_grid`, its overrides and task
+        options all single-valued (itself without a sweep)."""
         import json
 
-        grid = self.override_grid
-        if len(grid) == 1:
+        grid, options = self.override_grid, self.task_option_grid
+        if len(grid) == 1 and len(options) == 1:
             return [self]
         swept = self.swept_keys
         return [dataclasses.replace(self, set=[f"{k}={json.dumps(v)}" for k, v in point.items() if k not in swept],
-                                    sweep=[f"{k}={json.dumps(v)}" for k, v in point.items() if k in swept])
-                for point in grid]
+                                    sweep=[f"{k}={json.dumps(v)}" for k, v in point.items() if k in swept],
+                                    task_option=items)
+                for point in grid for items in options]
 
     @property
     def swept_keys(self) -> list[str]:
@@ -354,6 +363,66 @@ class RunConfig:
                 axes[key] = list(dict.fromkeys(json.dumps(v, sort_keys=True) for v in values))
                 axes[key] = [json.loads(v) for v in axes[key]]
         return axes
+
+    @property
+    def task_option_map(self) -> dict:
+        """--task-option TASK.KEY=VALUE as {task: {key: value text}}; the task checks and types the
+        values (harness.task.make_options). A comma list is a sweep: each of `variants()` has one value."""
+        out: dict = {}
+        for (task, key), values in self._task_option_axes().items():
+            if len(values) > 1:
+                raise UserError(f"--task-option {task}.{key}={','.join(values)}: several values (a sweep) "
+                                f"apply to run and bench only; give one value, or quote a text with commas "
+                                f"(\"a,b\")")
+            out.setdefault(task, {})[key] = values[0]
+        return out
+
+    def _task_option_axes(self) -> dict:
+        """{(task, key): [value text, ...]} from --task-option: one value, or a comma list (a sweep,
+        as with --set); a value in double quotes is one text, commas and all."""
+        import json
+
+        axes: dict = {}
+        for item in self.task_option or []:
+            name, sep, value = str(item).partition("=")
+            task, dot, key = name.strip().partition(".")
+            task, key, value = task.strip(), key.strip(), value.strip()
+            if not sep or not dot or not task or not key.isidentifier():
+                raise UserError(f"--task-option {item!r}: expected TASK.KEY=VALUE, e.g. --task-option "
+                                f"text.seq_len=1000")
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                try:
+                    values = [str(json.loads(value))]
+                except ValueError:
+                    raise UserError(f"--task-option {item!r}: the quoted value is not a valid JSON string") from None
+            else:
+                values = [v.strip() for v in value.split(",")]
+            if not value or any(not v for v in values):
+                raise UserError(f"--task-option {item!r}: an empty value; give e.g. {task}.{key}=VALUE "
+                                f"(a sweep: {task}.{key}=V1,V2)")
+            if (task, key) in axes:
+                raise UserError(f"--task-option {task}.{key}=...: given twice; give its values once "
+                                f"(a sweep: {task}.{key}=V1,V2)")
+            axes[(task, key)] = list(dict.fromkeys(values))
+        return axes
+
+    @property
+    def task_option_grid(self) -> list[list[str]]:
+        """Every combination of the --task-option values, each as single-valued TASK.KEY=VALUE items."""
+        import itertools
+        import json
+
+        axes = self._task_option_axes()
+
+        def item(task, key, value):  # quoted when a comma would read as a sweep
+            return f"{task}.{key}={json.dumps(value) if ',' in value else value}"
+
+        return [[item(*name, value) for name, value in zip(axes, combo)]
+                for combo in itertools.product(*axes.values())]
+
+    def task_options(self, task: str) -> dict:
+        """The --task-option values of one task ({} when none: the task's defaults)."""
+        return dict(self.task_option_map.get(task, {}))
 
     @property
     def lr_multipliers(self) -> list[float]:

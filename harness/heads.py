@@ -9,6 +9,8 @@ Follows the MEGA LRA wrapper (mega.md §6), which the S4 and LRA pipelines resem
 - classifier `Linear(in, 2d) -> dropout -> GELU -> Linear(2d, classes, bias=False)`, xavier init;
 - dual encoder (Retrieval): one shared backbone encodes both documents; `concat` interaction feeds
   `[rep(doc2), rep(doc1)]` as MEGA does, `nli` feeds `[u, v, u*v, u-v]` as LRA's paper and S4 do;
+- the head belongs to the task: the interaction and the head dropout are task options
+  (`--task-option retrieval.interaction=nli`, `TASK.head_dropout`; None = the model's dropout);
 - per-token targets (synthetic tasks): the classifier is applied at every position.
 """
 
@@ -20,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.task import TaskSpec
+from harness.task import INTERACTIONS, TaskOptions, TaskSpec, make_options
 
 
 class RealNumberEmbedding(nn.Module):
@@ -58,7 +60,7 @@ class SequenceModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, spec: TaskSpec, d_model: int, dropout: float = 0.0,
-                 head_hidden: int | None = None, interaction: str = "concat"):
+                 head_hidden: int | None = None, interaction: str = "concat", head_dropout: float | None = None):
         super().__init__()
         self.spec = spec
         self.backbone = backbone
@@ -71,11 +73,12 @@ class SequenceModel(nn.Module):
         else:
             self.embed = RealNumberEmbedding(d_model, spec.real_mean, spec.real_std, spec.real_scale)
         self.embed_dropout = nn.Dropout(dropout)
-        if interaction not in ("concat", "nli"):
+        if interaction not in INTERACTIONS:
             raise ValueError(f"interaction must be 'concat' or 'nli', got {interaction!r}")
         self.interaction = interaction
         d_in = d_model * ((4 if interaction == "nli" else 2) if spec.dual else 1)
-        self.head = ClassifierHead(d_in, head_hidden or 2 * d_model, spec.num_classes, dropout)
+        head_dropout = dropout if head_dropout is None else head_dropout  # None: the model's dropout
+        self.head = ClassifierHead(d_in, head_hidden or 2 * d_model, spec.num_classes, head_dropout)
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor, has_pad: bool | None = None) -> torch.Tensor:
         """(B, L) inputs, (B, L) pad mask -> (B, L, d) features with pads zeroed. `has_pad` (from
@@ -178,16 +181,21 @@ def autocast(device: str, dtype: str, cache: bool = True):
     return contextlib.nullcontext()
 
 
-def build_classifier(model_name: str, task_name: str, overrides: dict | None = None, spec=None):
+def build_classifier(model_name: str, task_name: str, overrides: dict | None = None, spec=None,
+                     task_options: TaskOptions | dict | None = None):
     """(SequenceModel, registry entry, resolved config, task class) for a model on a task. `spec`
     (default: the task class's) lets a task instance describe its inputs, e.g. the pixel statistics
-    of the data set it actually reads."""
+    of the data set it actually reads. The head (pair interaction, head dropout) follows the task's
+    options (`task_options`: a task instance's `options`, a dict of them, or None for the defaults);
+    a head dropout of None uses the model's dropout."""
     from harness.registry import MODELS, TASKS
 
     entry = MODELS.get(model_name)
     task_cls = TASKS.get(task_name).cls
+    spec = spec or task_cls.spec
+    options = make_options(task_cls.Options, task_options, task_name, spec.dual)
     config = entry.config(task_name, overrides)
     backbone = entry.build(task_name, overrides)
-    model = SequenceModel(backbone, spec or task_cls.spec, config["d_model"], dropout=config.get("dropout", 0.0),
-                          interaction=config.get("interaction", "concat"))
+    model = SequenceModel(backbone, spec, config["d_model"], dropout=config.get("dropout", 0.0),
+                          interaction=options.interaction, head_dropout=options.head_dropout)
     return model, entry, config, task_cls

@@ -122,6 +122,44 @@ def check_overrides(config: RunConfig, models: list[str], task: str) -> None:
             continue
 
 
+def check_task_options(config: RunConfig, tasks: list[str], bench_task: str | None, command: str = "run") -> None:
+    """Every --task-option must name a task of this run (an accuracy task, or the speed sweep's
+    --bench-task) and an option that task has, with a value of its type: each task is made once with
+    its options, so a mistake is a usage error before the run is created. The speed sweep times
+    random inputs, so only the head options apply to a task that only it uses."""
+    from harness.registry import TASKS
+
+    used = list(dict.fromkeys([*tasks, *([bench_task] if bench_task else [])]))
+    for task, options in config.task_option_map.items():
+        given = " ".join(f"--task-option {task}.{k}={v}" for k, v in options.items())
+        entry = TASKS.get(task)  # an unknown name: did-you-mean, exit 2
+        if task not in used:
+            where = f"--tasks {','.join(tasks)}" if tasks else "no accuracy tasks"
+            sweep = f", speed sweep on --bench-task {bench_task}" if bench_task else ""
+            fix = "add it to --tasks" if command == "run" else f"give --bench-task {task}"
+            raise UserError(f"{given}: task {task} is not in this run ({where}{sweep}); {fix}, or drop "
+                            f"the option")
+        made = entry.cls(scale=config.scale, options=options).options  # checks and types the values
+        data = [k for k in made.data_changed() if k in options] if task not in tasks else []
+        if data:
+            fix = f"add {task} to --tasks" if command == "run" else "use `run` to train on the option's data"
+            raise UserError(f"--task-option {task}.{data[0]}={options[data[0]]}: the speed sweep times random "
+                            f"inputs, so only the head options ({', '.join(made.HEAD)}) apply to it; {fix}, "
+                            f"or drop the option")
+
+
+def head_options(config: RunConfig, task: str) -> dict:
+    """The changed head options (interaction, head dropout) of `task`: what a speed cell measures
+    of the task's options (its inputs are random, so the data options do not apply)."""
+    from harness.registry import TASKS
+
+    options = config.task_options(task)
+    if not options:
+        return {}
+    made = TASKS.get(task).cls(scale=config.scale, options=options).options
+    return {k: v for k, v in made.changed().items() if k in made.HEAD}
+
+
 def train_name(model: str, config: RunConfig) -> str:
     """At a scale with tiny models, train `name_tiny` when the model has one."""
     from harness.registry import MODELS
@@ -134,15 +172,17 @@ def train_name(model: str, config: RunConfig) -> str:
 
 # -- units -------------------------------------------------------------------------------------------
 
-def _reference_units(plan: Plan) -> list[Unit]:
+def _reference_units(plan: Plan, config: RunConfig) -> list[Unit]:
     from harness.registry import TASKS
     from harness.store import cell_key
 
-    config, units = plan.config, []
+    units = []
     for name in plan.tasks:
         version = TASKS.get(name).cls.spec.version
+        changed = TASKS.get(name).cls(scale=config.scale, options=config.task_options(name)).options.data_changed()
+        extra = {"task_options": changed} if changed else {}  # default keys stay as they were
         key = cell_key(kind="reference", task=name, task_version=version, scale=config.scale,
-                       data_seed=config.data_seed, data_dir=config.data_dir)
+                       data_seed=config.data_seed, data_dir=config.data_dir, **extra)
         units.append(Unit("reference", f"reference rows of {name}", keys=[key],
                           job=dict(kind="reference", task=name, key=key, config=config.to_dict(),
                                    includes=plan.includes)))
@@ -162,10 +202,11 @@ def _accuracy_units(plan: Plan, config: RunConfig) -> list[Unit]:
             for multiplier in config.lr_multipliers:
                 for seed in config.seed_list:
                     lr = f", lr x{multiplier:g}" if len(config.lr_multipliers) > 1 else ""
+                    task_options = {}
                     try:
                         cell = cell_identity(name, task, seed, config, device=plan.device, dtype=plan.dtype,
                                              lr_multiplier=multiplier)
-                        keys, lost = [cell["key"]], [cell["base"]]
+                        keys, lost, task_options = [cell["key"]], [cell["base"]], cell["base"]["task_options"]
                     except UserError:
                         raise
                     except Exception:  # a broken plugin task: the cell itself records why
@@ -173,7 +214,8 @@ def _accuracy_units(plan: Plan, config: RunConfig) -> list[Unit]:
                     job = dict(kind="accuracy", model=name, task=task, seed=seed, lr_multiplier=multiplier,
                                config=config.to_dict(), device=plan.device, dtype=plan.dtype,
                                includes=plan.includes)
-                    label = row_label(name, MODELS.get(name).variant(task, config.model_overrides, config.swept_keys))
+                    label = row_label(name, MODELS.get(name).variant(task, config.model_overrides, config.swept_keys),
+                                      task_options, task)
                     units.append(Unit("accuracy", f"{label} on {task} (seed {seed}{lr})", job=job, keys=keys,
                                       lost_records=lost, gpu=plan.device == "cuda",
                                       deadline=outside_deadline(config.cell_timeout)))
@@ -184,10 +226,12 @@ def speed_cells(config: RunConfig, models: list[str], device: str, dtype: str, i
     """The speed cells of `models`, every mode and length."""
     from harness.bench import Cell
 
+    head = head_options(config, config.bench_task)
+    extra = {"task_options": head} if head else {}  # cells with the task's default head stay as they were
     return [Cell(model=m, task=config.bench_task, seq_len=L, batch_size=config.bench_batch, dtype=dtype,
                  device=device, mode=mode, warmup=config.warmup, iters=config.iters, threads=config.threads,
                  overrides=config.model_overrides, swept=config.swept_keys, cuda_graphs=config.cuda_graphs,
-                 includes=list(includes))
+                 includes=list(includes), **extra)
             for m in models for mode in config.mode_list for L in config.length_list]
 
 
@@ -212,7 +256,7 @@ def _speed_units(plan: Plan, config: RunConfig, as_trained: bool) -> list[Unit]:
         lengths = ",".join(str(c.seq_len) for c in group)
         job = dict(kind="speed", cells=[dataclasses.asdict(c) for c in group], isolation=config.isolation,
                    timeout=config.cell_timeout, includes=plan.includes)
-        label = row_label(model, bare[0]["variant"])
+        label = row_label(model, bare[0]["variant"], bare[0].get("task_options"), bare[0]["task"])
         units.append(Unit("speed", f"{label} {mode} L={lengths}", job=job, keys=[b["cell_key"] for b in bare],
                           lost_records=bare, gpu=plan.device == "cuda"))
     return units
@@ -241,15 +285,18 @@ def make_plan(config: RunConfig, command: str, failed_plugins: dict, device: str
     models, broken = resolve_models(config, failed_plugins)
     tasks = TASKS.resolve(config.tasks) if command == "run" and not config.skip_train else []
     variants = config.variants()  # one per point of a --sweep (or a --set with a comma list)
-    for variant in variants:
-        check_overrides(variant, models, config.bench_task)
     TASKS.get(config.bench_task)
+    speed_sweep = command == "bench" or not config.skip_bench
+    for variant in variants:
+        check_task_options(variant, tasks, config.bench_task if speed_sweep else None, command)
+        check_overrides(variant, models, config.bench_task)
     includes = [p for p in config.include if str(p) not in failed_plugins]  # workers re-import them
     plan = Plan(config, models, tasks, device, dtype, broken, includes, failed_plugins)
     plan.broken_records = _broken_records(plan)
     if command == "run":
         if tasks and not config.no_reference_rows:
-            plan.units += _reference_units(plan)
+            for variant in variants:  # a sweep of a data option fits the rows on each variant's data
+                plan.units += _reference_units(plan, variant)
         for variant in variants:
             plan.units += _accuracy_units(plan, variant)
         if not config.skip_bench:
@@ -258,4 +305,17 @@ def make_plan(config: RunConfig, command: str, failed_plugins: dict, device: str
     else:
         for variant in variants:
             plan.units += _speed_units(plan, variant, as_trained=False)
+    plan.units = _distinct(plan.units)
     return plan
+
+
+def _distinct(units: list[Unit]) -> list[Unit]:
+    """The units less those whose every cell an earlier unit already has: the variants of a sweep
+    repeat the cells it does not touch (a task option of one task, a --set key another model lacks)."""
+    seen, out = set(), []
+    for unit in units:
+        if unit.keys and all(k in seen for k in unit.keys):
+            continue
+        seen.update(unit.keys)
+        out.append(unit)
+    return out

@@ -11,7 +11,10 @@ A `Record` is one line of a run's `records.jsonl`. Its parts are typed so that t
 - the architecture config (`model_config`, hashed: the model's identity) apart from the runtime
   settings (`runtime_config`: implementation, compilation, kernels; recorded, shown, compared, but
   not part of the identity), and `variant`: the settings the user changed from the registered
-  configuration, which label the row (`mega_chunk [compile=true]`).
+  configuration, which label the row (`mega_chunk [compile=true]`);
+- `task_options`: the task options changed from their defaults (`--task-option text.seq_len=1000`),
+  empty for a default task; they are part of the cell key and label the row too
+  (`mega [text.seq_len=1000]`).
 
 `Record.from_dict` reads both schema versions: a schema-1 line (written before typed records)
 is upgraded — its provenance string is parsed once, here, into a `Provenance`, its runtime
@@ -192,9 +195,19 @@ def variant_label(variant: dict | None) -> str:
     return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(variant.items()))
 
 
-def row_label(model: str, variant: dict | None) -> str:
-    """The row name of a model variant: `mega_chunk [compile=true]`, or the bare model name."""
-    label = variant_label(variant)
+def task_options_label(task_options: dict | None, task: str | None) -> str:
+    """`{'seq_len': 1000}` on text -> 'text.seq_len=1000' (as --task-option spells it)."""
+    if not task_options:
+        return ""
+    prefix = f"{task}." if task else ""
+    return variant_label({prefix + k: v for k, v in task_options.items()})
+
+
+def row_label(model: str, variant: dict | None, task_options: dict | None = None, task: str | None = None) -> str:
+    """The row name of a model variant: `mega_chunk [compile=true]`, or the bare model name; task
+    options changed from their defaults join the label (`mega [text.seq_len=1000]`), so a cell of a
+    non-default task never merges with the default one."""
+    label = ", ".join(p for p in (variant_label(variant), task_options_label(task_options, task)) if p)
     return f"{model} [{label}]" if label else model
 
 
@@ -222,6 +235,7 @@ class Record:
     variant: dict = field(default_factory=dict)  # settings changed from the registered config
     runtime: dict | None = None  # what the backbone resolved at run time (e.g. which scan ran)
     task_version: str | None = None
+    task_options: dict = field(default_factory=dict)  # task options changed from their defaults (--task-option)
     seq_len: int | None = None
     batch_size: int | None = None
     dtype: str | None = None
@@ -255,7 +269,7 @@ class Record:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise RecordError(f"{name} is not an integer")
-        for name in ("model_config", "runtime_config", "variant", "metrics", "higher_is_better"):
+        for name in ("model_config", "runtime_config", "variant", "task_options", "metrics", "higher_is_better"):
             if not isinstance(getattr(self, name), dict):
                 raise RecordError(f"{name} is not an object")
         self.provenance = Provenance.from_value(self.provenance)
@@ -269,7 +283,7 @@ class Record:
 
     @property
     def label(self) -> str:
-        return row_label(self.model, self.variant)
+        return row_label(self.model, self.variant, self.task_options, self.task)
 
     @property
     def lra_eligible(self) -> bool:

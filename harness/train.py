@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +48,8 @@ from harness.env import hardware
 from harness.heads import autocast, batch_to, build_classifier, count_parameters, loss_and_correct, param_groups, task_loss
 from harness.registry import MODELS, TASKS
 from harness.store import cell_key, config_hash, make_record
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,7 +80,7 @@ def resolve_settings(model_name: str, task_name: str, config: RunConfig) -> Trai
         s.betas = tuple(paper["betas"])
     _override(s, total_steps=scale.total_steps, batch_size=scale.batch_size, lr=scale.lr)
     # A task may cap batch and steps at a scale (e.g. Path-X smoke: 16K pixels on a CPU).
-    hints = TASKS.get(task_name).cls(scale=config.scale).sizes(config.scale)
+    hints = TASKS.get(task_name).cls(scale=config.scale, options=config.task_options(task_name)).sizes(config.scale)
     if "batch_size" in hints:
         s.batch_size = min(s.batch_size, hints["batch_size"])
     if "total_steps" in hints:
@@ -162,9 +164,11 @@ class Limits:
 def cell_identity(model_name: str, task_name: str, seed: int, config: RunConfig, *, device: str, dtype: str,
                   lr_multiplier: float = 1.0) -> dict:
     """Everything that describes one accuracy cell before it runs: the resolved training settings,
-    the architecture apart from the runtime settings, the variant, and the cell key (resume)."""
+    the architecture apart from the runtime settings, the variant, the task options changed from
+    their defaults, and the cell key (resume)."""
     entry = MODELS.get(model_name)
     task_cls = TASKS.get(task_name).cls
+    task_options = task_cls(scale=config.scale, options=config.task_options(task_name)).options.changed()
     settings = resolve_settings(model_name, task_name, config)
     settings.lr = settings.lr * lr_multiplier
     overrides = entry.known_overrides(task_name, config.model_overrides)
@@ -178,11 +182,12 @@ def cell_identity(model_name: str, task_name: str, seed: int, config: RunConfig,
         train["lr_grid"] = config.lr_multipliers
     key = cell_key(kind="accuracy", model=model_name, model_config_hash=chash, runtime=runtime, task=task_name,
                    task_version=task_cls.spec.version, scale=config.scale, seed=seed, dtype=dtype,
-                   device=device, train=train, data_dir=config.data_dir, data_seed=config.data_seed)
+                   device=device, train=train, data_dir=config.data_dir, data_seed=config.data_seed,
+                   **({"task_options": task_options} if task_options else {}))  # default keys stay as they were
     return dict(settings=settings, overrides=overrides, key=key, base=dict(
         kind="accuracy", model=model_name, model_family=entry.family, complexity=entry.complexity, model_config=arch, runtime_config=runtime,
         variant=entry.variant(task_name, overrides, config.swept_keys), model_config_hash=chash, task=task_name, task_version=task_cls.spec.version,
-        batch_size=settings.batch_size, dtype=dtype, device=device, mode="train", seed=seed, scale=config.scale,
+        task_options=task_options, batch_size=settings.batch_size, dtype=dtype, device=device, mode="train", seed=seed, scale=config.scale,
         train=train, cell_key=key, hardware=hardware(device),
         higher_is_better={"accuracy": True, "val_accuracy": True, "loss": False}))
 
@@ -214,7 +219,8 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
     ok, reason = entry.availability()
     if not ok:
         return make_record(status="unavailable", error=reason, **base)
-    task = task_cls(scale=config.scale, seed=config.data_seed, data_dir=config.data_dir, cache_dir=config.cache_dir)
+    task = task_cls(scale=config.scale, seed=config.data_seed, data_dir=config.data_dir, cache_dir=config.cache_dir,
+                    options=config.task_options(task_name))
     try:
         base["seq_len"] = task.seq_len
         splits = {s: task.load(s) for s in ("train", "val", "test")}
@@ -233,7 +239,7 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
     started = time.perf_counter()
     try:
         result = _fit(model_name, task_name, seed, splits, settings, torch.device(device), dtype,
-                      ckpt_path, on_progress, config.threads, limits, cell["overrides"], spec)
+                      ckpt_path, on_progress, config.threads, limits, cell["overrides"], spec, task.options)
     except (Diverged, CellTimeout) as exc:
         return make_record(status="error", error=str(exc), **base)
     except Exception as exc:  # plugin faults and OOM become records; the run goes on
@@ -250,7 +256,7 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
 
 
 def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, ckpt_path, on_progress, threads,
-         limits: Limits | None = None, overrides=None, spec=None):
+         limits: Limits | None = None, overrides=None, spec=None, task_options=None):
     limits = limits or Limits()
     deadline = time.perf_counter() + limits.cell_timeout if limits.cell_timeout else None
     if threads:
@@ -261,7 +267,7 @@ def _fit(model_name, task_name, seed, splits, s: TrainSettings, device, dtype, c
                          f"give --batch-size a multiple of {world.size}")
     lead = world.rank == 0  # validates, tests and checkpoints
     torch.manual_seed(seed)
-    model, _, _, _ = build_classifier(model_name, task_name, overrides, spec=spec)
+    model, _, _, _ = build_classifier(model_name, task_name, overrides, spec=spec, task_options=task_options)
     model.to(device)
     trained = model  # what the optimiser steps: the model, or its DDP wrapper
     optimizer = torch.optim.AdamW(param_groups(model, s.lr, s.weight_decay), lr=s.lr, betas=s.betas, eps=s.eps)
@@ -376,8 +382,8 @@ def _load_checkpoint(path: Path) -> dict | None:
         problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     aside = path.with_name(path.name + ".damaged")
     path.replace(aside)
-    print(f"warning: checkpoint {path} is unreadable ({problem}); moved to {aside.name}, the cell "
-          f"restarts from step 0", file=sys.stderr)
+    log.warning(f"checkpoint {path} is unreadable ({problem}); moved to {aside.name}, the cell "
+                f"restarts from step 0")
     return None
 
 

@@ -1,3 +1,3 @@
-"""Built-in task plugins: importing this package registers every task family (one file each)."""
+"""Built-in task plugins: importing this package registers every task family (one module or package each)."""
 
 from harness_tasks import image, listops, pathfinder, retrieval, synthetic, text  # noqa: F401

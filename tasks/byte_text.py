@@ -4,15 +4,11 @@ LRA's `ByteTextEncoder` (tokenizer `char`) maps the UTF-8 bytes of a document to
 stays free for padding and the vocabulary has 257 entries. Truncation cuts the byte string, which
 may split a multi-byte character; that is what LRA does too.
 
-Also here: seeded subsets for the smaller scales, file fingerprints for cache keys, and the random
-"filler" prose of the synthetic stand-ins (lowercase pseudo-words, so planted uppercase markers
-can never occur by chance).
+Also here: the random "filler" prose of the synthetic stand-ins (lowercase pseudo-words, so planted
+uppercase markers can never occur by chance).
 """
 
 from __future__ import annotations
-
-import hashlib
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,21 +34,6 @@ def encode_documents(docs: list[bytes], seq_len: int) -> tuple[torch.Tensor, tor
 def decode_ids(ids: torch.Tensor, length: int) -> bytes:
     """Inverse of `encode_documents` for one row (tests and debugging)."""
     return bytes((ids[:length].to(torch.int64) - 1).clamp_min(0).tolist())
-
-
-def seeded_subset(n_total: int, n: int, seed: int) -> np.ndarray:
-    """`n` distinct indices of range(n_total) in a seeded random order (all of them when n >= n_total)."""
-    perm = np.random.default_rng(seed).permutation(n_total)
-    return perm[: min(n, n_total)]
-
-
-def files_fingerprint(paths: list[Path]) -> str:
-    """Cheap identity of a set of files (names, sizes, modification times) for cache keys."""
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        st = p.stat()
-        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()[:16]
 
 
 def filler(rng: np.random.Generator, n_bytes: int) -> bytearray:

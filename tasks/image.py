@@ -17,7 +17,7 @@ Two registered tasks share this code:
 Data (`--data-dir D`): the python pickles of CIFAR-10, `cifar-10-batches-py/` (D/cifar-10-batches-py
 or D itself) with `data_batch_1..5` and `test_batch`. They are unpickled with a restricted
 unpickler that only admits numpy arrays, so a hostile file cannot run code. Split: 45,000 / 5,000
-from a seeded permutation of the 50,000 training images (`options["split_seed"]`, default the task
+from a seeded permutation of the 50,000 training images (option `split_seed`, default the task
 seed; LRA used train[:90%] / train[90%:]), test = the 10,000 test images. Smaller scales use the head
 of each seeded split, and smoke mean-pools 2x2 to 16x16 = 256 pixels (recorded in the provenance).
 
@@ -26,7 +26,7 @@ Without CIFAR-10 the task is a labelled stand-in, never silently (provenance kin
   CIFAR's training set (5,000 validation images of the 60,000); a different, easier data set with
   the same shape. Read from, in order:
   * the full copy of Debian's `dataset-fashion-mnist` package (IDX .gz files in
-    /usr/share/datasets/fashion-mnist/, or `options["fashion_mnist_dir"]`);
+    /usr/share/datasets/fashion-mnist/, or option `fashion_mnist_dir`);
   * the subset embedded in this repository, `tasks/data/fashion_mnist_16x16.npz` (built by
     `tasks/data/build_fashion_mnist.py` from the Debian copy): exactly the already-pooled 16x16
     images the smoke scale uses with split seed 0, so the default run needs nothing installed and
@@ -55,13 +55,16 @@ from PIL import Image, ImageDraw
 from harness.errors import UserError
 from harness.records import Provenance
 from harness.registry import register_task
-from harness.task import Task, TaskData, TaskSpec
-from harness_tasks.byte_text import files_fingerprint
+from harness.task import Task, TaskData, TaskOptions, TaskSpec
+from harness_tasks.common import (SPLITS, files_fingerprint, first_folder, pool_pixels, scale_sizes, split_number,
+                                   user_data)
+from harness_tasks.datafiles import Problems
 
-SPLITS = ("train", "val", "test")
+
 SIDE = 32
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
+IMAGES_PER_BATCH = 10000  # in each CIFAR-10 python batch file
 TF_GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -130,10 +133,27 @@ def tf_grayscale(rgb: np.ndarray) -> np.ndarray:
 
 
 def find_cifar_dir(data_dir: Path) -> Path | None:
-    for c in (data_dir / "cifar-10-batches-py", data_dir):
-        if (c / TEST_FILE).is_file() or (c / TRAIN_FILES[0]).is_file():
-            return c
-    return None
+    return first_folder((data_dir / "cifar-10-batches-py", data_dir),
+                        lambda c: (c / TEST_FILE).is_file() or (c / TRAIN_FILES[0]).is_file())
+
+
+def check_cifar(data_dir: Path, problems: Problems) -> None:
+    """Every batch file present and unpicklable as a CIFAR-10 batch of the release's size."""
+    folder = find_cifar_dir(data_dir)
+    if folder is None:
+        problems.add(f"{data_dir}: no cifar-10-batches-py/ with data_batch_1..5 and test_batch found")
+        return
+    for name in TRAIN_FILES + (TEST_FILE,):
+        path = folder / name
+        if not problems.readable(path):
+            continue
+        try:
+            images, _ = read_cifar_batch(path)
+        except UserError as exc:
+            problems.add(str(exc))
+            continue
+        if len(images) != IMAGES_PER_BATCH:
+            problems.add(f"{path}: {len(images)} images, a CIFAR-10 batch has {IMAGES_PER_BATCH}", minor=True)
 
 
 # -- stand-ins -------------------------------------------------------------------------------------
@@ -222,26 +242,24 @@ def synthetic_shapes(n: int, seed) -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int64)
 
 
-def pool_pixels(images: np.ndarray, pool: int) -> np.ndarray:
-    """(N, S, S) uint8 -> (N, (S/pool)^2) uint8 by rounded mean pooling; pool 1 only flattens."""
-    n, side = images.shape[0], images.shape[1]
-    if pool == 1:
-        return images.reshape(n, side * side)
-    x = images.reshape(n, side // pool, pool, side // pool, pool).astype(np.float32).mean(axis=(2, 4))
-    return np.rint(x).astype(np.uint8).reshape(n, -1)
-
-
 # -- tasks -----------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ImageOptions(TaskOptions):
+    pool: int | None = None  # mean-pool the image side by this divisor of 32; None = the scale's (2 at smoke)
+    split_seed: int | None = None  # seed of the train/val permutation; None = the run seed
+    fashion_mnist_dir: str = str(FASHION_MNIST_DIR)  # where the full Fashion-MNIST stand-in is looked for
+
+
 class ImageBase(Task):
     """Shared reader, splits and stand-ins; subclasses choose how pixels are presented."""
 
     needs_data = True
+    Options = ImageOptions
 
     def sizes(self, scale: str) -> dict:
-        if scale not in SCALES:
-            raise UserError(f"--scale {scale!r}: expected one of {', '.join(SCALES)}")
-        s = dict(SCALES[scale])
-        s["pool"] = int(self.options.get("pool", s["pool"]))
+        s = scale_sizes(SCALES, scale)
+        if self.options.pool is not None:
+            s["pool"] = int(self.options.pool)
         if s["pool"] not in (1, 2, 4, 8, 16, 32):
             raise UserError(f"task {self.name} option pool={s['pool']}: expected a divisor of 32")
         s["seq_len"] = (SIDE // s["pool"]) ** 2
@@ -249,21 +267,15 @@ class ImageBase(Task):
 
     @property
     def split_seed(self) -> int:
-        return int(self.options.get("split_seed", self.seed))
+        return self.seed if self.options.split_seed is None else int(self.options.split_seed)
 
     @functools.cached_property
     def cifar_dir(self) -> Path | None:
-        if self.data_dir is None:
-            return None
-        found = find_cifar_dir(self.data_dir)
-        if found is None:
-            warnings.warn(f"--data-dir {self.data_dir}: no cifar-10-batches-py/ found; Image uses a "
-                          f"stand-in", stacklevel=2)
-        return found
+        return user_data(self.data_dir, find_cifar_dir, "no cifar-10-batches-py/ found; Image uses a stand-in")
 
     @property
     def fashion_dir(self) -> Path:
-        return Path(self.options.get("fashion_mnist_dir", FASHION_MNIST_DIR))
+        return Path(self.options.fashion_mnist_dir)
 
     def embedded_fits(self) -> bool:
         """The embedded subset holds this run's images: smoke scale, 2x2 pooling, split seed 0."""
@@ -337,7 +349,7 @@ class ImageBase(Task):
         name = self.source_name
         if name == "synthetic-shapes":
             s = self.sizes(self.scale)
-            return synthetic_shapes(s[split], seed=[self.seed, SPLITS.index(split)])
+            return synthetic_shapes(s[split], seed=[self.seed, split_number(self.name, split)])
         if name == "cifar10":
             if split == "test":
                 rgb, labels = read_cifar_batch(self.cifar_dir / TEST_FILE)
@@ -354,8 +366,7 @@ class ImageBase(Task):
 
     def pixels(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(N, L) uint8 pixels (pooled at small scales) and labels for a split."""
-        if split not in SPLITS:
-            raise UserError(f"task {self.name}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        split_number(self.name, split)  # a UserError for an unknown split
         s = self.sizes(self.scale)
         if self.source_name == "fashion-mnist-embedded":  # stored already pooled
             pixels, labels = read_embedded_fashion()[split]
@@ -366,6 +377,12 @@ class ImageBase(Task):
         images, labels = self.gray_split(split)
         images, labels = images[: s[split]], labels[: s[split]]
         return pool_pixels(images, s["pool"]), labels
+
+    def check(self, data_dir: Path) -> list[str]:
+        """The CIFAR-10 python batches under `data_dir` (stand-ins need no check)."""
+        problems = Problems()
+        check_cifar(data_dir, problems)
+        return problems.result()
 
 
 @register_task("image")

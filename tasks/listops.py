@@ -17,18 +17,22 @@ truncating (`]` becomes `X`), as LRA's input pipeline does.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import random
 import statistics
+import time
 from pathlib import Path
 
 import torch
 
 from harness.errors import UserError
-from harness.registry import register_task
+from harness.files import atomic_path, sha256_file
 from harness.records import Provenance
+from harness.registry import register_task
 from harness.task import Task, TaskData, TaskSpec
+from harness_tasks.common import SPLITS, first_folder, release_folders, scale_sizes
+from harness_tasks.datafiles import (Problems, expected_count, output_folder, read_manifest, verify_checksums,
+                                     write_manifest)
 
 MIN, MAX, MED, SUM_MOD = "[MIN", "[MAX", "[MED", "[SM"
 OPERATORS = (MIN, MAX, MED, SUM_MOD)
@@ -38,7 +42,9 @@ VALUE_P = 0.25  # probability that a non-forced node is an operator (r <= 0.25)
 VOCAB = list(OPERATORS) + [str(d) for d in range(10)] + ["X"]
 TOKEN_ID = {tok: i + 1 for i, tok in enumerate(VOCAB)}
 OOV_ID = len(VOCAB) + 1
-SPLITS = ("train", "val", "test")
+MAX_DEPTH, MAX_ARGS = 10, 10  # the released generator's tree limits
+RELEASE_FOLDER = "listops-1000"
+HELD_OUT = 0.02  # `data generate`: val and test each hold 2% of the examples (the release's 96/2/2)
 
 # Per-scale sizes. `paper` is the released dataset's generator setting.
 SCALES = {
@@ -49,7 +55,7 @@ SCALES = {
 
 
 # -- generator -----------------------------------------------------------------------------------
-def generate_tree(rng: random.Random, depth: int = 1, max_depth: int = 10, max_args: int = 10):
+def generate_tree(rng: random.Random, depth: int = 1, max_depth: int = MAX_DEPTH, max_args: int = MAX_ARGS):
     """A random expression tree and its length (tokens without parentheses)."""
     r = rng.random() if depth < max_depth else 1.0
     if r > VALUE_P:
@@ -99,7 +105,7 @@ def to_value(tree) -> int:
 
 
 def generate_examples(n: int, seed: int, min_length: int = 500, max_length: int = 2000,
-                      max_depth: int = 10, max_args: int = 10) -> list[tuple[str, int]]:
+                      max_depth: int = MAX_DEPTH, max_args: int = MAX_ARGS) -> list[tuple[str, int]]:
     """`n` unique (source, target) pairs, deterministic in `seed`, in first-seen order."""
     rng = random.Random(seed)
     unique: dict = {}
@@ -110,8 +116,13 @@ def generate_examples(n: int, seed: int, min_length: int = 500, max_length: int 
     return [(to_string(t), to_value(t)) for t in unique]
 
 
+def tsv_name(split: str) -> str:
+    return f"basic_{split}.tsv"
+
+
 def write_tsv(path: Path, rows: list[tuple[str, int]]) -> None:
-    with open(path, "w", newline="") as f:
+    """The released format: a `Source<TAB>Target` header, then one example per line (all at once)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t")
         writer.writerow(["Source", "Target"])
         writer.writerows(rows)
@@ -124,10 +135,10 @@ def generate_files(out_dir: Path, seed: int, sizes: dict) -> dict:
     rows = generate_examples(total, seed, sizes.get("min_length", 500), sizes.get("max_length", 2000))
     checksums, start = {}, 0
     for split in SPLITS:
-        path = out_dir / f"basic_{split}.tsv"
+        path = out_dir / tsv_name(split)
         write_tsv(path, rows[start:start + sizes[split]])
         start += sizes[split]
-        checksums[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        checksums[path.name] = sha256_file(path)
     return checksums
 
 
@@ -168,17 +179,42 @@ def read_tsv(path: Path, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, torc
     return inputs, lengths, torch.tensor(labels, dtype=torch.int64)
 
 
+def candidate_dirs(data_dir: Path) -> list[Path]:
+    """Where basic_*.tsv may be: `data_dir`, `data_dir/listops-1000` or the doubled release."""
+    return [data_dir] + release_folders(data_dir, RELEASE_FOLDER)
+
+
 def find_release_dir(data_dir: Path) -> Path:
-    """The folder holding basic_*.tsv: `data_dir`, `data_dir/listops-1000` or the doubled release."""
-    candidates = [data_dir, data_dir / "listops-1000", data_dir / "lra_release" / "listops-1000",
-                  data_dir / "lra_release" / "lra_release" / "listops-1000"]
-    for c in candidates:
-        if all((c / f"basic_{s}.tsv").is_file() for s in SPLITS):
-            return c
-    missing = [f"basic_{s}.tsv" for s in SPLITS if not (data_dir / "listops-1000" / f"basic_{s}.tsv").is_file()
-               and not (data_dir / f"basic_{s}.tsv").is_file()]
+    """The first candidate folder holding all three basic_*.tsv."""
+    found = first_folder(candidate_dirs(data_dir), lambda c: all((c / tsv_name(s)).is_file() for s in SPLITS))
+    if found is not None:
+        return found
+    missing = [tsv_name(s) for s in SPLITS if not (data_dir / RELEASE_FOLDER / tsv_name(s)).is_file()
+               and not (data_dir / tsv_name(s)).is_file()]
     raise UserError(f"--data-dir {data_dir}: ListOps needs listops-1000/basic_{{train,val,test}}.tsv; "
                     f"missing {', '.join(missing) or 'a complete set in one folder'}", exit_code=1)
+
+
+def check_tsv(path: Path, problems: Problems) -> int:
+    """Problems of one ListOps TSV (header, columns, targets); returns the number of examples."""
+    rows = 0
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["Source", "Target"]:
+            problems.add(f"{path}: first line should be the header 'Source<TAB>Target', found {header!r}")
+        for line_no, row in enumerate(reader, start=2):
+            rows += 1
+            if len(row) < 2:
+                problems.add(f"{path}:{line_no}: expected 2 tab-separated columns, found {len(row)}", "listops columns")
+                continue
+            try:
+                ok = 0 <= int(float(row[1])) <= 9
+            except ValueError:
+                ok = False
+            if not ok:
+                problems.add(f"{path}:{line_no}: Target {row[1]!r} is not a digit 0-9", "listops target")
+    return rows
 
 
 @register_task("listops")
@@ -189,10 +225,10 @@ class ListOps(Task):
         description="Long ListOps: evaluate nested MIN/MAX/MED/SM expressions (10 classes)",
     )
 
+    generatable = True
+
     def sizes(self, scale: str) -> dict:
-        if scale not in SCALES:
-            raise UserError(f"--scale {scale!r}: expected one of {', '.join(SCALES)}")
-        return dict(SCALES[scale])
+        return scale_sizes(SCALES, scale)
 
     @property
     def provenance(self) -> Provenance:
@@ -209,7 +245,7 @@ class ListOps(Task):
             return Provenance("official", "lra-release", subset=self._subset(s, self.spec.splits))
         return Provenance("regenerated", "listops-generator", subset=self._subset(s, self.spec.splits),
                           parameters=dict(seed=self.seed, length=f"{s['min_length'] + 1}-{s['max_length'] - 1}",
-                                          max_depth=10, max_args=10))
+                                          max_depth=MAX_DEPTH, max_args=MAX_ARGS))
 
     def _subset(self, sizes: dict, full: dict) -> str | None:
         """None when the run uses the whole published split sizes, else what it took."""
@@ -224,10 +260,53 @@ class ListOps(Task):
         sizes = self.sizes(self.scale)
         root = self.cache_dir if self.cache_dir is not None else Path(".cache")
         out = root / "listops" / f"generated-seed{self.seed}-{self.scale}"
-        if not all((out / f"basic_{s}.tsv").is_file() for s in SPLITS):
+        if not all((out / tsv_name(s)).is_file() for s in SPLITS):
             generate_files(out, self.seed, sizes)
         return out
 
     def build(self, split: str) -> TaskData:
-        inputs, lengths, labels = read_tsv(self.source_dir() / f"basic_{split}.tsv", self.seq_len)
+        inputs, lengths, labels = read_tsv(self.source_dir() / tsv_name(split), self.seq_len)
         return TaskData(inputs=inputs, lengths=lengths, labels=labels, provenance=self.provenance)
+
+    # -- data check / data generate ------------------------------------------------------------------
+    def check(self, data_dir: Path) -> list[str]:
+        """Header, columns and targets of the three TSVs; counts against manifest.json or the release."""
+        problems = Problems()
+        folder = first_folder(candidate_dirs(data_dir), lambda c: any((c / tsv_name(s)).exists() for s in SPLITS))
+        if folder is None:
+            problems.add(f"{data_dir}: ListOps files basic_train.tsv, basic_val.tsv, basic_test.tsv not found (looked "
+                         f"in ., listops-1000/, lra_release/listops-1000/, lra_release/lra_release/listops-1000/)")
+            return problems.result()
+        manifest = read_manifest(folder, problems)
+        for split in SPLITS:
+            path = folder / tsv_name(split)
+            if not problems.readable(path):
+                continue
+            rows = check_tsv(path, problems)
+            want, where = expected_count(manifest, split, self.spec.splits[split])
+            if rows != want:
+                problems.add(f"{path}: {rows} examples, {where} has {want}", minor=True)
+        verify_checksums(folder, manifest, problems)
+        return problems.result()
+
+    def generate(self, out_dir: Path, n: int | None = None, seed: int = 0, workers: int = 1,
+                 progress=None) -> dict:
+        """`out_dir/listops-1000/basic_*.tsv` in the release's 96/2/2 proportions (`n` examples in all,
+        default the release's 100,000) and manifest.json; one process, so `workers` is unused."""
+        started = time.perf_counter()
+        total = int(n) if n is not None else sum(self.spec.splits.values())
+        if total < 3:
+            raise UserError(f"--n {total}: ListOps needs at least 3 examples (train, val, test)")
+        held_out = max(1, round(total * HELD_OUT))
+        sizes = dict(SCALES["paper"], train=total - 2 * held_out, val=held_out, test=held_out)
+        folder = Path(out_dir) / RELEASE_FOLDER
+        with output_folder(folder):
+            checksums = generate_files(folder, int(seed), sizes)
+        manifest = dict(generator="harness_tasks.listops (re-implementation of lra_benchmarks/data/listops.py)",
+                        seed=int(seed), params=dict(max_depth=MAX_DEPTH, max_args=MAX_ARGS,
+                                                    min_length=sizes["min_length"], max_length=sizes["max_length"]),
+                        counts={k: sizes[k] for k in SPLITS},
+                        seconds=round(time.perf_counter() - started, 3), files=checksums)
+        write_manifest(folder, manifest)
+        manifest["path"] = str(folder / "manifest.json")
+        return manifest

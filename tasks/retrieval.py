@@ -23,19 +23,21 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from harness.errors import UserError
-from harness.registry import register_task
 from harness.records import Provenance
-from harness.task import Task, TaskData, TaskSpec
-from harness_tasks.byte_text import BYTE_VOCAB, encode_documents, filler, files_fingerprint, plant, seeded_subset
+from harness.registry import register_task
+from harness.task import Task, TaskData, TaskOptions, TaskSpec
+from harness_tasks.byte_text import BYTE_VOCAB, encode_documents, filler, plant
+from harness_tasks.common import (files_fingerprint, first_folder, release_folders, scale_sizes, seeded_subset,
+                                   split_number, user_data)
+from harness_tasks.datafiles import Problems
 
-SPLITS = ("train", "val", "test")
 FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv", "test": "new_aan_pairs.test.tsv"}
 RAW_LIMIT = 10000  # LRA cuts each raw text at 10,000 bytes before encoding
 SCALES = {
@@ -50,11 +52,17 @@ SPAN_LENGTH = 4
 # -- reader ----------------------------------------------------------------------------------------
 def find_tsv_dir(data_dir: Path) -> Path | None:
     """The folder holding any new_aan_pairs.*.tsv, or None."""
-    for c in (data_dir / "tsv_data", data_dir / "lra_release" / "tsv_data",
-              data_dir / "lra_release" / "lra_release" / "tsv_data", data_dir / "aan", data_dir):
-        if any((c / name).is_file() for name in FILES.values()):
-            return c
-    return None
+    candidates = release_folders(data_dir, "tsv_data") + [data_dir / "aan", data_dir]
+    return first_folder(candidates, lambda c: any((c / name).is_file() for name in FILES.values()))
+
+
+def split_line(line: bytes) -> list[bytes] | None:
+    """The tab-separated fields of one line read in binary, or None for a blank line (as LRA parses:
+    quoting off, only a newline ends a line, one trailing carriage return dropped)."""
+    line = line.rstrip(b"\n")
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return line.split(b"\t") if line else None
 
 
 def read_tsv(path: Path, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,12 +73,9 @@ def read_tsv(path: Path, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, torc
     keep = min(RAW_LIMIT, seq_len)  # cutting at 10,000 and then at seq_len keeps the first min() bytes
     with open(path, "rb") as f:
         for line_no, line in enumerate(f, start=1):
-            line = line.rstrip(b"\n")
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
+            fields = split_line(line)  # no quote handling: a leading '"' is ordinary text
+            if fields is None:
                 continue
-            fields = line.split(b"\t")  # no quote handling: a leading '"' is ordinary text
             if len(fields) != 5:
                 raise UserError(f"{path}:{line_no}: expected 5 tab-separated fields (label, id1, id2, text1, "
                                 f"text2), found {len(fields)}; is this an AAN pairs file?", exit_code=1)
@@ -88,6 +93,28 @@ def read_tsv(path: Path, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, torc
     x1, n1 = encode_documents(docs1, seq_len)
     x2, n2 = encode_documents(docs2, seq_len)
     return x1, n1, x2, n2, torch.tensor(labels, dtype=torch.int64)
+
+
+def check_tsv(path: Path, problems: Problems) -> int:
+    """Problems of one AAN pairs file (fields per line, labels); returns the number of pairs."""
+    rows = 0
+    with open(path, "rb") as f:
+        for line_no, line in enumerate(f, start=1):
+            fields = split_line(line)
+            if fields is None:
+                continue
+            rows += 1
+            if len(fields) != 5:
+                problems.add(f"{path}:{line_no}: {len(fields)} tab-separated fields, expected 5 "
+                             f"(label id1 id2 text1 text2)", "aan fields")
+                continue
+            try:
+                ok = int(float(fields[0])) in (0, 1)
+            except ValueError:
+                ok = False
+            if not ok:
+                problems.add(f"{path}:{line_no}: label {fields[0][:20]!r} is not 0 or 1", "aan label")
+    return rows
 
 
 # -- stand-in --------------------------------------------------------------------------------------
@@ -114,6 +141,11 @@ def synthetic_pairs(n: int, seq_len: int, seed) -> tuple[list[bytes], list[bytes
 
 
 # -- task ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RetrievalOptions(TaskOptions):
+    seq_len: int | None = None  # bytes kept per document; None = the scale's (4000 at paper scale)
+
+
 @register_task("retrieval")
 class Retrieval(Task):
     spec = TaskSpec(
@@ -124,26 +156,20 @@ class Retrieval(Task):
                     "LRA code, nli = [u, v, u*v, u-v] as the LRA paper and S4)",
     )
     needs_data = True
+    Options = RetrievalOptions
 
     def sizes(self, scale: str) -> dict:
-        if scale not in SCALES:
-            raise UserError(f"--scale {scale!r}: expected one of {', '.join(SCALES)}")
-        s = dict(SCALES[scale])
-        if "seq_len" in self.options:
-            s["seq_len"] = int(self.options["seq_len"])
+        s = scale_sizes(SCALES, scale)
+        if self.options.seq_len is not None:
+            s["seq_len"] = int(self.options.seq_len)
             if s["seq_len"] < 1:
                 raise UserError(f"task retrieval option seq_len={s['seq_len']}: expected a positive integer")
         return s
 
     @functools.cached_property
     def tsv_dir(self) -> Path | None:
-        if self.data_dir is None:
-            return None
-        found = find_tsv_dir(self.data_dir)
-        if found is None:
-            warnings.warn(f"--data-dir {self.data_dir}: no tsv_data/new_aan_pairs.*.tsv found; Retrieval "
-                          f"uses the synthetic stand-in", stacklevel=2)
-        return found
+        return user_data(self.data_dir, find_tsv_dir, "no tsv_data/new_aan_pairs.*.tsv found; Retrieval uses the "
+                                                      "synthetic stand-in")
 
     @property
     def provenance(self) -> Provenance:
@@ -163,17 +189,32 @@ class Retrieval(Task):
         return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
     def build(self, split: str) -> TaskData:
-        if split not in SPLITS:
-            raise UserError(f"task retrieval: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        number = split_number(self.name, split)
         s = self.sizes(self.scale)
         if self.tsv_dir is None:
-            d1, d2, labels = synthetic_pairs(s[split], s["seq_len"], seed=[self.seed, SPLITS.index(split)])
+            d1, d2, labels = synthetic_pairs(s[split], s["seq_len"], seed=[self.seed, number])
             x1, n1 = encode_documents(d1, s["seq_len"])
             x2, n2 = encode_documents(d2, s["seq_len"])
             y = torch.tensor(labels, dtype=torch.int64)
         else:
             x1, n1, x2, n2, y = read_tsv(self.tsv_dir / FILES[split], s["seq_len"])
             if len(y) > s[split]:  # smaller scales: a seeded subset
-                keep = torch.from_numpy(seeded_subset(len(y), s[split], self.seed + 17 * (1 + SPLITS.index(split))))
+                keep = torch.from_numpy(seeded_subset(len(y), s[split], self.seed + 17 * (1 + number)))
                 x1, n1, x2, n2, y = x1[keep], n1[keep], x2[keep], n2[keep], y[keep]
         return TaskData(inputs=x1, lengths=n1, labels=y, inputs2=x2, lengths2=n2, provenance=self.provenance)
+
+    def check(self, data_dir: Path) -> list[str]:
+        """The three AAN pairs files: present, fields and labels per line, the release's counts."""
+        problems = Problems()
+        folder = find_tsv_dir(data_dir)
+        if folder is None:
+            problems.add(f"{data_dir}: no tsv_data/new_aan_pairs.{{train,eval,test}}.tsv found (also looked in "
+                         f"lra_release/, lra_release/lra_release/, aan/)")
+            return problems.result()
+        for split, name in FILES.items():
+            path = folder / name
+            if problems.readable(path):
+                rows = check_tsv(path, problems)
+                if rows != self.spec.splits[split]:
+                    problems.add(f"{path}: {rows} pairs, the LRA release has {self.spec.splits[split]}", minor=True)
+        return problems.result()

@@ -46,39 +46,35 @@ import torch
 from harness.errors import UserError
 from harness.records import Provenance
 from harness.registry import register_task
-from harness.task import IGNORE_INDEX, Task, TaskData, TaskSpec
-
-SPLITS = ("train", "val", "test")
+from harness.task import IGNORE_INDEX, Task, TaskData, TaskOptions, TaskSpec
+from harness_tasks.common import SPLITS, scale_sizes, split_number
 
 
 class SyntheticTask(Task):
-    """Shared scaffolding: per-scale parameters with option overrides, seeded generators, provenance."""
+    """Shared scaffolding: per-scale parameters with option overrides, seeded generators, provenance.
+
+    Each task's options are integers that replace the scale's value of the same name when given
+    (None = the scale's)."""
 
     SCALES: dict = {}
     SALT: int = 0  # separates the random streams of the different tasks
     GENERATOR: str = ""  # the provenance source, e.g. "mqar-generator"
-    INT_OPTIONS: tuple = ("seq_len",)
 
     def sizes(self, scale: str) -> dict:
-        if scale not in self.SCALES:
-            raise UserError(f"--scale {scale!r}: expected one of {', '.join(self.SCALES)}")
-        s = dict(self.SCALES[scale])
-        for key in self.INT_OPTIONS:
-            if key in self.options:
-                try:
-                    s[key] = int(self.options[key])
-                except (TypeError, ValueError):
-                    raise UserError(f"task {self.name} option {key}={self.options[key]!r}: expected an integer")
-        self.check(s)
+        s = scale_sizes(self.SCALES, scale)
+        for key, value in self.options.data_changed().items():  # the head options shape no data
+            try:
+                s[key] = int(value)
+            except (TypeError, ValueError):
+                raise UserError(f"task {self.name} option {key}={value!r}: expected an integer")
+        self.validate_sizes(s)
         return s
 
-    def check(self, s: dict) -> None:
+    def validate_sizes(self, s: dict) -> None:
         """Raise UserError for inconsistent parameters."""
 
     def rng(self, split: str) -> np.random.Generator:
-        if split not in SPLITS:
-            raise UserError(f"task {self.name}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-        return np.random.default_rng([self.seed, SPLITS.index(split), self.SALT])
+        return np.random.default_rng([self.seed, split_number(self.name, split), self.SALT])
 
     @property
     def provenance(self) -> Provenance:
@@ -114,6 +110,12 @@ def selective_copy_examples(rng: np.random.Generator, n: int, seq_len: int, n_to
     return inputs, labels
 
 
+@dataclasses.dataclass(frozen=True)
+class SelectiveCopyOptions(TaskOptions):
+    seq_len: int | None = None  # sequence length; None = the scale's (128 smoke, 4096 paper)
+    n_tokens: int | None = None  # data tokens to copy; None = the scale's (8 smoke, 16 otherwise)
+
+
 @register_task("selective_copy")
 class SelectiveCopy(SyntheticTask):
     spec = TaskSpec(
@@ -122,9 +124,9 @@ class SelectiveCopy(SyntheticTask):
         description="Selective copying (Mamba App. E.1): recall 16 data tokens scattered among noise, "
                     "answered at the 16 trailing marker positions",
     )
+    Options = SelectiveCopyOptions
     SALT = 101
     GENERATOR = "selective-copy-generator"
-    INT_OPTIONS = ("seq_len", "n_tokens")
     # Mamba: length 4096, 16 tokens to memorise, alphabet of 16 (noise + 14 data + marker); its
     # training data is fresh every step, ours is a fixed set of the sizes below.
     SCALES = {
@@ -133,7 +135,7 @@ class SelectiveCopy(SyntheticTask):
         "paper": dict(train=20000, val=1000, test=1000, seq_len=4096, n_tokens=16),
     }
 
-    def check(self, s: dict) -> None:
+    def validate_sizes(self, s: dict) -> None:
         if not 1 <= s["n_tokens"] <= s["seq_len"] // 2:
             raise UserError(f"task selective_copy: n_tokens={s['n_tokens']} must be between 1 and seq_len/2 "
                             f"({s['seq_len'] // 2})")
@@ -170,6 +172,13 @@ def induction_examples(rng: np.random.Generator, n: int, seq_len: int,
     return inputs, labels
 
 
+@dataclasses.dataclass(frozen=True)
+class InductionHeadsOptions(TaskOptions):
+    seq_len: int | None = None  # train/val length; None = the scale's (128 smoke, 256 otherwise)
+    num_triggers: int | None = None  # triggers per example (half the examples keep one); None = the scale's 1
+    test_len: int | None = None  # length of the test split, for extrapolation (Mamba: 2^6..2^20); None = seq_len
+
+
 @register_task("induction_heads")
 class InductionHeads(SyntheticTask):
     spec = TaskSpec(
@@ -178,18 +187,17 @@ class InductionHeads(SyntheticTask):
         description="Induction heads (safari / Mamba §4.1): at the final trigger, name the token that "
                     "followed the earlier trigger",
     )
+    Options = InductionHeadsOptions
     SALT = 202
     GENERATOR = "induction-heads-generator"
-    INT_OPTIONS = ("seq_len", "num_triggers", "test_len")
-    # Mamba: vocab 16, train length 256, 8192 steps x batch 8 per epoch; `test_len` (option) builds the
-    # test split at another length for extrapolation (Mamba tests 2^6..2^20).
+    # Mamba: vocab 16, train length 256, 8192 steps x batch 8 per epoch.
     SCALES = {
         "smoke": dict(train=2000, val=250, test=250, seq_len=128, num_triggers=1),
         "small": dict(train=16384, val=1000, test=1000, seq_len=256, num_triggers=1),
         "paper": dict(train=65536, val=1000, test=1000, seq_len=256, num_triggers=1),
     }
 
-    def check(self, s: dict) -> None:
+    def validate_sizes(self, s: dict) -> None:
         if s["num_triggers"] < 1:
             raise UserError(f"task induction_heads: num_triggers={s['num_triggers']} must be at least 1")
         if s.get("test_len", s["seq_len"]) < 4 or s["seq_len"] < 4:
@@ -249,6 +257,14 @@ def mqar_examples(rng: np.random.Generator, n: int, seq_len: int, num_kv: int, k
     return inputs, labels
 
 
+@dataclasses.dataclass(frozen=True)
+class MQAROptions(TaskOptions):
+    seq_len: int | None = None  # sequence length; None = the scale's (128 smoke, 256 otherwise)
+    num_kv: int | None = None  # key-value pairs per example; None = the scale's (8 smoke, 16 otherwise)
+    key_pool: int | None = None  # keys (and values) drawn from; None = the scale's (32 smoke, V/2-2 otherwise)
+    vocab: int | None = None  # token ids and classes; None = the scale's (68 smoke, 8192 otherwise)
+
+
 @register_task("mqar")
 class MQAR(SyntheticTask):
     spec = TaskSpec(
@@ -257,9 +273,9 @@ class MQAR(SyntheticTask):
         description="Multi-query associative recall (zoology): N key-value pairs, then each key queried "
                     "once; the value is the label at the query position (vocabulary 8192; smoke 68)",
     )
+    Options = MQAROptions
     SALT = 303
     GENERATOR = "mqar-generator"
-    INT_OPTIONS = ("seq_len", "num_kv", "key_pool", "vocab")
     # Zoology figure 2: V = 8192, (L, N) in {(64,4), (128,8), (256,16)}, 100k train / 3k test. Smoke
     # draws keys and values from 32 of each so a tiny model can make progress, and its vocabulary
     # holds just those ids (2 + 32 keys, then 32 values from V/2 = 34): the output layer scores 68
@@ -273,7 +289,7 @@ class MQAR(SyntheticTask):
     }
     MAX_VOCAB = 2 ** 15 - 1  # inputs are stored as int16
 
-    def check(self, s: dict) -> None:
+    def validate_sizes(self, s: dict) -> None:
         if s["num_kv"] < 1 or 4 * s["num_kv"] > s["seq_len"]:
             raise UserError(f"task mqar: needs 1 <= num_kv and 4*num_kv <= seq_len (zoology's constraint), "
                             f"got num_kv={s['num_kv']}, seq_len={s['seq_len']}")

@@ -2,7 +2,7 @@
 
 Input: the UTF-8 bytes of a review (HTML `<br />` kept), ids byte+1 with 0 = pad (vocab 257),
 truncated to `seq_len` bytes (4096 at paper scale: the paper's 4K; LRA's released config used 1000,
-`options={"seq_len": 1000}` reproduces it). Two classes, accuracy.
+`--task-option text.seq_len=1000` reproduces it). Two classes, accuracy.
 
 Where the reviews come from (`--data-dir D`, first match wins):
 - the Stanford release `aclImdb/` (D/aclImdb or D itself): `{train,test}/{pos,neg}/<id>_<rating>.txt`,
@@ -12,9 +12,9 @@ Where the reviews come from (`--data-dir D`, first match wins):
   `train.csv` + `test.csv` (header with `text` and `label` columns, standard CSV quoting, as
   `Dataset.to_csv` or pandas write). Label 1 = positive.
 
-Splits (`options["profile"]`):
+Splits (option `profile`, see `TextOptions`):
 - "default": a real validation split: 10% of train (2,500 reviews) carved out with the split seed
-  (`options["split_seed"]`, default the task seed); test = the 25,000 test reviews;
+  (option `split_seed`, default the task seed); test = the 25,000 test reviews;
 - "lra-original": LRA's setup, train = all 25,000 train reviews and validation = test (lra.md §3),
   so model selection sees the test set; reported as such in the provenance.
 
@@ -36,20 +36,24 @@ import json
 import re
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from harness.errors import UserError
-from harness.registry import register_task
 from harness.records import Provenance
-from harness.task import Task, TaskData, TaskSpec
-from harness_tasks.byte_text import BYTE_VOCAB, encode_documents, filler, files_fingerprint, plant, seeded_subset
+from harness.registry import register_task
+from harness.task import Task, TaskData, TaskOptions, TaskSpec
+from harness_tasks.byte_text import BYTE_VOCAB, encode_documents, filler, plant
+from harness_tasks.common import SPLITS, files_fingerprint, scale_sizes, seeded_subset, split_number, user_data
+from harness_tasks.datafiles import Problems
 
-SPLITS = ("train", "val", "test")
 PROFILES = ("default", "lra-original")
 VAL_FRACTION = 0.1  # of the 25,000 train reviews, in the default profile
+REVIEWS_PER_FOLDER = 12500  # aclImdb: reviews in each of {train,test}/{pos,neg}
+REVIEWS_PER_PART = 25000  # an export: reviews in train and in test
 SCALES = {
     "smoke": dict(train=2000, val=250, test=250, seq_len=256),
     "small": dict(train=10000, val=1000, test=5000, seq_len=1024),
@@ -179,7 +183,49 @@ def keyword_label(doc: bytes) -> int:
     return int(pos > neg)
 
 
+def check_aclimdb(root: Path, problems: Problems) -> None:
+    """Every {train,test}/{pos,neg} folder present, no empty review, the release's counts."""
+    for part in ("train", "test"):
+        for cls in ("neg", "pos"):
+            folder = root / part / cls
+            if not folder.is_dir():
+                problems.add(f"{folder}: missing folder")
+                continue
+            files = list(folder.glob("*.txt"))
+            for f in files:
+                if f.stat().st_size == 0:
+                    problems.add(f"{f}: empty review file", "empty review")
+            if len(files) != REVIEWS_PER_FOLDER:
+                problems.add(f"{folder}: {len(files)} reviews, the Stanford release has {REVIEWS_PER_FOLDER}",
+                             minor=True)
+
+
+def check_export(kind: str, root: Path, problems: Problems) -> None:
+    """Both exported parts readable, no empty review, IMDB's counts."""
+    for part in ("train", "test"):
+        path = root / f"{part}.{kind}"
+        if not problems.readable(path):
+            continue
+        try:
+            docs, _ = read_export(kind, path)
+        except UserError as exc:
+            problems.add(str(exc))
+            continue
+        empty = sum(1 for d in docs if not d)
+        if empty:
+            problems.add(f"{path}: {empty} empty review(s)")
+        if len(docs) != REVIEWS_PER_PART:
+            problems.add(f"{path}: {len(docs)} reviews, IMDB has {REVIEWS_PER_PART}", minor=True)
+
+
 # -- task ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TextOptions(TaskOptions):
+    profile: str = "default"  # "default" (validation carved from train) or "lra-original" (validation = test)
+    split_seed: int | None = None  # seed of the validation carve-out and of subsets; None = the run seed
+    seq_len: int | None = None  # bytes kept per review; None = the scale's (4096 at paper scale)
+
+
 @register_task("text")
 class Text(Task):
     spec = TaskSpec(
@@ -189,39 +235,33 @@ class Text(Task):
                     "(profile 'lra-original': validation = test, as LRA did)",
     )
     needs_data = True
+    Options = TextOptions
 
     @property
     def profile(self) -> str:
-        profile = self.options.get("profile", "default")
+        profile = self.options.profile
         if profile not in PROFILES:
             raise UserError(f"task text option profile={profile!r}: expected one of {', '.join(PROFILES)}")
         return profile
 
     @property
     def split_seed(self) -> int:
-        return int(self.options.get("split_seed", self.seed))
+        return self.seed if self.options.split_seed is None else int(self.options.split_seed)
 
     def sizes(self, scale: str) -> dict:
-        if scale not in SCALES:
-            raise UserError(f"--scale {scale!r}: expected one of {', '.join(SCALES)}")
-        s = dict(SCALES[scale])
+        s = scale_sizes(SCALES, scale)
         if scale == "paper" and self.profile == "lra-original":
             s.update(train=25000, val=25000)
-        if "seq_len" in self.options:
-            s["seq_len"] = int(self.options["seq_len"])
+        if self.options.seq_len is not None:
+            s["seq_len"] = int(self.options.seq_len)
             if s["seq_len"] < 1:
                 raise UserError(f"task text option seq_len={s['seq_len']}: expected a positive integer")
         return s
 
     @functools.cached_property
     def source(self) -> tuple[str, Path] | None:
-        if self.data_dir is None:
-            return None
-        found = find_source(self.data_dir)
-        if found is None:
-            warnings.warn(f"--data-dir {self.data_dir}: no aclImdb/ or imdb/{{train,test}}.{{jsonl,csv}} "
-                          f"found; Text uses the synthetic stand-in", stacklevel=2)
-        return found
+        return user_data(self.data_dir, find_source, "no aclImdb/ or imdb/{train,test}.{jsonl,csv} found; Text "
+                                                     "uses the synthetic stand-in")
 
     @property
     def provenance(self) -> Provenance:
@@ -274,11 +314,10 @@ class Text(Task):
         return [docs[i] for i in index], [labels[i] for i in index]
 
     def build(self, split: str) -> TaskData:
-        if split not in SPLITS:
-            raise UserError(f"task text: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        number = split_number(self.name, split)
         s = self.sizes(self.scale)
         if self.source is None:
-            docs, labels = synthetic_documents(s[split], s["seq_len"], seed=[self.seed, SPLITS.index(split)])
+            docs, labels = synthetic_documents(s[split], s["seq_len"], seed=[self.seed, number])
         else:
             docs, labels = self.split_examples(split)
             if len(docs) > s[split]:  # smaller scales: a seeded subset (val = test stays true in lra-original)
@@ -288,3 +327,16 @@ class Text(Task):
         inputs, lengths = encode_documents(docs, s["seq_len"])
         return TaskData(inputs=inputs, lengths=lengths, labels=torch.tensor(labels, dtype=torch.int64),
                         provenance=self.provenance)
+
+    def check(self, data_dir: Path) -> list[str]:
+        """The reviews under `data_dir` in either layout the reader accepts."""
+        problems = Problems()
+        found = find_source(data_dir)
+        if found is None:
+            problems.add(f"{data_dir}: no aclImdb/{{train,test}}/{{pos,neg}}/*.txt and no imdb/{{train,test}}."
+                         f"{{jsonl,csv}} export found")
+        elif found[0] == "aclimdb":
+            check_aclimdb(found[1], problems)
+        else:
+            check_export(*found, problems)
+        return problems.result()

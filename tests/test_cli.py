@@ -107,9 +107,12 @@ def test_ls_lists_models_and_tasks(workdir):
     assert res.returncode == 0, res.stderr
     for name in ("transformer", "transformer_vanilla", "listops"):
         assert name in res.stdout
+    assert "  retrieval: interaction: one of concat, nli (default concat); head_dropout: " in res.stdout
     data = json.loads(cli("ls", "--json", cwd=workdir).stdout)
     row = {m["name"]: m for m in data["models"]}["transformer"]
     assert row["family"] == "attention" and row["complexity"] == "O(L^2)" and row["available"] == "yes"
+    text = {t["name"]: t for t in data["tasks"]}["text"]["options"]  # every task lists its options and types
+    assert text["seq_len"] == "an integer or none (default none)" and "head_dropout" in text
 
 
 HANGING_PLUGIN = """

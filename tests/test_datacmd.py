@@ -38,14 +38,15 @@ def test_generate_listops_writes_manifest_and_checksums(tmp_path):
 
 
 def test_generate_pathfinder_then_check_then_damage(tmp_path):
-    manifest = datacmd.generate("pathfinder", tmp_path, n=4, seed=1, workers=1, metadata_format="npy")
+    manifest = datacmd.generate("pathfinder", tmp_path, n=4, seed=1, workers=1, options={"metadata_format": "npy"})
     root = tmp_path / "pathfinder32" / "curv_contour_length_14"
     assert manifest["counts"]["images"] == 4 and (root / "manifest.json").is_file()
     assert (root / "metadata" / "0.npy").read_bytes().startswith(b"\x93NUMPY")
     assert set(manifest["files"]) >= {"metadata/0.npy", "imgs/0/sample_0.png"}
     assert datacmd.check("pathfinder", tmp_path) == []
     data = Pathfinder(scale="paper", data_dir=tmp_path, cache_dir=tmp_path / "cache").build("train")
-    assert len(data) == 3 and (data.provenance.kind, data.provenance.parameters["seed"], data.provenance.parameters["images"]) == ("regenerated", 1, 4)
+    made = data.provenance
+    assert len(data) == 3 and (made.kind, made.parameters["seed"], made.parameters["images"]) == ("regenerated", 1, 4)
     first = sorted(root.glob("imgs/*/sample_0.png"))[0]
     first.write_bytes(b"")
     second = sorted(root.glob("imgs/*/*.png"))[-1]
@@ -93,7 +94,7 @@ def test_check_skips_the_known_blacklisted_image(tmp_path):
     (root / "imgs" / "0" / "sample_172.png").write_bytes(b"")
     (root / "metadata" / "0.npy").write_text("imgs/0 sample_171.png 171 0 1.0 6 2 2 0.5 1 1\n"
                                              "imgs/0 sample_172.png 172 1 1.0 6 2 2 0.5 1 1\n")
-    problems = datacmd.check("pathfinder", tmp_path, difficulty="easy")
+    problems = datacmd.check("pathfinder", tmp_path, options={"difficulty": "easy"})
     assert problems == ["{}: metadata lists 2 images, the official release has 200000".format(root)]
 
 
@@ -116,5 +117,30 @@ def test_cli_commands_and_exit_codes(tmp_path, capsys):
     args = parse(["data", "generate", "--task", "pathfinder", "--out", str(tmp_path / "e"), "--n", "0"])
     assert args.func(args) == 2
     assert capsys.readouterr().err.startswith("error: --n 0")
-    with pytest.raises(SystemExit):
-        parse(["data", "generate", "--task", "text", "--out", str(tmp_path)])
+    args = parse(["data", "generate", "--task", "text", "--out", str(tmp_path / "f")])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "expected one of listops, pathfinder, pathx" in err and "needs real data" in err
+    args = parse(["data", "check", "--task", "mqar", "--data-dir", str(tmp_path)])
+    assert args.func(args) == 2 and "reads no data files" in capsys.readouterr().err
+    args = parse(["data", "check", "--task", "listops", "--difficulty", "easy", "--data-dir", str(tmp_path / "d")])
+    assert args.func(args) == 2 and "task listops has no option difficulty" in capsys.readouterr().err
+    assert not (tmp_path / "f").exists()
+
+
+def test_difficulty_flag_and_task_option_pick_the_folder(tmp_path, capsys):
+    args = parse(["data", "generate", "--task", "pathfinder", "--out", str(tmp_path), "--n", "2", "--workers", "1",
+                  "--difficulty", "easy", "--metadata-format", "npy"])
+    assert args.func(args) == 0
+    root = tmp_path / "pathfinder32" / "curv_baseline"
+    assert (root / "metadata" / "0.npy").read_bytes().startswith(b"\x93NUMPY")
+    assert json.loads((root / "manifest.json").read_text())["params"]["contour_length"] == 6
+    capsys.readouterr()
+    for flags in (["--difficulty", "easy"], ["--task-option", "pathfinder.difficulty=easy"]):
+        args = parse(["data", "check", "--task", "pathfinder", "--data-dir", str(tmp_path)] + flags)
+        assert args.func(args) == 0, capsys.readouterr()
+    args = parse(["data", "check", "--task", "pathfinder", "--data-dir", str(tmp_path)])  # default: hard
+    assert args.func(args) == 1 and "no pathfinder32/curv_contour_length_14/metadata/" in capsys.readouterr().err
+    args = parse(["data", "check", "--task", "pathfinder", "--data-dir", str(tmp_path),
+                  "--task-option", "listops.n=3"])
+    assert args.func(args) == 2 and "names task listops" in capsys.readouterr().err

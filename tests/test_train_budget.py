@@ -238,3 +238,13 @@ def test_classifier_uses_the_task_instances_input_spec(data_cache, monkeypatch):
     monkeypatch.setattr(cls, "input_spec", lambda self: wider, raising=False)
     r = train_cell("tb_slow", TASK, 0, cfg, device="cpu", dtype="fp32")
     assert r["n_params"] == plain["n_params"] + 5 * 16  # five more embedding rows of d_model 16
+
+
+def test_an_unreadable_checkpoint_is_a_logged_warning_and_moved_aside(tmp_path, caplog):
+    path = tmp_path / "cell.pt"
+    path.write_bytes(b"not a checkpoint")
+    with caplog.at_level("WARNING", logger="harness.train"):
+        assert train_module._load_checkpoint(path) is None
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "is unreadable" in caplog.records[0].getMessage() and "restarts from step 0" in caplog.text
+    assert not path.exists() and (tmp_path / "cell.pt.damaged").exists()

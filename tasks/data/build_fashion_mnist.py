@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from harness_tasks.common import SPLITS, pool_pixels
 from harness_tasks.image import (EMBEDDED_FASHION, EMBEDDED_SCALE, EMBEDDED_SPLIT_SEED, FASHION_FILES, FASHION_MNIST_DIR,
-                         SPLITS, ImageTask, pool_pixels, read_fashion_mnist)
+                                 ImageTask, read_fashion_mnist)
 
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: no build time in the file
 

@@ -1,35 +1,15 @@
-"""Pathfinder and Path-X (Linsley et al., NeurIPS 2018; Kim et al., ICLR 2020; LRA, Tay et al., ICLR 2021).
+"""The Pathfinder image generator: a re-implementation, in our own words, of `drewlinsley/pathfinder`
+(`snakes2.py` + `snakes.py`) with the parameters of LRA's TFDS builder docstrings (lra.md §5).
 
-Spec: shared/spec/lra.md §2 (release layout), §5 (generator), §6 (how harnesses read it).
-
-An image shows two long dashed contours ("snakes") among shorter distractor snakes, and two circular
-markers. Label 1: both markers sit on the ends of the same snake; label 0: one on each. The model
-sees the image as a flat sequence of pixels (32x32 = 1024 for `pathfinder`, 128x128 = 16384 for
-`pathx`), one real value per pixel (embedded as (p/255 - 0.5)/0.5, mega.md §6).
-
-Two ways to get data:
-- the user's copy (`--data-dir`): `pathfinder{32,64,128,256}/<difficulty>/{imgs,metadata}` as in
-  `lra_release`, metadata as plain text (the release) or binary `.npy` string arrays (what the
-  upstream generator writes); zero-byte PNGs (the known `pathfinder32/curv_baseline/imgs/0/sample_172.png`)
-  are skipped with a warning; a PNG that does not decode is an error naming the file;
-- regeneration: a re-implementation, in our own words, of `drewlinsley/pathfinder` (`snakes2.py` +
-  `snakes.py`) with the parameters of LRA's TFDS builder docstrings, one batch per worker process.
-
-Splits: LRA used TFDS percent slices in Beam output order, which nobody can reproduce (lra.md §3).
-We use a seeded 80/10/10 permutation (seed = `options["split_seed"]`, default the task seed) of
-the valid images in sorted order (metadata files by integer name, then line order) and write
-the index lists with sha256 checksums next to the cache (`<cache>/<task>/splits/*.json`), so a
-split can be audited and reused.
-
-Options: `difficulty` (easy / intermediate / hard, default hard), `split_seed`, `data_seed` (seed of
-regenerated images, default the task seed), `n` (images to regenerate), `pool` (mean-pool the image
-side; smoke uses 2 for Pathfinder and 8 for Path-X, i.e. 256 positions), `workers`, `distractors`.
+`render` draws one image; `generate_dataset` writes `n` of them in the release layout
+(`imgs/<batch>/sample_<i>.png`, `metadata/<batch>.npy`) with a `manifest.json`, one batch per
+worker process.
 
 Generator decisions (recorded in every `regenerated(...)` provenance string):
 - `num_distractor_snakes` is RECOMPUTED per difficulty: K // (contour_length // 3) with K = 20 /
   22 / 35 / 30 for 32 / 64 / 128 / 256 px, as LRA's docstrings write it after setting
   contour_length = 14 (5 / 5 / 8 / 7 distractors of 4 paddles for the hard split). The upstream
-  wrapper computed it once from the baseline length; `options["distractors"] = "baseline"` selects that.
+  wrapper computed it once from the baseline length; the task option `distractors=baseline` selects that.
 - `use_single_paddles = False`, as `snakes2_wrapper.py` sets it (the `Args` default True would
   scatter hundreds of single paddles; nothing in LRA asks for that).
 - scipy byte-scaling is emulated: every `scipy.misc.imresize` / `imsave` is replaced by
@@ -52,39 +32,24 @@ Generator decisions (recorded in every `regenerated(...)` provenance string):
 from __future__ import annotations
 
 import functools
-import hashlib
-import io
-import json
 import math
 import multiprocessing
-import os
-import shutil
 import signal
-import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from harness.errors import UserError
-from harness.registry import register_task
-from harness.records import Provenance
-from harness.task import Task, TaskData, TaskSpec
+from harness.files import sha256_file
+from harness_tasks.datafiles import write_manifest
 
 DIFFICULTIES = {"easy": "curv_baseline", "intermediate": "curv_contour_length_9",
                 "hard": "curv_contour_length_14"}
 CONTOUR_LENGTH = {"curv_baseline": 6, "curv_contour_length_9": 9, "curv_contour_length_14": 14}
-# The one known damaged file of the release (S4 and Mega blacklist it; LRA drops empty images).
-BLACKLIST = {("pathfinder32", "curv_baseline", "imgs/0/sample_172.png")}
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-NPY_MAGIC = b"\x93NUMPY"
-SPLITS = ("train", "val", "test")
-SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 LANCZOS = getattr(Image, "Resampling", Image).LANCZOS  # Pillow >= 9.1 moved the constant
 
 
@@ -507,10 +472,6 @@ def render(rng, p: SnakeParams) -> Sample:
 
 
 # -- writing a dataset -----------------------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def metadata_line(fields) -> str:
     return " ".join(str(f) for f in fields)
 
@@ -598,324 +559,6 @@ def generate_dataset(out_dir: str | Path, n: int, seed: int, params: SnakeParams
         seconds=round(elapsed, 3), workers=workers,
         files={f: sha256_file(out_dir / f) for f in files},
     )
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    write_manifest(out_dir, manifest)
     return manifest
 
-
-# -- reading a dataset -----------------------------------------------------------------------------
-def parse_metadata(path: Path) -> list[list[str]]:
-    """Rows of 11 fields from a metadata file, plain text (the release) or binary .npy (upstream)."""
-    raw = path.read_bytes()
-    if raw.startswith(NPY_MAGIC):
-        try:
-            array = np.load(io.BytesIO(raw), allow_pickle=False)
-        except ValueError as exc:
-            raise UserError(f"{path}: binary .npy metadata that needs pickle or is damaged ({exc}); "
-                            f"expected an (N, 11) string array", exit_code=1)
-        if array.ndim == 1:  # a single row saved without the batch axis
-            array = array[None, :]
-        rows = [[str(v) for v in row] for row in array]
-    else:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise UserError(f"{path}: metadata is neither UTF-8 text nor a .npy array", exit_code=1)
-        rows = [line.split() for line in text.split("\n") if line.strip()]
-    for line_no, row in enumerate(rows, start=1):
-        if len(row) != 11:
-            raise UserError(f"{path}: row {line_no} has {len(row)} fields, expected 11 "
-                            f"(subdir filename index label continuity contour_length ...)", exit_code=1)
-        if row[3] not in ("0", "1"):
-            raise UserError(f"{path}: row {line_no}: label (field 3) is {row[3]!r}, expected 0 or 1",
-                            exit_code=1)
-    return rows
-
-
-def metadata_files(root: Path) -> list[Path]:
-    """`metadata/*.npy` sorted by integer batch name (not by os.listdir order)."""
-    files = [p for p in (root / "metadata").glob("*.npy") if p.is_file()]
-    return sorted(files, key=lambda p: (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.stem))
-
-
-def list_examples(root: Path, warn: bool = True) -> tuple[list[str], list[int], list[str]]:
-    """(relative image paths, labels, skipped) of a difficulty folder, in sorted metadata order."""
-    files = metadata_files(root)
-    if not files:
-        raise UserError(f"{root}: no metadata/*.npy files; expected pathfinder{{R}}/<difficulty>/"
-                        f"metadata/<batch>.npy next to imgs/", exit_code=1)
-    resolution, difficulty = root.parent.name, root.name
-    paths, labels, skipped = [], [], []
-    for meta in files:
-        for row in parse_metadata(meta):
-            rel = f"{row[0]}/{row[1]}"
-            image = root / rel
-            if (resolution, difficulty, rel) in BLACKLIST or (image.is_file() and image.stat().st_size == 0):
-                skipped.append(rel)
-                continue
-            paths.append(rel)
-            labels.append(int(row[3]))
-    if skipped and warn:
-        shown = ", ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else "")
-        warnings.warn(f"{root}: skipped {len(skipped)} empty or blacklisted image(s): {shown}", stacklevel=2)
-    return paths, labels, skipped
-
-
-def load_image(path: Path, resolution: int) -> np.ndarray:
-    """Decode one PNG to a (R, R) uint8 array; a clear error names a missing or corrupt file."""
-    if not path.is_file():
-        raise UserError(f"{path}: image listed in the metadata is missing", exit_code=1)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            gray = np.asarray(im.convert("L") if im.mode != "L" else im)
-    except Exception as exc:  # PIL raises several types for damaged files
-        raise UserError(f"{path}: corrupt or unreadable PNG ({type(exc).__name__}: {exc}); "
-                        f"replace the file or regenerate the data", exit_code=1)
-    if gray.shape != (resolution, resolution):
-        raise UserError(f"{path}: image is {gray.shape[1]}x{gray.shape[0]}, expected "
-                        f"{resolution}x{resolution}", exit_code=1)
-    return gray
-
-
-def pool_pixels(images: np.ndarray, resolution: int, pool: int) -> np.ndarray:
-    """(N, R*R) uint8 -> (N, (R/pool)^2) uint8 by mean pooling (rounded); pool 1 = unchanged."""
-    if pool == 1:
-        return images
-    side = resolution // pool
-    x = images.reshape(-1, side, pool, side, pool).astype(np.float32).mean(axis=(2, 4))
-    return np.rint(x).astype(np.uint8).reshape(len(images), side * side)
-
-
-def split_indices(n: int, seed: int) -> dict[str, np.ndarray]:
-    """Seeded 80/10/10 permutation of range(n)."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_train, n_val = int(n * SPLIT_FRACTIONS[0]), int(n * SPLIT_FRACTIONS[1])
-    return dict(train=perm[:n_train], val=perm[n_train:n_train + n_val], test=perm[n_train + n_val:])
-
-
-def write_split_file(path: Path, root: Path, seed: int, paths: list[str], splits: dict) -> dict:
-    """Write the split's index lists (relative image paths) with sha256 checksums; returns the record."""
-    lists = {s: [paths[i] for i in idx] for s, idx in splits.items()}
-    record = dict(
-        source=str(root.resolve()), split_seed=seed, fractions=list(SPLIT_FRACTIONS),
-        metadata_sha256={str(m.relative_to(root)): sha256_file(m) for m in metadata_files(root)},
-        counts={s: len(v) for s, v in lists.items()},
-        sha256={s: hashlib.sha256("\n".join(v).encode()).hexdigest() for s, v in lists.items()},
-        splits=lists,
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
-    return record
-
-
-def find_difficulty_dir(data_dir: Path, resolution: int, folder: str) -> Path | None:
-    """The `pathfinder{R}/<folder>` directory under the usual layouts, or None."""
-    name = f"pathfinder{resolution}"
-    candidates = [data_dir / name / folder, data_dir / "lra_release" / name / folder,
-                  data_dir / "lra_release" / "lra_release" / name / folder, data_dir / folder]
-    if data_dir.name == folder:
-        candidates.insert(0, data_dir)
-    for c in candidates:
-        if (c / "metadata").is_dir():
-            return c
-    return None
-
-
-# -- tasks -----------------------------------------------------------------------------------------
-class PathfinderBase(Task):
-    """Shared reader/generator logic; subclasses set `resolution` and `SCALES`."""
-
-    resolution: int = 32
-    # Per scale: examples per split, how many images to regenerate without user data (None: refuse,
-    # too slow), and mean pooling of the image side (the smoke reduction).
-    SCALES: dict = {}
-
-    def sizes(self, scale: str) -> dict:
-        if scale not in self.SCALES:
-            raise UserError(f"--scale {scale!r}: expected one of {', '.join(self.SCALES)}")
-        s = dict(self.SCALES[scale])
-        s["pool"] = int(self.options.get("pool", s["pool"]))
-        if s["pool"] < 1 or self.resolution % s["pool"]:
-            raise UserError(f"task {self.name} option pool={s['pool']}: expected a divisor of {self.resolution}")
-        if "n" in self.options:
-            s["generate"] = int(self.options["n"])
-        s["seq_len"] = (self.resolution // s["pool"]) ** 2
-        return s
-
-    @property
-    def folder(self) -> str:
-        difficulty = self.options.get("difficulty", "hard")
-        folder = DIFFICULTIES.get(difficulty, difficulty)
-        if folder not in CONTOUR_LENGTH:
-            raise UserError(f"task {self.name} option difficulty={difficulty!r}: expected one of "
-                            f"{', '.join(DIFFICULTIES)}")
-        return folder
-
-    @property
-    def params(self) -> SnakeParams:
-        return lra_params(self.resolution, self.folder, self.options.get("distractors", "per-difficulty"))
-
-    @property
-    def split_seed(self) -> int:
-        return int(self.options.get("split_seed", self.seed))
-
-    @property
-    def data_seed(self) -> int:
-        """Seed of regenerated images (`options["data_seed"]`, default the task seed)."""
-        return int(self.options.get("data_seed", self.seed))
-
-    @functools.cached_property
-    def user_root(self) -> Path | None:
-        """The user's difficulty folder under --data-dir, or None (then data is regenerated)."""
-        if self.data_dir is None:
-            return None
-        found = find_difficulty_dir(self.data_dir, self.resolution, self.folder)
-        if found is None:
-            warnings.warn(f"--data-dir {self.data_dir}: no pathfinder{self.resolution}/{self.folder}/"
-                          f"metadata found; using regenerated data instead", stacklevel=2)
-        return found
-
-    def generated_dir(self) -> Path:
-        """Regenerated images (release layout) in the cache; generated once, atomically."""
-        s = self.sizes(self.scale)
-        if s.get("generate") is None:
-            raise UserError(
-                f"task {self.name} at scale {self.scale} needs the real images: pass --data-dir with "
-                f"pathfinder{self.resolution}/{self.folder}/ (LRA release), or generate them first with "
-                f"`python -m harness data generate --task {self.name} --out DIR --n 200000 --workers W` "
-                f"(hours of CPU time) and pass --data-dir DIR", exit_code=1)
-        p = self.params
-        root = self.cache_dir if self.cache_dir is not None else Path(".cache")
-        tag = hashlib.sha256(json.dumps(asdict(p), sort_keys=True).encode()).hexdigest()[:8]
-        base = root / self.name / f"generated-seed{self.data_seed}-n{s['generate']}-{tag}"
-        final = base / f"pathfinder{self.resolution}" / self.folder
-        if (final / "manifest.json").is_file():
-            return final
-        tmp = base.with_name(base.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        workers = int(self.options.get("workers", os.cpu_count() or 1))
-        print(f"{self.name}: generating {s['generate']} images at {self.resolution} px (seed {self.data_seed}, "
-              f"{workers} workers) into {base}; done once, then cached", file=sys.stderr)
-        generate_dataset(tmp / f"pathfinder{self.resolution}" / self.folder, s["generate"], self.data_seed, p,
-                         workers)
-        if base.exists():
-            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
-        else:
-            os.replace(tmp, base)
-        return final
-
-    def source(self) -> tuple[Path, bool]:
-        """(difficulty folder, is user data)."""
-        user = self.user_root
-        return (user, True) if user is not None else (self.generated_dir(), False)
-
-    @functools.cached_property
-    def provenance(self) -> Provenance:
-        s = self.sizes(self.scale)
-        reduction = f"n={s['train']}/{s['val']}/{s['test']}"
-        if s["pool"] > 1:
-            side = self.resolution // s["pool"]
-            reduction += f", pool={s['pool']} ({side}x{side})"
-        whole = self.scale == "paper" and s["pool"] == 1
-        if self.user_root is not None:
-            manifest = self.user_root / "manifest.json"
-            if manifest.is_file():  # data written by `data generate`: regenerated, not the release
-                try:
-                    info = json.loads(manifest.read_text())
-                    made, params = info["seed"], SnakeParams(**{k: tuple(v) if isinstance(v, list) else v
-                                                                 for k, v in info["params"].items()})
-                    images = int(info["counts"]["images"])
-                except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
-                    raise UserError(f"{manifest}: unreadable manifest ({type(exc).__name__}: {exc}); "
-                                    f"regenerate it with `python -m harness data generate`", exit_code=1)
-                return self.regenerated(made, images, params, None if whole else reduction)
-            return Provenance("official", "lra-release", subset=None if whole else reduction,
-                              parameters=dict(split_seed=self.split_seed))
-        return self.regenerated(self.data_seed, s["generate"], self.params, None if whole else reduction)
-
-    def regenerated(self, seed: int, images: int, p: SnakeParams, subset: str | None) -> Provenance:
-        return Provenance("regenerated", "pathfinder-generator", subset=subset, parameters=dict(
-            seed=seed, images=images, resolution=p.window, contour=p.contour_length,
-            distractors=f"{p.num_distractor_snakes}x{p.distractor_length}",
-            single_paddles=p.use_single_paddles, bytescale="scipy emulated",
-            split=f"80/10/10 seed {self.split_seed}"))
-
-    def cache_key(self, split: str) -> str:
-        """Identity of a built split: the base identity (minus `workers`, which never changes the
-        data), the generator parameters and, for user data, the metadata files' sizes and times."""
-        ident = dict(task=self.name, version=self.spec.version, split=split, scale=self.scale,
-                     seed=self.seed, sizes=self.sizes(self.scale), params=asdict(self.params),
-                     options={k: v for k, v in self.options.items() if k != "workers"},
-                     data_dir=str(self.data_dir.resolve()) if self.data_dir else None)
-        if self.user_root is not None:
-            ident["metadata"] = [(m.name, m.stat().st_size, m.stat().st_mtime_ns)
-                                 for m in metadata_files(self.user_root)]
-        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    @functools.cached_property
-    def split_lists(self) -> tuple[Path, list[str], list[int], dict]:
-        """Read metadata, split 80/10/10 and write the index lists (with checksums) to disk (once)."""
-        root, _ = self.source()
-        paths, labels, _ = list_examples(root)
-        if len(paths) < 3:
-            raise UserError(f"{root}: only {len(paths)} usable images; need at least 3 for 80/10/10", exit_code=1)
-        splits = split_indices(len(paths), self.split_seed)
-        cache = self.cache_dir if self.cache_dir is not None else Path(".cache")
-        digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
-        write_split_file(cache / self.name / "splits" / f"{root.name}-{digest}-seed{self.split_seed}.json",
-                         root, self.split_seed, paths, splits)
-        return root, paths, labels, splits
-
-    def build(self, split: str) -> TaskData:
-        s = self.sizes(self.scale)
-        root, paths, labels, splits = self.split_lists
-        if split not in splits:
-            raise UserError(f"task {self.name}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-        index = splits[split][: s[split]]  # smaller scales use the head of each seeded split
-        n, length = len(index), s["seq_len"]
-        pixels = np.empty((n, length), dtype=np.uint8)  # filled image by image: no second full copy
-        for row, i in enumerate(index):
-            image = load_image(root / paths[i], self.resolution).reshape(1, -1)
-            pixels[row] = pool_pixels(image, self.resolution, s["pool"])[0]
-        return TaskData(inputs=torch.from_numpy(pixels), lengths=torch.full((n,), length, dtype=torch.int64),
-                        labels=torch.tensor([labels[i] for i in index], dtype=torch.int64),
-                        provenance=self.provenance)
-
-
-@register_task("pathfinder")
-class Pathfinder(PathfinderBase):
-    """Pathfinder 32x32, hard (curv_contour_length_14), as scored in LRA."""
-
-    resolution = 32
-    spec = TaskSpec(
-        seq_len=1024, input_kind="real", vocab_size=0, num_classes=2,
-        splits=dict(train=160000, val=20000, test=20000), lra=True, label="Pathfinder", order=5, version="1",
-        real_mean=0.5, real_std=0.5, real_scale=1 / 255,
-        description="Pathfinder 32x32 (curv_contour_length_14): are the two markers on one contour? "
-                    "Pixels as real values, normalised (p/255-0.5)/0.5",
-    )
-    SCALES = {
-        "smoke": dict(train=200, val=25, test=25, generate=250, pool=2, batch_size=16),
-        "small": dict(train=8000, val=1000, test=1000, generate=10000, pool=1),
-        "paper": dict(train=160000, val=20000, test=20000, generate=None, pool=1),
-    }
-
-
-@register_task("pathx")
-class PathX(PathfinderBase):
-    """Path-X: Pathfinder at 128x128 (16,384 pixels), hard (curv_contour_length_14)."""
-
-    resolution = 128
-    spec = TaskSpec(
-        seq_len=16384, input_kind="real", vocab_size=0, num_classes=2,
-        splits=dict(train=160000, val=20000, test=20000), lra=True, label="Path-X", order=6, version="1",
-        real_mean=0.5, real_std=0.5, real_scale=1 / 255,
-        description="Path-X: Pathfinder at 128x128 (curv_contour_length_14), 16K pixels as real values",
-    )
-    SCALES = {
-        "smoke": dict(train=32, val=4, test=4, generate=40, pool=8, batch_size=2, total_steps=30),
-        "small": dict(train=800, val=100, test=100, generate=1000, pool=2),
-        "paper": dict(train=160000, val=20000, test=20000, generate=None, pool=1),
-    }
