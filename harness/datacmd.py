@@ -1,6 +1,6 @@
 """`python -m harness data check|generate`: inspect a user's data folder, or regenerate data offline.
 
-    data check --task T --data-dir D [--difficulty LEVEL] [--task-option T.KEY=VALUE] [--include FILE.py]
+    data check --task T --data-dir D [--task-option T.KEY=VALUE] [--include FILE.py]
         Asks task T (`Task.check`) for the problems of its files under D, in the layouts its reader
         accepts (lra.md §2, §9): missing or empty files, unreadable rows, wrong counts, images that are
         missing, empty, not PNG or damaged, checksum mismatches against a `manifest.json`. Counts are
@@ -8,16 +8,14 @@
         the official release. Problems are listed on stdout, the first one also as a single `error:`
         line on stderr; exit status 0 when nothing is wrong, 1 otherwise.
 
-    data generate --task T --out D [--n N] [--seed S] [--workers W] [--difficulty LEVEL]
-                  [--metadata-format text|npy] [--task-option T.KEY=VALUE] [--include FILE.py]
-        Asks task T (`Task.generate`, for tasks with `generatable = True`: listops, pathfinder, pathx)
-        to write its data in the release layout under D (`D/listops-1000/basic_*.tsv`,
-        `D/pathfinder{32,128}/<difficulty>/{imgs,metadata}`) with a `manifest.json` holding the seed,
-        generator parameters, counts and the sha256 of every file. `--data-dir D` then makes the
-        task read it.
+    data generate --task T --out D [--n N] [--seed S] [--workers W] [--task-option T.KEY=VALUE]
+                  [--include FILE.py]
+        Asks task T (`Task.generate`, for tasks with `generatable = True`) to write its data in the
+        layout its reader accepts under D, with a `manifest.json` holding the seed, generator
+        parameters, counts and the sha256 of every file. `--data-dir D` then makes the task read it.
 
-The commands know no task by name: any registered task works, a plugin's too (`--include`).
-`--difficulty` and `--metadata-format` are the task options of the same names (Pathfinder's).
+The commands know no task by name: any registered task works, a plugin's too (`--include`), and a
+task's own settings (e.g. Pathfinder's difficulty) are its options (`--task-option`).
 
 Python API: `check(task, data_dir, options=None) -> list[str]`,
 `generate(task, out_dir, n=None, seed=0, workers=1, progress=None, options=None) -> dict`.
@@ -26,7 +24,6 @@ Python API: `check(task, data_dir, options=None) -> list[str]`,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -95,7 +92,7 @@ def generate(task_name: str, out_dir: str | Path, n: int | None = None, seed: in
 
 # -- CLI -------------------------------------------------------------------------------------------
 def _options(args: argparse.Namespace) -> dict:
-    """The task's options from --task-option T.KEY=VALUE, --difficulty and --metadata-format."""
+    """The task's options from --task-option T.KEY=VALUE."""
     from harness.config import RunConfig
     from harness.registry import TASKS, load_plugins
 
@@ -106,17 +103,8 @@ def _options(args: argparse.Namespace) -> dict:
     if others:
         raise UserError(f"--task-option {others[0]}.KEY=...: names task {others[0]}, but this command is for "
                         f"task {args.task}; give --task-option {args.task}.KEY=VALUE")
-    options = dict(given.get(args.task, {}))
-    fields = {f.name for f in dataclasses.fields(cls.Options)}
-    for flag, key in (("--difficulty", "difficulty"), ("--metadata-format", "metadata_format")):
-        value = getattr(args, key, None)
-        if value is None:
-            continue
-        if key not in fields:
-            raise UserError(f"{flag} {value}: task {args.task} has no option {key} (its options: "
-                            f"{', '.join(sorted(fields))})")
-        options[key] = value
-    return options
+    cls(options=given.get(args.task, {}))  # a wrong key or value fails here, in one line
+    return dict(given.get(args.task, {}))
 
 
 def _fail(exc: UserError) -> int:
@@ -177,14 +165,11 @@ def _common(parser: argparse.ArgumentParser, what: str) -> None:
                         help="set an option of the task (repeatable), e.g. --task-option pathfinder.difficulty=easy")
     parser.add_argument("--include", action="append", default=[], metavar="FILE.py",
                         help="a local plugin file to import (repeatable)")
-    parser.add_argument("--difficulty", default=None, choices=("easy", "intermediate", "hard"),
-                        help="Pathfinder difficulty: contour length 6 / 9 / 14 (default: hard = "
-                             "curv_contour_length_14)")
 
 
 def add_commands(subparsers) -> None:
     """Add `data check` and `data generate` to the harness CLI's subparsers."""
-    data = subparsers.add_parser("data", help="check a data folder, or generate ListOps / Pathfinder data",
+    data = subparsers.add_parser("data", help="check a task's data folder, or generate a task's data",
                                  description=__doc__.split("\n\n")[0])
     sub = data.add_subparsers(dest="data_command", metavar="{check,generate}", required=True)
 
@@ -194,15 +179,13 @@ def add_commands(subparsers) -> None:
                    help="folder holding the data (e.g. lra_release)")
     c.set_defaults(func=cmd_check)
 
-    g = sub.add_parser("generate", help="generate ListOps or Pathfinder/Path-X data with a manifest")
+    g = sub.add_parser("generate", help="generate a task's data with a manifest (tasks that have a generator)")
     _common(g, "generate")
     g.add_argument("--out", required=True, metavar="DIR", type=os.path.expanduser,
                    help="output folder (release layout inside)")
     g.add_argument("--n", type=int, default=None, metavar="N",
-                   help="number of examples (default: the release's, 100000 ListOps / 200000 Pathfinder)")
+                   help="number of examples (default: the task's release size)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="W",
-                   help="processes for Pathfinder generation (default: all cores)")
-    g.add_argument("--metadata-format", default=None, choices=("text", "npy"),
-                   help="Pathfinder metadata as released text (default) or upstream's binary .npy")
+                   help="processes the generator may use (default: all cores)")
     g.set_defaults(func=cmd_generate)

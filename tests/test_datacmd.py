@@ -123,22 +123,23 @@ def test_cli_commands_and_exit_codes(tmp_path, capsys):
     assert "expected one of listops, pathfinder, pathx" in err and "needs real data" in err
     args = parse(["data", "check", "--task", "mqar", "--data-dir", str(tmp_path)])
     assert args.func(args) == 2 and "reads no data files" in capsys.readouterr().err
-    args = parse(["data", "check", "--task", "listops", "--difficulty", "easy", "--data-dir", str(tmp_path / "d")])
-    assert args.func(args) == 2 and "task listops has no option difficulty" in capsys.readouterr().err
+    args = parse(["data", "check", "--task", "listops", "--task-option", "listops.difficulty=easy",
+                  "--data-dir", str(tmp_path / "d")])
+    assert args.func(args) == 2 and "task listops has no option 'difficulty'" in capsys.readouterr().err
     assert not (tmp_path / "f").exists()
 
 
-def test_difficulty_flag_and_task_option_pick_the_folder(tmp_path, capsys):
+def test_task_options_pick_the_folder_and_the_metadata_format(tmp_path, capsys):
     args = parse(["data", "generate", "--task", "pathfinder", "--out", str(tmp_path), "--n", "2", "--workers", "1",
-                  "--difficulty", "easy", "--metadata-format", "npy"])
+                  "--task-option", "pathfinder.difficulty=easy", "--task-option", "pathfinder.metadata_format=npy"])
     assert args.func(args) == 0
     root = tmp_path / "pathfinder32" / "curv_baseline"
     assert (root / "metadata" / "0.npy").read_bytes().startswith(b"\x93NUMPY")
     assert json.loads((root / "manifest.json").read_text())["params"]["contour_length"] == 6
     capsys.readouterr()
-    for flags in (["--difficulty", "easy"], ["--task-option", "pathfinder.difficulty=easy"]):
-        args = parse(["data", "check", "--task", "pathfinder", "--data-dir", str(tmp_path)] + flags)
-        assert args.func(args) == 0, capsys.readouterr()
+    args = parse(["data", "check", "--task", "pathfinder", "--data-dir", str(tmp_path),
+                  "--task-option", "pathfinder.difficulty=easy"])
+    assert args.func(args) == 0, capsys.readouterr()
     args = parse(["data", "check", "--task", "pathfinder", "--data-dir", str(tmp_path)])  # default: hard
     assert args.func(args) == 1 and "no pathfinder32/curv_contour_length_14/metadata/" in capsys.readouterr().err
     args = parse(["data", "check", "--task", "pathfinder", "--data-dir", str(tmp_path),

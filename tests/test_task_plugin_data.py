@@ -106,8 +106,8 @@ def test_a_plugin_task_is_generated_checked_and_read(workdir, capsys):
 
     assert main(check + ["--task-option", "plugin_parity.depth=2"]) == 2  # the task's options are typed
     assert "task plugin_parity has no option 'depth'" in capsys.readouterr().err
-    assert main(check + ["--difficulty", "easy"]) == 2
-    assert "task plugin_parity has no option difficulty" in capsys.readouterr().err
+    assert main(check + ["--task-option", "other_task.width=6"]) == 2  # options of another task
+    assert "names task other_task" in capsys.readouterr().err
 
 
 def test_python_m_harness_checks_what_the_plugin_generated(workdir):
