@@ -95,7 +95,7 @@ def timed(benchmark, device, pytestconfig):
         import harness_models  # which checkout's code ran (a base worktree or this one)
 
         benchmark.extra_info.update(device=device.type, torch=torch.__version__,
-                                    source=str(Path(models.__file__).resolve().parent.parent),
+                                    source=str(Path(harness_models.__file__).resolve().parent.parent),
                                     threads=torch.get_num_threads(),
                                     gpu=torch.cuda.get_device_name() if device.type == "cuda" else None)
         benchmark.pedantic(target, setup=sync, rounds=pytestconfig.getoption("--bench-rounds"),

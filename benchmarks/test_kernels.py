@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import harness_models.s4 as s4
-from harness_models.mamba import selective_scan_chunked, selective_scan_sequential
+from harness_models.scan import selective_scan_chunked, selective_scan_sequential
 from harness_models.mega import MegaConfig, MovingAverageGatedAttention, MultiHeadEMA
 
 try:  # absent in revisions before it was added: a base revision in a comparison still runs the rest
@@ -78,7 +78,7 @@ def ema_case(device: torch.device, L: int):
     key = (device.type, L)
     if key not in _EMA_CASES:
         torch.manual_seed(0)
-        ema = MultiHeadEMA(128, 16, bidirectional=True, truncation=1024).to(device)
+        ema = MultiHeadEMA(MegaConfig(d_model=128, h_dim=16, bidirectional=True, truncation=1024)).to(device)
         B = batch_for(device, L, cuda_tokens=65536, cpu_batch=2)
         x, g = torch.randn(B, L, 128, device=device), torch.randn(B, L, 128, device=device)
         x64 = x.double().requires_grad_()
@@ -219,9 +219,9 @@ def test_s4_kernel(timed, device, L, kind, mode):
     torch.manual_seed(0)
     H = 256 if device.type == "cuda" else 64
     if kind == "s4_dplr":
-        kernel = s4.DPLRKernel(H=H, N=64, channels=2, l_max=L).to(device)
+        kernel = s4.DPLRKernel(s4.S4Config(d_model=H, d_state=64, l_max=L), channels=2).to(device)
     else:
-        kernel = s4.DiagKernel(H=H, N=64, channels=2).to(device)
+        kernel = s4.DiagKernel(s4.S4Config(mode="diag", d_model=H, d_state=64), channels=2).to(device)
     params = list(kernel.parameters())
     g = torch.randn(2, H, L, device=device)
     out, _ = run_mode(lambda: kernel(L), params, mode, g)

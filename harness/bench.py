@@ -34,8 +34,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
+
 
 @dataclass
 class Cell:
@@ -58,14 +60,14 @@ class Cell:
     includes: list = field(default_factory=list)  # plugin files the child process must import
 
     def config(self, entry) -> dict:
-        """The model's resolved config for this cell. A learned position table sized by
-        `max_positions` (e.g. MEGA's simple bias) is widened to the cell's length, as the official
-        long-length measurements did; the widened value is part of the recorded config."""
+        """The model's resolved config for this cell, adapted to the cell's length by the model's
+        `fit_length` hook when it declares one (e.g. MEGA widens its learned position table to the
+        length, as the official long-length measurements did); the adapted values are part of the
+        recorded config."""
         overrides = entry.known_overrides(self.task, self.overrides)
         config = entry.config(self.task, overrides)
-        if isinstance(config.get("max_positions"), int) and config["max_positions"] < self.seq_len:
-            config = entry.config(self.task, {**overrides, "max_positions": self.seq_len})
-        return config
+        fitted = entry.fit_length(config, self.seq_len) if entry.fit_length is not None else {}
+        return entry.config(self.task, {**overrides, **fitted}) if fitted else config
 
     def identity(self, config_hash: str, task_version: str) -> dict:
         extra = {"cuda_graphs": True} if self.cuda_graphs else {}  # keys of eager cells stay as they were
@@ -73,6 +75,20 @@ class Cell:
                     task_version=task_version, seq_len=self.seq_len, batch_size=self.batch_size,
                     dtype=self.dtype, device=self.device, mode=self.mode, warmup=self.warmup,
                     iters=self.iters, **extra)
+
+
+@runtime_checkable
+class ReportsRuntime(Protocol):
+    """Optional part of the backbone contract: a backbone whose execution path is chosen at run time
+    (e.g. Mamba's scan: the mamba-ssm CUDA kernel or the PyTorch scan) says which one ran in its
+    latest forward. The dict is stored as the speed record's `runtime` field."""
+
+    def runtime_info(self) -> dict: ...
+
+
+def backbone_runtime_info(backbone) -> dict | None:
+    """`backbone.runtime_info()` for a backbone that implements `ReportsRuntime`, else None."""
+    return backbone.runtime_info() if isinstance(backbone, ReportsRuntime) else None
 
 
 # -- CPU resident-set helpers (Linux /proc; None elsewhere) ----------------------------------------
@@ -240,7 +256,7 @@ def measure_cell(cell: Cell) -> dict:
                       timer="cuda-events" if cuda else "perf_counter",
                       threads=None if cuda else torch.get_num_threads())
         tokens = cell.batch_size * cell.seq_len * (2 if task_cls.spec.dual else 1)
-        runtime = model.backbone.runtime_info() if hasattr(model.backbone, "runtime_info") else None
+        runtime = backbone_runtime_info(model.backbone)
         return make_record(status="ok", n_params=n_params, timing=timing, memory=memory, runtime=runtime,
                            throughput_tokens_per_s=tokens / (median / 1e3), **base)
     except Exception as exc:  # a plugin fault or OOM must become a record, not a crash

@@ -29,25 +29,65 @@ number of blocks, so, as in LRA, a batch padded to more blocks has a different r
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.registry import register_model
 from harness.validate import check_config, invalid
-from harness_models.transformer import (
-    DEFAULTS as TRANSFORMER_DEFAULTS,
-    POSITIONS,
-    TASK_CONFIGS as TRANSFORMER_TASK_CONFIGS,
-    TINY as TRANSFORMER_TINY,
-    TRAIN_CONFIGS as TRANSFORMER_TRAIN_CONFIGS,
-    EncoderBlock,
-    TransformerEncoder,
-    check_heads,
-)
+from harness_models import transformer
+from harness_models.config import config_from_kwargs, registry_defaults
+from harness_models.transformer import POSITIONS, TransformerConfig, TransformerEncoder, check_heads
 
 PAPER = "Zaheer et al., NeurIPS 2020 (arXiv 2007.14062); LRA configs: Tay et al., ICLR 2021"
 MASK_VALUE = -1e9  # finite: a fully masked row stays finite (its output is a pad row, zeroed)
+
+
+@dataclass
+class BigBirdConfig(TransformerConfig):
+    """The Transformer's architecture with ITC block-sparse attention. The sparse path has no
+    attention-weight dropout (LRA ignores the argument): `attn_dropout` must stay 0 and is left out
+    of the registered config."""
+
+    family = "bigbird"
+
+    qkv_dim: int | None = None  # width of q/k/v; None = d_model (LRA's Image/Pathfinder use less)
+    block_size: int = 64  # b tokens per block (LRA, paper ITC base)
+    num_rand_blocks: int = 3  # r random key blocks per non-global query block
+    window_blocks: int = 3  # w: blocks i-1, i, i+1 (odd)
+    global_blocks: int = 2  # g: the first and the last block (even: half at each end)
+    rand_last_idx: int | None = 1024  # random blocks only from the first 1024 tokens (LRA, official code); None = all
+    seed: int = 0  # the random table is a function of (seed, layer, head, number of blocks)
+    lra_extra_block: bool = False  # True: LRA's padding, a whole extra block when L % b == 0
+
+    def check(self) -> None:
+        family = self.family
+        check_config(family, dataclasses.asdict(self),
+                     positive=("d_model", "n_layers", "n_heads", "d_ffn", "qkv_dim", "block_size",
+                               "window_blocks", "rand_last_idx"),
+                     nonnegative=("num_rand_blocks", "global_blocks", "seed"), probability=("dropout",),
+                     flags=("lra_extra_block",), optional=("qkv_dim", "rand_last_idx"),
+                     choices=dict(positions=POSITIONS))
+        check_heads(family, self.d_model, self.n_heads)
+        if self.qkv_dim is not None and self.qkv_dim % self.n_heads:
+            raise invalid(family, "qkv_dim", self.qkv_dim, f"a multiple of n_heads={self.n_heads}")
+        if self.window_blocks % 2 == 0:  # a window centred on its own block
+            raise invalid(family, "window_blocks", self.window_blocks, "an odd number of blocks (ITC: 3)")
+        if self.global_blocks % 2:  # as many global blocks at the start as at the end
+            raise invalid(family, "global_blocks", self.global_blocks,
+                          "an even number (ITC: 2, first and last block)")
+        # Every row must have r legal random blocks inside the first rand_last_idx tokens: at most
+        # g/2 global and w window blocks are excluded there.
+        need = (self.num_rand_blocks + self.window_blocks + self.global_blocks // 2) * self.block_size
+        if self.num_rand_blocks and self.rand_last_idx is not None and self.rand_last_idx < need:
+            raise invalid(family, "rand_last_idx", self.rand_last_idx,
+                          f"None or >= (num_rand_blocks + window_blocks + global_blocks/2) * block_size = {need}")
+        if self.attn_dropout != 0:
+            raise invalid(family, "attn_dropout", self.attn_dropout,
+                          "0 (the block-sparse attention has no attention-weight dropout)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,19 +212,14 @@ def block_sparse_attention(q, k, v, key_pad, block_size: int, global_blocks: int
 class BigBirdSelfAttention(nn.Module):
     """Multi-head ITC block-sparse self-attention. (B, L, d) -> (B, L, d)."""
 
-    def __init__(self, d_model: int, n_heads: int, qkv_dim: int | None = None, block_size: int = 64,
-                 num_rand_blocks: int = 3, window_blocks: int = 3, global_blocks: int = 2,
-                 rand_last_idx: int | None = 1024, seed: int = 0, layer_index: int = 0,
-                 lra_extra_block: bool = False):
+    def __init__(self, cfg: BigBirdConfig, layer_index: int = 0):
         super().__init__()
-        qkv_dim = qkv_dim or d_model
-        if qkv_dim % n_heads:
-            raise ValueError(f"qkv_dim {qkv_dim} is not divisible by n_heads {n_heads}")
-        self.n_heads, self.head_dim = n_heads, qkv_dim // n_heads
-        self.block_size, self.num_rand_blocks = block_size, num_rand_blocks
-        self.window_blocks, self.global_blocks = window_blocks, global_blocks
-        self.rand_last_idx, self.seed, self.layer_index = rand_last_idx, seed, layer_index
-        self.lra_extra_block = lra_extra_block
+        d_model, qkv_dim = cfg.d_model, cfg.qkv_dim or cfg.d_model
+        self.n_heads, self.head_dim = cfg.n_heads, qkv_dim // cfg.n_heads
+        self.block_size, self.num_rand_blocks = cfg.block_size, cfg.num_rand_blocks
+        self.window_blocks, self.global_blocks = cfg.window_blocks, cfg.global_blocks
+        self.rand_last_idx, self.seed, self.layer_index = cfg.rand_last_idx, cfg.seed, layer_index
+        self.lra_extra_block = cfg.lra_extra_block
         # LRA: q, k, v and output projections without bias, xavier-uniform each
         self.qkv = nn.Linear(d_model, 3 * qkv_dim, bias=False)
         self.out = nn.Linear(qkv_dim, d_model, bias=False)
@@ -245,43 +280,8 @@ class BigBirdSelfAttention(nn.Module):
 class BigBirdEncoder(TransformerEncoder):
     """(B, L, d) + padding mask (True = pad) -> (B, L, d). Same layout as the Transformer encoder."""
 
-    def __init__(self, d_model: int = 256, n_layers: int = 4, n_heads: int = 4, d_ffn: int = 1024,
-                 dropout: float = 0.1, positions: str = "sinusoidal", qkv_dim: int | None = None,
-                 block_size: int = 64, num_rand_blocks: int = 3, window_blocks: int = 3,
-                 global_blocks: int = 2, rand_last_idx: int | None = 1024, seed: int = 0,
-                 lra_extra_block: bool = False):
-        config = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ffn=d_ffn, dropout=dropout,
-                      positions=positions, qkv_dim=qkv_dim, block_size=block_size,
-                      num_rand_blocks=num_rand_blocks, window_blocks=window_blocks,
-                      global_blocks=global_blocks, rand_last_idx=rand_last_idx, seed=seed,
-                      lra_extra_block=lra_extra_block)
-        check_config("bigbird", config,
-                     positive=("d_model", "n_layers", "n_heads", "d_ffn", "qkv_dim", "block_size",
-                               "window_blocks", "rand_last_idx"),
-                     nonnegative=("num_rand_blocks", "global_blocks", "seed"), probability=("dropout",),
-                     flags=("lra_extra_block",), optional=("qkv_dim", "rand_last_idx"),
-                     choices=dict(positions=POSITIONS))
-        check_heads("bigbird", d_model, n_heads)
-        if qkv_dim is not None and qkv_dim % n_heads:
-            raise invalid("bigbird", "qkv_dim", qkv_dim, f"a multiple of n_heads={n_heads}")
-        if window_blocks % 2 == 0:  # a window centred on its own block
-            raise invalid("bigbird", "window_blocks", window_blocks, "an odd number of blocks (ITC: 3)")
-        if global_blocks % 2:  # as many global blocks at the start as at the end
-            raise invalid("bigbird", "global_blocks", global_blocks, "an even number (ITC: 2, first and last block)")
-        # Every row must have r legal random blocks inside the first rand_last_idx tokens: at most
-        # g/2 global and w window blocks are excluded there.
-        need = (num_rand_blocks + window_blocks + global_blocks // 2) * block_size
-        if num_rand_blocks and rand_last_idx is not None and rand_last_idx < need:
-            raise invalid("bigbird", "rand_last_idx", rand_last_idx,
-                          f"None or >= (num_rand_blocks + window_blocks + global_blocks/2) * block_size = {need}")
-        nn.Module.__init__(self)
-        self.init_shell(d_model, positions)
-        for i in range(n_layers):
-            block = EncoderBlock(d_model, n_heads, d_ffn, "vanilla", dropout, 0.0)  # LN, FFN, dropout
-            block.attn = BigBirdSelfAttention(d_model, n_heads, qkv_dim, block_size, num_rand_blocks,
-                                              window_blocks, global_blocks, rand_last_idx, seed, i,
-                                              lra_extra_block)
-            self.layers.append(block)
+    def __init__(self, cfg: BigBirdConfig):
+        super().__init__(cfg, swap=lambda i: BigBirdSelfAttention(cfg, layer_index=i))
 
 
 # Defaults per task: LRA's BigBird uses the base configs of each task with the Transformer's
@@ -291,7 +291,7 @@ class BigBirdEncoder(TransformerEncoder):
 # exception: LRA's BigBird files override them with models 8-10x the Transformer's size, kept in
 # PAPER_TASK_CONFIGS below for parity runs (`--set` or `build(task, overrides=...)`).
 TASK_CONFIGS = {task: {k: v for k, v in cfg.items() if k != "attn_dropout"}
-                for task, cfg in TRANSFORMER_TASK_CONFIGS.items()}
+                for task, cfg in transformer.TASK_CONFIGS.items()}
 # LRA's BigBird model blocks (spec §3.5): Image emb 128, qkv 64, mlp 128, 1 layer and, because
 # `config.model.num_head = 4` is a typo in cifar10/bigbird_base.py, 1 head; Pathfinder emb 64,
 # qkv 32, mlp 64, 4 layers, 2 heads, dropout 0.2. LRA has no BigBird Path-X config: Pathfinder's.
@@ -303,22 +303,11 @@ PAPER_TASK_CONFIGS = dict(
     pathx=dict(d_model=64, qkv_dim=32, d_ffn=64, n_layers=4, n_heads=2, dropout=0.2),
 )
 # LRA trains BigBird with each task's base config, as the Transformer; Path-X reuses Pathfinder's.
-TRAIN_CONFIGS = dict(TRANSFORMER_TRAIN_CONFIGS)
-TRAIN_CONFIGS.setdefault("pathx", dict(TRANSFORMER_TRAIN_CONFIGS["pathfinder"]))
-DEFAULTS = {k: v for k, v in TRANSFORMER_DEFAULTS.items() if k != "attn_dropout"}
-DEFAULTS.update(
-    qkv_dim=None,  # width of q/k/v; None = d_model (LRA's Image/Pathfinder use less)
-    block_size=64,  # b tokens per block (LRA, paper ITC base)
-    num_rand_blocks=3,  # r random key blocks per non-global query block
-    window_blocks=3,  # w: blocks i-1, i, i+1 (odd)
-    global_blocks=2,  # g: the first and the last block (even: half at each end)
-    rand_last_idx=1024,  # random blocks only from the first 1024 tokens (LRA, official code); None = all
-    seed=0,  # the random table is a function of (seed, layer, head, number of blocks)
-    lra_extra_block=False,  # True: LRA's padding, a whole extra block when L % b == 0
-)
+TRAIN_CONFIGS = transformer.BASELINE_TRAIN_CONFIGS
+DEFAULTS = registry_defaults(BigBirdConfig(), exclude=("attn_dropout",))
 # The Transformer's tiny variant (same size, dropout 0; see models/transformer.py TINY) with LRA's
 # attention pattern: at tiny lengths below 11 blocks of 64 it runs as full attention.
-TINY = {k: v for k, v in TRANSFORMER_TINY.items() if k != "attn_dropout"}
+TINY = {k: v for k, v in transformer.TINY.items() if k != "attn_dropout"}
 
 
 @register_model("bigbird", family="attention", paper=PAPER, complexity="O(L)", defaults=DEFAULTS,
@@ -326,4 +315,4 @@ TINY = {k: v for k, v in TRANSFORMER_TINY.items() if k != "attn_dropout"}
                 published=dict(speed=1.1, memory=0.3, source="MEGA Table 2, from LRA Table 2 (TPU v3, JAX, batch 32)"))
 def bigbird(**cfg):
     """BigBird (ITC block-sparse: 3 window, 2 global, 3 random blocks of 64; full attention under 11 blocks)"""
-    return BigBirdEncoder(**cfg)
+    return BigBirdEncoder(config_from_kwargs(BigBirdConfig, "bigbird", cfg))

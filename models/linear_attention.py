@@ -22,24 +22,19 @@ inside a chunk plus a float32 state carried across chunks) is available with `ca
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.registry import register_model
-from harness.validate import check_config
-from harness_models.transformer import (
-    DEFAULTS as TRANSFORMER_DEFAULTS,
-    POSITIONS,
-    TASK_CONFIGS as TRANSFORMER_TASK_CONFIGS,
-    TINY as TRANSFORMER_TINY,
-    TRAIN_CONFIGS as TRANSFORMER_TRAIN_CONFIGS,
-    EncoderBlock,
-    TransformerEncoder,
-    check_heads,
-)
+from harness.validate import check_config, invalid
+from harness_models import transformer
+from harness_models.config import config_from_kwargs, registry_defaults
+from harness_models.transformer import POSITIONS, TransformerConfig, TransformerEncoder, check_heads
 
 PAPER_LINEAR = "Katharopoulos et al., ICML 2020 (arXiv 2006.16236)"
 PAPER_PERFORMER = "Choromanski et al., ICLR 2021 (arXiv 2009.14794)"
@@ -159,21 +154,60 @@ def favor_attention(q, k, v, W, padding_mask=None, causal: bool = False, chunk: 
 
 
 # ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class LinearTransformerConfig(TransformerConfig):
+    """The Transformer's architecture with linear attention (elu+1 features). There is no attention
+    matrix, so `attn_dropout` must stay 0 (it is left out of the registered config)."""
+
+    family = "linear_transformer"
+
+    causal: bool = False  # encoder tasks are bidirectional; True = prefix sums (autoregressive)
+    chunk_size: int = 64  # chunk of the causal form
+
+    def check(self, positive=(), nonnegative=(), optional=(), choices=None) -> None:
+        """Also checks a subclass's keys: `positive`, `nonnegative`, `optional`, `choices`."""
+        check_config(self.family, dataclasses.asdict(self),
+                     positive=("d_model", "n_layers", "n_heads", "d_ffn", "chunk_size", *positive),
+                     nonnegative=nonnegative, probability=("dropout",), flags=("causal",), optional=optional,
+                     choices=dict(positions=POSITIONS, **(choices or {})))
+        check_heads(self.family, self.d_model, self.n_heads)
+        if self.attn_dropout != 0:
+            raise invalid(self.family, "attn_dropout", self.attn_dropout,
+                          "0 (linear attention has no attention weights to drop)")
+
+
+@dataclass
+class PerformerConfig(LinearTransformerConfig):
+    """The Transformer's architecture with FAVOR+ attention (positive orthogonal random features)."""
+
+    family = "performer"
+
+    nb_features: int | None = None  # m random features; None = d_head * ln(d_head) (266 for d_head 64)
+    redraw_interval: int | None = 1000  # training forward calls between feature redraws; None/0 = never
+    feature_seed: int = 0  # draws are a function of (seed, layer, draw index)
+    feature_scaling: int = 0  # 0: chi-distributed row norms, 1: sqrt(d_head)
+
+    def check(self) -> None:
+        super().check(positive=("nb_features",), nonnegative=("redraw_interval", "feature_seed"),
+                      optional=("nb_features", "redraw_interval"), choices=dict(feature_scaling=(0, 1)))
+
+
+# ---------------------------------------------------------------------------------------------
 # Attention modules (drop-in for harness_models.transformer.SelfAttention)
 # ---------------------------------------------------------------------------------------------
 
 class LinearSelfAttention(nn.Module):
     """Multi-head linear attention with the elu+1 feature map. (B, L, d) -> (B, L, d)."""
 
-    def __init__(self, d_model: int, n_heads: int, causal: bool = False, chunk_size: int = 64,
-                 eps: float = 1e-6):
+    def __init__(self, cfg: LinearTransformerConfig, eps: float = 1e-6):
         super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
-        self.n_heads, self.head_dim = n_heads, d_model // n_heads
-        self.causal, self.chunk_size, self.eps = causal, chunk_size, eps
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out = nn.Linear(d_model, d_model)
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
+        self.causal, self.chunk_size, self.eps = cfg.causal, cfg.chunk_size, eps
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
 
     def heads(self, x):
         B, L, _ = x.shape
@@ -200,15 +234,13 @@ class LinearSelfAttention(nn.Module):
 class PerformerSelfAttention(LinearSelfAttention):
     """Multi-head FAVOR+ attention; one (m, d_head) feature matrix per layer, shared by its heads."""
 
-    def __init__(self, d_model: int, n_heads: int, nb_features: int | None = None,
-                 redraw_interval: int | None = 1000, seed: int = 0, layer_index: int = 0,
-                 scaling: int = 0, causal: bool = False, chunk_size: int = 64):
-        super().__init__(d_model, n_heads, causal=causal, chunk_size=chunk_size)
+    def __init__(self, cfg: PerformerConfig, layer_index: int = 0):
+        super().__init__(cfg)
         d = self.head_dim
         # m = d ln d by default (266 for d = 64), at least d
-        self.nb_features = int(nb_features) if nb_features else max(d, int(d * math.log(d)))
-        self.redraw_interval, self.scaling = redraw_interval, scaling
-        self.seed, self.layer_index = seed, layer_index
+        self.nb_features = int(cfg.nb_features) if cfg.nb_features else max(d, int(d * math.log(d)))
+        self.redraw_interval, self.scaling = cfg.redraw_interval, cfg.feature_scaling
+        self.seed, self.layer_index = cfg.feature_seed, layer_index
         # Python ints (no device sync per call), saved with the features through the extra state
         self.draws, self.calls_since_redraw = 0, 0
         self.register_buffer("projection", self._draw(0))
@@ -245,59 +277,24 @@ class PerformerSelfAttention(LinearSelfAttention):
 class LinearAttentionEncoder(TransformerEncoder):
     """(B, L, d) + padding mask (True = pad) -> (B, L, d). Same layout as the Transformer encoder."""
 
-    def __init__(self, attention: str = "linear", d_model: int = 256, n_layers: int = 4,
-                 n_heads: int = 4, d_ffn: int = 1024, dropout: float = 0.1,
-                 positions: str = "sinusoidal", causal: bool = False, chunk_size: int = 64,
-                 nb_features: int | None = None, redraw_interval: int | None = 1000,
-                 feature_seed: int = 0, feature_scaling: int = 0):
-        family = "performer" if attention == "performer" else "linear_transformer"
-        config = dict(attention=attention, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ffn=d_ffn,
-                      dropout=dropout, positions=positions, causal=causal, chunk_size=chunk_size,
-                      nb_features=nb_features, redraw_interval=redraw_interval, feature_seed=feature_seed,
-                      feature_scaling=feature_scaling)
-        check_config(family, config, positive=("d_model", "n_layers", "n_heads", "d_ffn", "chunk_size",
-                                               "nb_features"),
-                     nonnegative=("redraw_interval", "feature_seed"), probability=("dropout",),
-                     flags=("causal",), optional=("nb_features", "redraw_interval"),
-                     choices=dict(attention=("linear", "performer"), positions=POSITIONS,
-                                  feature_scaling=(0, 1)))
-        check_heads(family, d_model, n_heads)
-        # The Transformer's shell (positions, final LayerNorm) without its softmax blocks; this
-        # encoder's own blocks follow (its config is checked above, in its own words).
-        nn.Module.__init__(self)
-        self.init_shell(d_model, positions)
-        for i in range(n_layers):
-            block = EncoderBlock(d_model, n_heads, d_ffn, "vanilla", dropout, 0.0)  # LN, FFN, dropout
-            if attention == "linear":
-                block.attn = LinearSelfAttention(d_model, n_heads, causal, chunk_size)
-            else:
-                block.attn = PerformerSelfAttention(d_model, n_heads, nb_features, redraw_interval,
-                                                    feature_seed, i, feature_scaling, causal, chunk_size)
-            self.layers.append(block)
+    def __init__(self, cfg: LinearTransformerConfig):
+        if isinstance(cfg, PerformerConfig):
+            super().__init__(cfg, swap=lambda i: PerformerSelfAttention(cfg, layer_index=i))
+        else:
+            super().__init__(cfg, swap=lambda i: LinearSelfAttention(cfg))
 
 
 # The LRA Transformer architectures per task (identical parameter counts: the attention has the same
 # q/k/v/out projections; the Performer's features are a buffer). LRA's attention-weight dropout has
 # no counterpart in linear attention (no attention matrix), so `attn_dropout` is dropped.
 TASK_CONFIGS = {task: {k: v for k, v in cfg.items() if k != "attn_dropout"}
-                for task, cfg in TRANSFORMER_TASK_CONFIGS.items()}
+                for task, cfg in transformer.TASK_CONFIGS.items()}
 # The Transformer's tiny variant (same size, dropout 0), without the attention-weight dropout.
-TINY = {k: v for k, v in TRANSFORMER_TINY.items() if k != "attn_dropout"}
+TINY = {k: v for k, v in transformer.TINY.items() if k != "attn_dropout"}
 # LRA's training settings as for the Transformer; Path-X (absent there) reuses Pathfinder's.
-TRAIN_CONFIGS = dict(TRANSFORMER_TRAIN_CONFIGS)
-TRAIN_CONFIGS.setdefault("pathx", dict(TRANSFORMER_TRAIN_CONFIGS["pathfinder"]))
-COMMON_DEFAULTS = {k: v for k, v in TRANSFORMER_DEFAULTS.items() if k != "attn_dropout"}
-COMMON_DEFAULTS.update(
-    causal=False,  # encoder tasks are bidirectional; True = prefix sums (autoregressive)
-    chunk_size=64,  # chunk of the causal form
-)
-PERFORMER_DEFAULTS = dict(
-    COMMON_DEFAULTS,
-    nb_features=None,  # m random features; None = d_head * ln(d_head) (266 for d_head 64)
-    redraw_interval=1000,  # training forward calls between feature redraws; None/0 = never
-    feature_seed=0,  # draws are a function of (seed, layer, draw index)
-    feature_scaling=0,  # 0: chi-distributed row norms, 1: sqrt(d_head)
-)
+TRAIN_CONFIGS = transformer.BASELINE_TRAIN_CONFIGS
+COMMON_DEFAULTS = registry_defaults(LinearTransformerConfig(), exclude=("attn_dropout",))
+PERFORMER_DEFAULTS = registry_defaults(PerformerConfig(), exclude=("attn_dropout",))
 
 
 @register_model("linear_transformer", family="linear-attention", paper=PAPER_LINEAR,
@@ -305,7 +302,7 @@ PERFORMER_DEFAULTS = dict(
                 train_configs=TRAIN_CONFIGS, tiny=TINY)
 def linear_transformer(**cfg):
     """Linear Transformer (elu+1 feature map), LRA Transformer layout"""
-    return LinearAttentionEncoder(attention="linear", **cfg)
+    return LinearAttentionEncoder(config_from_kwargs(LinearTransformerConfig, "linear_transformer", cfg))
 
 
 @register_model("performer", family="linear-attention", paper=PAPER_PERFORMER, complexity="O(L)",
@@ -314,4 +311,4 @@ def linear_transformer(**cfg):
                                           "(TPU v3, JAX, batch 32)"))
 def performer(**cfg):
     """Performer (FAVOR+ positive orthogonal random features), LRA Transformer layout"""
-    return LinearAttentionEncoder(attention="performer", **cfg)
+    return LinearAttentionEncoder(config_from_kwargs(PerformerConfig, "performer", cfg))

@@ -23,6 +23,9 @@ which no 30K-parameter budget can hold. The attention core runs in float32, also
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,20 +33,40 @@ import torch.nn.functional as F
 from harness.errors import UserError
 from harness.registry import register_model
 from harness.validate import check_config, invalid
-from harness_models.transformer import (
-    DEFAULTS as TRANSFORMER_DEFAULTS,
-    POSITIONS,
-    TASK_CONFIGS as TRANSFORMER_TASK_CONFIGS,
-    TINY as TRANSFORMER_TINY,
-    TRAIN_CONFIGS as TRANSFORMER_TRAIN_CONFIGS,
-    EncoderBlock,
-    TransformerEncoder,
-)
+from harness_models import transformer
+from harness_models.config import config_from_kwargs, registry_defaults
+from harness_models.layers import widen_max_positions
+from harness_models.transformer import POSITIONS, TransformerConfig, TransformerEncoder
 
 PAPER = "Wang et al., arXiv 2006.04768 (2020); LRA configs: Tay et al., ICLR 2021"
 MODES = ("standard", "lra")
 SHARINGS = ("none", "headwise", "kv+headwise", "layerwise")
 PROJECTIONS = ("learned", "pool")
+
+
+@dataclass
+class LinformerConfig(TransformerConfig):
+    """The Transformer's architecture with Linformer attention (keys and values projected along the
+    length to k)."""
+
+    family = "linformer"
+
+    max_positions: int = 4096  # n_max: longest input; the kernel has n_max rows (bench widens it per length)
+    k: int = 16  # projected length (LRA: 16 on every task)
+    sharing: str = "kv+headwise"  # one kernel per layer for K, V and all heads (LRA); none | headwise | layerwise
+    projection: str = "learned"  # learned kernel (paper, LRA) | pool: fixed mean pooling (paper §4)
+    qkv_dim: int | None = None  # attention width split by the heads; None = d_model (LRA's qkv_dim)
+    mode: str = "standard"  # standard: pads zeroed before the projection; lra: pads enter it (LRA)
+
+    def check(self) -> None:
+        check_config(self.family, dataclasses.asdict(self),
+                     positive=("d_model", "n_layers", "n_heads", "d_ffn", "max_positions", "k", "qkv_dim"),
+                     probability=("dropout", "attn_dropout"), optional=("qkv_dim",),
+                     choices=dict(positions=POSITIONS, sharing=SHARINGS, projection=PROJECTIONS, mode=MODES))
+        inner = self.qkv_dim or self.d_model
+        if inner % self.n_heads:
+            key, value = ("qkv_dim", self.qkv_dim) if self.qkv_dim else ("n_heads", self.n_heads)
+            raise invalid(self.family, key, value, f"heads that split the attention width {inner} evenly")
 
 
 def pooling_kernel(n_max: int, k: int) -> torch.Tensor:
@@ -88,14 +111,12 @@ class LengthProjection(nn.Module):
 class LinformerSelfAttention(nn.Module):
     """Multi-head Linformer attention. (B, L, d) + padding mask (B, L, True = pad) -> (B, L, d)."""
 
-    def __init__(self, d_model: int, n_heads: int, projection: LengthProjection, qkv_dim: int | None = None,
-                 attn_dropout: float = 0.0, mode: str = "standard"):
+    def __init__(self, cfg: LinformerConfig, projection: LengthProjection):
         super().__init__()
-        inner = qkv_dim or d_model  # LRA's qkv_dim: the width the heads split (None = d_model)
-        if inner % n_heads:
-            raise ValueError(f"qkv width {inner} is not divisible by n_heads {n_heads}")
-        self.n_heads, self.head_dim = n_heads, inner // n_heads
-        self.attn_dropout, self.mode = attn_dropout, mode
+        d_model = cfg.d_model
+        inner = cfg.qkv_dim or d_model  # LRA's qkv_dim: the width the heads split (None = d_model)
+        self.n_heads, self.head_dim = cfg.n_heads, inner // cfg.n_heads
+        self.attn_dropout, self.mode = cfg.attn_dropout, cfg.mode
         self.projection = projection
         # LRA: bias-free q/k/v/out with xavier-uniform init; bias-free K/V also makes "project after
         # the linear map" (LRA) and "project the input first" (fairseq) the same function.
@@ -129,30 +150,13 @@ class LinformerEncoder(TransformerEncoder):
     """(B, L, d) + padding mask (True = pad) -> (B, L, d), L <= max_positions. The Transformer encoder's
     layout (pre-LN blocks, GELU FFN, final LayerNorm) with Linformer attention."""
 
-    def __init__(self, d_model: int = 256, n_layers: int = 4, n_heads: int = 4, d_ffn: int = 1024,
-                 dropout: float = 0.1, attn_dropout: float = 0.0, positions: str = "sinusoidal",
-                 max_positions: int = 4096, k: int = 16, sharing: str = "kv+headwise",
-                 projection: str = "learned", qkv_dim: int | None = None, mode: str = "standard"):
-        config = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ffn=d_ffn, dropout=dropout,
-                      attn_dropout=attn_dropout, positions=positions, max_positions=max_positions, k=k,
-                      sharing=sharing, projection=projection, qkv_dim=qkv_dim, mode=mode)
-        check_config("linformer", config, positive=("d_model", "n_layers", "n_heads", "d_ffn", "max_positions",
-                                                    "k", "qkv_dim"),
-                     probability=("dropout", "attn_dropout"), optional=("qkv_dim",),
-                     choices=dict(positions=POSITIONS, sharing=SHARINGS, projection=PROJECTIONS, mode=MODES))
-        inner = qkv_dim or d_model
-        if inner % n_heads:
-            key, value = ("qkv_dim", qkv_dim) if qkv_dim else ("n_heads", n_heads)
-            raise invalid("linformer", key, value, f"heads that split the attention width {inner} evenly")
-        nn.Module.__init__(self)
-        self.init_shell(d_model, positions)
-        self.max_positions = max_positions
-        shared = LengthProjection(max_positions, k, n_heads, sharing, projection) if sharing == "layerwise" else None
-        for _ in range(n_layers):
-            block = EncoderBlock(d_model, n_heads, d_ffn, "vanilla", dropout, 0.0)  # LN, FFN, dropout
-            proj = shared or LengthProjection(max_positions, k, n_heads, sharing, projection)
-            block.attn = LinformerSelfAttention(d_model, n_heads, proj, qkv_dim, attn_dropout, mode)
-            self.layers.append(block)
+    def __init__(self, cfg: LinformerConfig):
+        def length_projection() -> LengthProjection:
+            return LengthProjection(cfg.max_positions, cfg.k, cfg.n_heads, cfg.sharing, cfg.projection)
+
+        shared = length_projection() if cfg.sharing == "layerwise" else None  # one E for every layer
+        super().__init__(cfg, swap=lambda i: LinformerSelfAttention(cfg, shared or length_projection()))
+        self.max_positions = cfg.max_positions
 
 
 # LRA ran Linformer with the base configs of ListOps/Text/Retrieval (the Transformer's) and its own
@@ -163,9 +167,9 @@ class LinformerEncoder(TransformerEncoder):
 _PATHFINDER = dict(d_model=32, n_layers=1, n_heads=2, d_ffn=32, qkv_dim=16, dropout=0.2, attn_dropout=0.1,
                    max_positions=1024)
 PAPER_TASK_CONFIGS = {
-    "listops": dict(TRANSFORMER_TASK_CONFIGS["listops"], max_positions=2000),
-    "text": dict(TRANSFORMER_TASK_CONFIGS["text"], max_positions=4096),
-    "retrieval": dict(TRANSFORMER_TASK_CONFIGS["retrieval"], max_positions=4000),
+    "listops": dict(transformer.TASK_CONFIGS["listops"], max_positions=2000),
+    "text": dict(transformer.TASK_CONFIGS["text"], max_positions=4096),
+    "retrieval": dict(transformer.TASK_CONFIGS["retrieval"], max_positions=4000),
     "image": dict(d_model=128, n_layers=1, n_heads=8, d_ffn=128, qkv_dim=64, dropout=0.3, attn_dropout=0.2,
                   max_positions=1024),
     "pathfinder": dict(_PATHFINDER),
@@ -174,28 +178,19 @@ PAPER_TASK_CONFIGS = {
 # LRA's Image and Pathfinder blocks are 3-10x the Transformer's parameters: the registered configs are
 # the Transformer's with the task's length (the same budget but for the learned projection, which
 # grows with max_positions x k per layer); LRA's own blocks stay in PAPER_TASK_CONFIGS (`--set`).
-TASK_CONFIGS = {task: dict(TRANSFORMER_TASK_CONFIGS[task], max_positions=cfg["max_positions"])
+TASK_CONFIGS = {task: dict(transformer.TASK_CONFIGS[task], max_positions=cfg["max_positions"])
                 for task, cfg in PAPER_TASK_CONFIGS.items()}
 # LRA trains every baseline with the task's base settings: the Transformer's; Path-X reuses Pathfinder's.
-TRAIN_CONFIGS = dict(TRANSFORMER_TRAIN_CONFIGS)
-TRAIN_CONFIGS.setdefault("pathx", dict(TRANSFORMER_TRAIN_CONFIGS["pathfinder"]))
-DEFAULTS = dict(
-    TRANSFORMER_DEFAULTS,
-    max_positions=4096,  # n_max: longest input; the kernel has n_max rows (bench widens it per length)
-    k=16,  # projected length (LRA: 16 on every task)
-    sharing="kv+headwise",  # one kernel per layer for K, V and all heads (LRA); none | headwise | layerwise
-    projection="learned",  # learned kernel (paper, LRA) | pool: fixed mean pooling (paper §4)
-    qkv_dim=None,  # attention width split by the heads; None = d_model (LRA's qkv_dim)
-    mode="standard",  # standard: pads zeroed before the projection; lra: pads enter it (LRA)
-)
+TRAIN_CONFIGS = transformer.BASELINE_TRAIN_CONFIGS
+DEFAULTS = registry_defaults(LinformerConfig())
 # The Transformer's tiny variant (d 32, 2 layers, 2 heads, dropout 0) with the parameter-free
 # mean-pooling projection (see the module docstring), so its size does not grow with the task length.
-TINY = dict(TRANSFORMER_TINY, projection="pool", qkv_dim=None)
+TINY = dict(transformer.TINY, projection="pool", qkv_dim=None)
 
 
 @register_model("linformer", family="attention", paper=PAPER, complexity="O(L k)", defaults=DEFAULTS,
-                task_configs=TASK_CONFIGS, train_configs=TRAIN_CONFIGS, tiny=TINY,
+                task_configs=TASK_CONFIGS, train_configs=TRAIN_CONFIGS, tiny=TINY, fit_length=widen_max_positions,
                 published=dict(speed=5.5, memory=0.1, source="MEGA Table 2, from LRA Table 2 (TPU v3, JAX, batch 32)"))
 def linformer(**cfg):
     """Linformer (keys/values projected along the length to k = 16), LRA Transformer layout"""
-    return LinformerEncoder(**cfg)
+    return LinformerEncoder(config_from_kwargs(LinformerConfig, "linformer", cfg))

@@ -27,7 +27,9 @@ zeroed. Causal Luna (the softplus/cumulative-sum form) is out of scope for these
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -35,10 +37,38 @@ import torch.nn.functional as F
 
 from harness.registry import register_model
 from harness.validate import check_config
+from harness_models.config import config_from_kwargs, registry_defaults
 from harness_models.transformer import POSITIONS, check_heads, sinusoidal_positions
 
 PAPER = "Ma et al., NeurIPS 2021 (arXiv 2106.01540); LRA configs from fairseq-apollo (2021-11)"
 MASK_VALUE = -1e9  # finite: a row with every key masked (a pad row) stays finite
+
+
+@dataclass
+class LunaConfig:
+    """Architecture of a Luna encoder. Defaults: the paper's Text model with l = 256."""
+
+    d_model: int = 256  # model width
+    n_layers: int = 4  # post-LN Luna layers
+    n_heads: int = 4  # heads of pack and unpack, splitting d_model evenly
+    d_ffn: int = 1024  # FFN hidden width
+    projection_length: int = 256  # l: Luna-256
+    dropout: float = 0.1  # residual dropout (and on P)
+    attn_dropout: float = 0.1  # on the attention weights
+    act_dropout: float = 0.0  # on the FFN hidden layer
+    positions: str = "sinusoidal"  # added to X (the 2021 LRA code learned them; the harness has no table)
+    tie_kv: bool = False  # LRA: separate key and value maps in pack and unpack
+    dynamic_projection: bool = True  # mask P slots j >= the example's length (LRA default)
+    embed_norm: bool = True  # LayerNorm on X's and P's embeddings (LRA layernorm_embedding)
+    bert_init: bool = False  # N(0, 0.02) weights (LRA ListOps/Text)
+
+    def __post_init__(self):
+        check_config("luna", dataclasses.asdict(self),
+                     positive=("d_model", "n_layers", "n_heads", "d_ffn", "projection_length"),
+                     probability=("dropout", "attn_dropout", "act_dropout"),
+                     flags=("tie_kv", "dynamic_projection", "embed_norm", "bert_init"),
+                     choices=dict(positions=POSITIONS))
+        check_heads("luna", self.d_model, self.n_heads)
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -60,11 +90,10 @@ def masked_attention(q, k, v, key_mask, dropout: float = 0.0):
 class LunaAttention(nn.Module):
     """Pack then unpack: (X (B, n, d), P (B, l, d)) -> (Y_X (B, n, d), Y_P (B, l, d))."""
 
-    def __init__(self, d_model: int, n_heads: int, tie_kv: bool = False, attn_dropout: float = 0.0):
+    def __init__(self, cfg: LunaConfig):
         super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
-        self.n_heads, self.head_dim, self.tie_kv = n_heads, d_model // n_heads, tie_kv
+        d_model, tie_kv, attn_dropout = cfg.d_model, cfg.tie_kv, cfg.attn_dropout
+        self.n_heads, self.head_dim, self.tie_kv = cfg.n_heads, d_model // cfg.n_heads, tie_kv
         self.pq = nn.Linear(d_model, d_model)  # pack queries from P
         self.q = nn.Linear(d_model, d_model)  # unpack queries from X
         if tie_kv:
@@ -111,15 +140,15 @@ class LunaLayer(nn.Module):
     """Post-LN Luna layer (LunaSentenceEncoderLayer with normalize_before=False). The last layer's
     P update is never read, so that layer has no P LayerNorm (`update_p=False`) and returns P as is."""
 
-    def __init__(self, d_model: int, n_heads: int, d_ffn: int, tie_kv: bool, dropout: float,
-                 attn_dropout: float, act_dropout: float, update_p: bool = True):
+    def __init__(self, cfg: LunaConfig, update_p: bool = True):
         super().__init__()
-        self.attn = LunaAttention(d_model, n_heads, tie_kv, attn_dropout)
+        d_model, d_ffn = cfg.d_model, cfg.d_ffn
+        self.attn = LunaAttention(cfg)
         self.norm_x, self.norm_ffn = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.norm_p = nn.LayerNorm(d_model) if update_p else None
-        self.ffn = nn.Sequential(nn.Linear(d_model, d_ffn), nn.GELU(), nn.Dropout(act_dropout),
+        self.ffn = nn.Sequential(nn.Linear(d_model, d_ffn), nn.GELU(), nn.Dropout(cfg.act_dropout),
                                  nn.Linear(d_ffn, d_model))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, p, x_mask, p_mask):
         y_x, y_p = self.attn(x, p, x_mask, p_mask)
@@ -132,31 +161,18 @@ class LunaLayer(nn.Module):
 class LunaEncoder(nn.Module):
     """(B, L, d) + padding mask (B, L, True = pad) -> (B, L, d)."""
 
-    def __init__(self, d_model: int = 256, n_layers: int = 4, n_heads: int = 4, d_ffn: int = 1024,
-                 projection_length: int = 256, dropout: float = 0.1, attn_dropout: float = 0.1,
-                 act_dropout: float = 0.0, positions: str = "sinusoidal", tie_kv: bool = False,
-                 dynamic_projection: bool = True, embed_norm: bool = True, bert_init: bool = False):
+    def __init__(self, cfg: LunaConfig):
         super().__init__()
-        config = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ffn=d_ffn,
-                      projection_length=projection_length, dropout=dropout, attn_dropout=attn_dropout,
-                      act_dropout=act_dropout, positions=positions, tie_kv=tie_kv,
-                      dynamic_projection=dynamic_projection, embed_norm=embed_norm, bert_init=bert_init)
-        check_config("luna", config, positive=("d_model", "n_layers", "n_heads", "d_ffn", "projection_length"),
-                     probability=("dropout", "attn_dropout", "act_dropout"),
-                     flags=("tie_kv", "dynamic_projection", "embed_norm", "bert_init"),
-                     choices=dict(positions=POSITIONS))
-        check_heads("luna", d_model, n_heads)
-        self.positions, self.dynamic_projection = positions, dynamic_projection
-        self.projected = nn.Parameter(torch.randn(projection_length, d_model) * d_model ** -0.5)  # initial P
+        d_model, n_layers = cfg.d_model, cfg.n_layers
+        self.cfg = cfg
+        self.positions, self.dynamic_projection = cfg.positions, cfg.dynamic_projection
+        self.projected = nn.Parameter(torch.randn(cfg.projection_length, d_model) * d_model ** -0.5)  # initial P
         # LRA's layernorm_embedding: one LayerNorm for X's embeddings, one for P
-        self.norm_x_in = nn.LayerNorm(d_model) if embed_norm else nn.Identity()
-        self.norm_p_in = nn.LayerNorm(d_model) if embed_norm else nn.Identity()
-        self.dropout = nn.Dropout(dropout)  # on P (X's embedding dropout is the harness's)
-        self.layers = nn.ModuleList(
-            LunaLayer(d_model, n_heads, d_ffn, tie_kv, dropout, attn_dropout, act_dropout,
-                      update_p=i < n_layers - 1) for i in range(n_layers)
-        )
-        if bert_init:  # fairseq's init_bert_params (LRA ListOps/Text): N(0, 0.02) weights, zero biases
+        self.norm_x_in = nn.LayerNorm(d_model) if cfg.embed_norm else nn.Identity()
+        self.norm_p_in = nn.LayerNorm(d_model) if cfg.embed_norm else nn.Identity()
+        self.dropout = nn.Dropout(cfg.dropout)  # on P (X's embedding dropout is the harness's)
+        self.layers = nn.ModuleList(LunaLayer(cfg, update_p=i < n_layers - 1) for i in range(n_layers))
+        if cfg.bert_init:  # fairseq's init_bert_params (LRA ListOps/Text): N(0, 0.02) weights, zero biases
             for module in self.layers.modules():
                 if isinstance(module, nn.Linear):
                     nn.init.normal_(module.weight, 0.0, 0.02)
@@ -229,16 +245,7 @@ TRAIN_CONFIGS = {
     "pathfinder": dict(lr=1e-3, weight_decay=0.0, batch_size=512, warmup_steps=4000, total_steps=62500),
 }
 TRAIN_CONFIGS["pathx"] = dict(TRAIN_CONFIGS["pathfinder"])
-DEFAULTS = dict(
-    d_model=256, n_layers=4, n_heads=4, d_ffn=1024,  # the paper's Text model
-    projection_length=256,  # l: Luna-256
-    dropout=0.1, attn_dropout=0.1, act_dropout=0.0,  # residual / attention-weight / FFN-hidden dropout
-    positions="sinusoidal",  # added to X (the 2021 LRA code learned them; the harness has no table)
-    tie_kv=False,  # LRA: separate key and value maps in pack and unpack
-    dynamic_projection=True,  # mask P slots j >= the example's length (LRA default)
-    embed_norm=True,  # LayerNorm on X's and P's embeddings (LRA layernorm_embedding)
-    bert_init=False,  # N(0, 0.02) weights (LRA ListOps/Text)
-)
+DEFAULTS = registry_defaults(LunaConfig())
 # Tiny (parameter-matched to the other families' tiny variants, dropout 0: see models/transformer.py
 # TINY). P (256 x 32 = 8K) is a third of the ~25K backbone budget, so the FFN is narrower than the
 # Transformer's 4 d: 2 layers with d_ffn = 24. Xavier init (bert_init off) as in the full defaults.
@@ -251,4 +258,4 @@ TINY = dict(d_model=32, n_layers=2, n_heads=2, d_ffn=24, projection_length=256, 
                 published=dict(speed=4.9, memory=0.16, source="MEGA Table 2 (MEGA authors' GPU runs)"))
 def luna(**cfg):
     """Luna-256 (pack/unpack attention through 256 learned slots), post-LN, LRA layout"""
-    return LunaEncoder(**cfg)
+    return LunaEncoder(config_from_kwargs(LunaConfig, "luna", cfg))

@@ -12,8 +12,11 @@ One MEGA sub-layer (`MovingAverageGatedAttention`, spec §1), input x (after the
     O = attention(Q, K, V) + learned relative-position bias, inside chunks of C for MEGA-chunk, §3-4
     H = silu(hx + W_h (O * r));  out = residual + u * (H - residual)
 A block is that sub-layer followed by a normalized FFN (NFFN, §5); a prenorm stack ends in a norm.
+This file holds the layers and the model; the EMA kernels live in `harness_models.ema`, the
+attention kernels and position biases in `harness_models.mega_attention`, shared norms and dropout
+in `harness_models.layers`.
 
-Two implementations of the same function, chosen by the `impl` config key:
+Two implementations of the same function, chosen by the `impl` config key (a runtime setting):
 - "fast" (default): the EMA kernel is built in fp32 and applied as one real FFT of length
   >= L + K - 1 (the backward kernel enters as the conjugate of its spectrum, an anti-causal
   correlation), inside a custom op with a hand-written gradient; softmax attention runs through
@@ -48,8 +51,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.errors import UserError
 from harness.registry import register_model
+from harness.validate import check_config, invalid
+from harness_models.config import config_from_kwargs, registry_defaults
+from harness_models.ema import (compute_dtype, ema_block, ema_coefficients, ema_fft, ema_kernel,
+                                ema_recurrence, ema_step)
+from harness_models.layers import SequenceNorm, make_dropout, widen_max_positions
+from harness_models.mega_attention import (ELEMENTWISE, FLEX_MIN_DIM, RotaryRelativePositionalBias,
+                                           SimpleRelativePositionalBias, attend_folded, attend_reference,
+                                           choose_softmax_kernel)
 
 PAPER = "Ma et al., Mega: Moving Average Equipped Gated Attention, ICLR 2023 (arXiv 2209.10655)"
 ATTENTIONS = ("softmax", "laplace", "relu2")
@@ -59,12 +69,6 @@ IMPLS = ("fast", "reference")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SOFTMAX_KERNELS = ("auto", "sdpa", "matmul", "flex")
 EMA_KERNELS = ("fft", "triton")
-MATERIALIZE_MAX_LENGTH = 256  # softmax_kernel=auto: materialise attention up to this length
-FLEX_MIN_DIM = 16  # FlexAttention needs query/key and value widths of at least 16
-# FlexAttention tiles for value width 256 (the defaults exceed shared memory): the fastest of four
-# settings tried on an H100 at L=4096, batch 25 (fwd+bwd 6.5 ms, against 8.3-14.6 ms).
-FLEX_KERNEL_OPTIONS = {"BLOCK_M": 128, "BLOCK_N": 32, "num_stages": 2, "num_warps": 8,
-                       "BLOCK_M1": 64, "BLOCK_N1": 64, "BLOCK_M2": 64, "BLOCK_N2": 64}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -104,179 +108,43 @@ class MegaConfig:
     # models/mega_triton.py: CUDA with triton; elsewhere the FFT path with a warning saying why)
 
     def __post_init__(self):
-        def bad(key, expected):
-            raise UserError(f"mega config: {key}={getattr(self, key)!r} is invalid; expected {expected}")
+        check_config("mega", dataclasses.asdict(self),
+                     positive=("d_model", "n_layers", "z_dim", "v_dim", "h_dim", "max_positions", "truncation"),
+                     nonnegative=("d_ffn",),  # 0 disables the NFFN
+                     probability=("dropout", "hidden_dropout", "attention_dropout"),
+                     flags=("norm_affine", "prenorm", "bidirectional", "causal", "feature_dropout", "compile"),
+                     optional=("truncation",),  # None: the sequence length (0 would disable the official EMA)
+                     choices=dict(attention=ATTENTIONS, rel_pos=REL_POS, norm=NORMS, impl=IMPLS,
+                                  compile_mode=COMPILE_MODES, softmax_kernel=SOFTMAX_KERNELS, ema_kernel=EMA_KERNELS))
 
-        for key in ("d_model", "n_layers", "z_dim", "v_dim", "h_dim", "max_positions"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                bad(key, "a positive integer")
-        if not isinstance(self.d_ffn, int) or self.d_ffn < 0:
-            bad("d_ffn", "a non-negative integer (0 disables the NFFN)")
-        if self.attention not in ATTENTIONS:
-            bad("attention", " | ".join(ATTENTIONS))
-        if self.rel_pos not in REL_POS:
-            bad("rel_pos", " | ".join(REL_POS))
+        def bad(key, expected):
+            raise invalid("mega", key, getattr(self, key), expected)
+
         if self.rel_pos == "rotary" and self.z_dim % 2:
             bad("z_dim", "an even number with rel_pos='rotary' (RoPE rotates pairs)")
-        if self.norm not in NORMS:
-            bad("norm", " | ".join(NORMS))
-        if self.impl not in IMPLS:
-            bad("impl", " | ".join(IMPLS))
-        if self.compile_mode not in COMPILE_MODES:
-            bad("compile_mode", " | ".join(COMPILE_MODES))
-        if self.softmax_kernel not in SOFTMAX_KERNELS:
-            bad("softmax_kernel", " | ".join(SOFTMAX_KERNELS))
-        if self.ema_kernel not in EMA_KERNELS:
-            bad("ema_kernel", " | ".join(EMA_KERNELS))
         if self.softmax_kernel == "flex" and not self.compile:
             bad("softmax_kernel", "sdpa | matmul | auto without compile=True (FlexAttention is generated by "
                 "torch.compile; set compile=true)")
         if self.softmax_kernel == "flex" and min(self.z_dim, self.v_dim) < FLEX_MIN_DIM:
             bad("softmax_kernel", f"sdpa | matmul | auto with z_dim or v_dim < {FLEX_MIN_DIM} (FlexAttention's "
                 "minimum head width)")
-        if not isinstance(self.chunk_size, int) or not (self.chunk_size == -1 or self.chunk_size > 0):
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) \
+                or not (self.chunk_size == -1 or self.chunk_size > 0):
             bad("chunk_size", "-1 (full attention) or a positive chunk length")
-        if self.truncation is not None and (not isinstance(self.truncation, int) or self.truncation < 1):
-            bad("truncation", "None or a positive integer (0 disables the official uni-EMA and "
-                "crashes its bidirectional one)")
         if self.causal and self.bidirectional:
             bad("causal", "False with bidirectional=True (a causal model needs a unidirectional EMA: "
                 "set bidirectional=False)")
-        for key in ("dropout", "hidden_dropout", "attention_dropout"):
-            if not 0.0 <= float(getattr(self, key)) < 1.0:
-                bad(key, "a probability in [0, 1)")
 
 
 def make_config(**kwargs) -> MegaConfig:
     """MegaConfig from factory kwargs; an unknown key is a one-line UserError, not a TypeError."""
-    known = {f.name for f in dataclasses.fields(MegaConfig)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise UserError(f"mega config: unknown key(s) {', '.join(unknown)}; "
-                        f"known keys: {', '.join(sorted(known))}")
-    return MegaConfig(**kwargs)
+    return config_from_kwargs(MegaConfig, "mega", kwargs)
+
 
 
 # ------------------------------------------------------------------------------------------------
-# Small building blocks: FFT length, dropout, norms
+# Gates of the sub-layer
 # ------------------------------------------------------------------------------------------------
-def fft_length(n: int) -> int:
-    """Smallest even 2^a 3^b 5^c >= n (fast for cuFFT and pocketfft)."""
-    best = 2 ** max(1, math.ceil(math.log2(max(n, 2))))
-    f5 = 1
-    while f5 < best:
-        f35 = f5
-        while f35 < best:
-            m = f35 * 2  # at least one factor 2 keeps the length even
-            while m < n:
-                m *= 2
-            best = min(best, m)
-            f35 *= 3
-        f5 *= 5
-    return best
-
-
-class FeatureDropout(nn.Module):
-    """Channel-wise dropout: one keep/drop decision per (batch, channel), shared over time."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, c), or (B, c) when decoding
-        if not self.training or self.p == 0.0:
-            return x
-        shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)  # (B, 1, c)
-        keep = torch.empty(shape, device=x.device, dtype=x.dtype)
-        keep.bernoulli_(1.0 - self.p)
-        return x * keep / (1.0 - self.p)
-
-
-def make_dropout(p: float, feature: bool) -> nn.Module:
-    return FeatureDropout(p) if feature else nn.Dropout(p)
-
-
-class ScaleNorm(nn.Module):
-    """g * x / sqrt(mean(x^2) + eps) with one scalar g."""
-
-    def __init__(self, eps: float = 1e-5, affine: bool = True):
-        super().__init__()
-        self.eps = eps
-        self.scalar = nn.Parameter(torch.ones(1)) if affine else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return x if self.scalar is None else x * self.scalar
-
-
-class RMSNorm(nn.Module):
-    """g * x / sqrt(mean(x^2) + eps) with a vector g (really normalises; HF's returns x * g)."""
-
-    def __init__(self, dim: int, eps: float = 1e-5, affine: bool = True):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return x if self.weight is None else x * self.weight
-
-
-class SequenceBatchNorm(nn.BatchNorm1d):
-    """BatchNorm over batch x time per channel, on a (B*L, d) view (no permutes).
-
-    In training mode with a padding mask the statistics come from real positions only (pads get
-    zeros), so real outputs never depend on pad content; without padding this is BatchNorm1d.
-    """
-
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, L, d = x.shape
-        flat = x.reshape(B * L, d)
-        if not (self.training and padding_mask is not None):
-            return super().forward(flat).view(B, L, d)
-        real = (~padding_mask).reshape(-1).nonzero().squeeze(1)  # (N_real,)
-        normed = super().forward(flat.index_select(0, real))  # (N_real, d), updates running stats
-        return flat.new_zeros(flat.shape, dtype=normed.dtype).index_copy(0, real, normed).view(B, L, d)
-
-
-class SequenceNorm(nn.Module):
-    """The four norm types of the official `SequenceNorm` (eps 1e-5), applied to (B, L, d)."""
-
-    def __init__(self, kind: str, dim: int, affine: bool = True):
-        super().__init__()
-        self.kind = "batchnorm" if kind == "syncbatchnorm" else kind  # one device: the same thing
-        if self.kind == "layernorm":
-            self.norm = nn.LayerNorm(dim, eps=1e-5, elementwise_affine=affine)
-        elif self.kind == "scalenorm":
-            self.norm = ScaleNorm(eps=1e-5, affine=affine)
-        elif self.kind == "rmsnorm":
-            self.norm = RMSNorm(dim, eps=1e-5, affine=affine)
-        else:
-            self.norm = SequenceBatchNorm(dim, eps=1e-5, affine=affine)
-
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.kind == "batchnorm":
-            return self.norm(x, padding_mask)
-        return self.norm(x)
-
-
-# ------------------------------------------------------------------------------------------------
-# Element-wise pieces of the fast path (with `compile=True`, torch.compile fuses them)
-# ------------------------------------------------------------------------------------------------
-def ema_kernel(delta, alpha, beta, gamma, scale: float, length: int) -> torch.Tensor:
-    """k[c, t] = scale * sum_n gamma[c,n] p[c,n] beta[c,n] q[c,n]^t, t < length; always fp32.
-
-    p = sigmoid(delta), q = 1 - p * sigmoid(alpha). The time index is fp32 whatever the parameter
-    dtype (pitfall 3). delta/alpha/beta: (D, h, 1), gamma: (D, h) -> (D, length).
-    """
-    p = torch.sigmoid(delta.float())  # (D, h, 1)
-    log_q = torch.log1p(-p * torch.sigmoid(alpha.float()))  # (D, h, 1), log q without cancellation
-    weight = (p * beta.float()).squeeze(-1) * gamma.float() * scale  # (D, h)
-    t = torch.arange(length, device=delta.device, dtype=torch.float32)
-    vander = torch.exp(log_q * t)  # (D, h, K)
-    return torch.bmm(weight.unsqueeze(1), vander).squeeze(1)  # (D, K): contraction over h
-
-
 def split_gates(base: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, d: int, z: int, v: int):
     """mx_proj output (B, L, 2d+z+v) -> update gate u, Q, K (B, L, z), reset gate r, hx."""
     u, zr, hx = base.split([d, z + v, d], dim=-1)
@@ -294,100 +162,21 @@ def gated_residual(residual: torch.Tensor, u: torch.Tensor, h: torch.Tensor) -> 
     return torch.addcmul(residual, u, h - residual)  # u * H + (1 - u) * residual, eq. 15
 
 
-# ------------------------------------------------------------------------------------------------
-# EMA convolution by FFT as an opaque custom op with a hand-written gradient. torch.compile cannot
-# lower complex tensors (spec §11: KeyError 'complex64'), so hiding the FFTs lets it compile and fuse
-# everything else in the block. Saving the input rather than its spectrum also halves the memory
-# kept for backward under bf16 autocast.
-# ------------------------------------------------------------------------------------------------
-def _spectrum(kernel: torch.Tensor, bidirectional: bool, n: int) -> torch.Tensor:
-    """(D, K) kernel -> (d, n/2+1) transfer function of the (bi)directional convolution."""
-    spec = torch.fft.rfft(kernel, n=n)  # (D, n/2+1)
-    if bidirectional:
-        # The backward kernel acts at negative lags (a correlation): its spectrum is the conjugate.
-        # Lag 0 is in both terms, so x_t is counted by both directions (as official). (Lazy conj
-        # views gave wrong results under AOT tracing of this op on torch 2.13: conjugate physically.)
-        d = kernel.shape[0] // 2
-        spec = spec[:d] + spec[d:].conj_physical()
-    return spec
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 for gradcheck
-
-
-def ema_fft_length(L: int, K: int) -> int:
-    """n >= L + K - 1: neither the causal nor the anti-causal part wraps around onto [0, L)."""
-    return fft_length(L + K - 1)
-
-
-@torch.library.custom_op("harness_mega::ema_conv", mutates_args=())
-def ema_conv(x: torch.Tensor, kernel: torch.Tensor, bidirectional: bool) -> torch.Tensor:
-    """Circular convolution of length n = ema_fft_length(L, K) whose [..., :L] is the EMA:
-    y[t] = sum_s k_fwd[s] x[t-s] (+ sum_s k_bwd[s] x[t+s]), x zero outside [0, L).
-
-    x (B, d, L) time-last (the FFT runs along contiguous memory), any float dtype; kernel (D, K)
-    -> (B, d, n) in at least fp32. Returning all n lets the caller's slice fuse into what follows.
-    """
-    n = ema_fft_length(x.shape[-1], kernel.shape[-1])
-    dtype = _compute_dtype(x)
-    spectrum = torch.fft.rfft(x.to(dtype), n=n) * _spectrum(kernel.to(dtype), bidirectional, n)
-    return torch.fft.irfft(spectrum, n=n)
-
-
-@ema_conv.register_fake
-def _(x, kernel, bidirectional):
-    n = ema_fft_length(x.shape[-1], kernel.shape[-1])
-    return x.new_empty((*x.shape[:-1], n), dtype=_compute_dtype(x))
-
-
-@torch.library.custom_op("harness_mega::ema_conv_backward", mutates_args=())
-def ema_conv_backward(grad_y: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor,
-                      bidirectional: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adjoints of `ema_conv` (grad_y (B, d, n)): grad_x = correlation of grad_y with the kernel;
-    grad_k[t] = sum_{b,s} grad_y[s] x[s-t] (forward rows), sum_{b,s} grad_y[s] x[s+t] (backward rows)."""
-    L, K = x.shape[-1], kernel.shape[-1]
-    n = ema_fft_length(L, K)
-    dtype = _compute_dtype(x)
-    gy = torch.fft.rfft(grad_y.to(dtype), n=n)  # (B, d, n/2+1)
-    spec = _spectrum(kernel.to(dtype), bidirectional, n)
-    grad_x = torch.fft.irfft(gy * spec.conj_physical(), n=n)[..., :L]
-    cross = (gy * torch.fft.rfft(x.to(dtype), n=n).conj_physical()).sum(0)  # (d, n/2+1)
-    r = torch.fft.irfft(cross, n=n)  # r[t] = sum grad_y[s] x[s-t], circular; (d, n)
-    grad_k = r[:, :K]  # lags 0..K-1
-    if bidirectional:  # lag -t sits at n - t
-        grad_k = torch.cat([grad_k, torch.cat([r[:, :1], r[:, n - K + 1:].flip(-1)], dim=-1)])
-    return grad_x.to(x.dtype).contiguous(), grad_k.to(kernel.dtype).contiguous()
-
-
-@ema_conv_backward.register_fake
-def _(grad_y, x, kernel, bidirectional):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(kernel)
-
-
-def _ema_conv_setup(ctx, inputs, output):
-    x, kernel, bidirectional = inputs
-    ctx.save_for_backward(x, kernel)
-    ctx.bidirectional = bidirectional
-
-
-def _ema_conv_grad(ctx, grad_y):
-    x, kernel = ctx.saved_tensors
-    grad_x, grad_k = ema_conv_backward(grad_y, x, kernel, ctx.bidirectional)
-    return grad_x, grad_k, None
-
-
-ema_conv.register_autograd(_ema_conv_grad, setup_context=_ema_conv_setup)
+def mega_norm(cfg: MegaConfig, affine: bool | None = None) -> SequenceNorm:
+    """The official `SequenceNorm` of kind cfg.norm (eps 1e-5); syncbatchnorm on one device is batchnorm."""
+    kind = "batchnorm" if cfg.norm == "syncbatchnorm" else cfg.norm
+    return SequenceNorm(kind, cfg.d_model, cfg.norm_affine if affine is None else affine)
 
 
 # ------------------------------------------------------------------------------------------------
-# Multi-dimensional damped EMA (spec §2)
+# Multi-dimensional damped EMA (spec §2); the kernels are in harness_models.ema
 # ------------------------------------------------------------------------------------------------
 _TRITON_FALLBACK_WARNED = set()
 
 
 def _triton_ema_runs(x: torch.Tensor) -> bool:
     """Whether the fused Triton EMA can run on `x`; when not, say why once (the FFT path runs)."""
+    # imported here: mega_triton imports triton when it is installed, which only ema_kernel=triton needs
     from harness_models.mega_triton import triton_ema_unavailable_reason
 
     reason = triton_ema_unavailable_reason() or (None if x.is_cuda else "the input is not on a CUDA device")
@@ -406,15 +195,15 @@ class MultiHeadEMA(nn.Module):
     Bidirectional: rows [0:d] form a causal kernel, rows [d:2d] an anti-causal one; x_t enters both.
     """
 
-    def __init__(self, d: int, h: int, bidirectional: bool, truncation: int | None, impl: str = "fast",
-                 ema_kernel: str = "fft"):
+    def __init__(self, cfg: MegaConfig):
         super().__init__()
+        d, h = cfg.d_model, cfg.h_dim
         self.d, self.h = d, h
-        self.bidirectional = bidirectional
-        self.truncation = truncation
-        self.impl = impl
-        self.ema_kernel = ema_kernel
-        rows = 2 * d if bidirectional else d
+        self.bidirectional = cfg.bidirectional
+        self.truncation = cfg.truncation
+        self.impl = cfg.impl
+        self.ema_kernel = cfg.ema_kernel
+        rows = 2 * d if cfg.bidirectional else d
         self.delta = nn.Parameter(torch.empty(rows, h, 1))
         self.alpha = nn.Parameter(torch.empty(rows, h, 1))
         self.beta = nn.Parameter(torch.empty(rows, h, 1))
@@ -442,9 +231,7 @@ class MultiHeadEMA(nn.Module):
 
     def coefficients(self):
         """(p*beta, q, gamma) as (D, h) fp32 tensors, for the recurrent forms."""
-        p = torch.sigmoid(self.delta.float()).squeeze(-1)
-        q = 1.0 - p * torch.sigmoid(self.alpha.float()).squeeze(-1)
-        return p * self.beta.float().squeeze(-1), q, self.gamma.float()
+        return ema_coefficients(self.delta, self.alpha, self.beta, self.gamma)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L, d) -> X' = silu(EMA(x masked) + omega * x), (B, L, d) in x's dtype."""
@@ -452,7 +239,7 @@ class MultiHeadEMA(nn.Module):
             if self.impl == "reference":
                 out = self.forward_recurrence(x, padding_mask)
             elif self.ema_kernel == "triton" and _triton_ema_runs(x):
-                from harness_models.mega_triton import multi_head_ema_conv
+                from harness_models.mega_triton import multi_head_ema_conv  # CUDA + triton only
 
                 out = F.silu(multi_head_ema_conv(self, x, padding_mask) + x.float() * self.omega.float())
             else:
@@ -461,236 +248,46 @@ class MultiHeadEMA(nn.Module):
 
     def conv_fft(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """EMA(x) without omega residual/activation, by one real FFT along time: (B, L, d) fp32."""
-        L = x.shape[1]
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)  # pads contribute nothing
-        y = ema_conv(x.transpose(1, 2).contiguous(), self.kernel(self.kernel_length(L)), self.bidirectional)
-        return y[..., :L].transpose(1, 2)  # (B, d, n) -> (B, L, d) view
+        return ema_fft(x, self.kernel(self.kernel_length(x.shape[1])), self.bidirectional)
 
     def forward_fft(self, x, padding_mask=None) -> torch.Tensor:
         y = self.conv_fft(x, padding_mask)
         return F.silu(y + x.float() * self.omega.float())  # the omega residual uses the un-masked x
 
     def forward_recurrence(self, x, padding_mask=None) -> torch.Tensor:
-        """The literal recurrence over time (reference path), truncation included."""
-        B, L, d = x.shape
-        K = self.kernel_length(L)
-        xf = x.float()
+        """The literal recurrence over time (reference path), truncation included; fp32, or fp64
+        for fp64 inputs."""
+        xf = x.to(compute_dtype(x))
         xin = xf if padding_mask is None else xf.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-        pb, q, gamma = self.coefficients()
-        y = self._scan(xin, pb[:d], q[:d], gamma[:d], K)
-        if self.bidirectional:  # the backward EMA is the same recurrence run from the end
-            y = y + self._scan(xin.flip(1), pb[d:], q[d:], gamma[d:], K).flip(1)
-        return F.silu(y + xf * self.omega.float())
-
-    def _scan(self, x, pb, q, gamma, K: int) -> torch.Tensor:
-        """s_t = q s_{t-1} + pb x_t - pb q^K x_{t-K} (the last term keeps only K taps)."""
-        B, L, d = x.shape
-        state = x.new_zeros(B, d, self.h)
-        drop = pb * q.pow(K)  # weight of the tap that leaves the window
-        ys = []
-        for t in range(L):
-            state = q * state + pb * x[:, t, :, None]
-            if t >= K:
-                state = state - drop * x[:, t - K, :, None]
-            ys.append(self.scale * (state * gamma).sum(-1))  # (B, d)
-        return torch.stack(ys, dim=1)
+        y = ema_recurrence(xin, *self.coefficients(), self.scale, self.kernel_length(x.shape[1]),
+                           self.bidirectional)
+        return F.silu(y + xf * self.omega.to(xf.dtype))
 
     # -- recurrent forms (unidirectional only; untruncated recurrence, as the official decoder) --
-    def step(self, x: torch.Tensor, state: torch.Tensor | None = None):
-        """One token: x (B, d), state (B, d, h) or None -> (X'_t (B, d), new state (B, d, h))."""
+    def _check_causal(self) -> None:
         if self.bidirectional:
             raise ValueError("a bidirectional EMA has no recurrent form (it looks ahead)")
+
+    def step(self, x: torch.Tensor, state: torch.Tensor | None = None):
+        """One token: x (B, d), state (B, d, h) or None -> (X'_t (B, d), new state (B, d, h))."""
+        self._check_causal()
         with torch.autocast(device_type=x.device.type, enabled=False):
-            pb, q, gamma = self.coefficients()
             xf = x.float()
-            new = pb * xf.unsqueeze(-1)  # (B, d, h)
-            if state is not None:
-                new = new + q * state
-            y = self.scale * (new * gamma).sum(-1)
+            y, new = ema_step(xf, state, *self.coefficients(), self.scale)
             out = F.silu(y + xf * self.omega.float())
         return out.to(x.dtype), new
 
     def block(self, x: torch.Tensor, state: torch.Tensor | None = None):
         """A block of L tokens after `state`: (B, L, d) -> (X' (B, L, d), new state (B, d, h))."""
-        if self.bidirectional:
-            raise ValueError("a bidirectional EMA has no recurrent form (it looks ahead)")
+        self._check_causal()
         with torch.autocast(device_type=x.device.type, enabled=False):
-            B, L, d = x.shape
             xf = x.float()
             # full-length kernel: the recurrent forms do not truncate
-            y = ema_conv(xf.transpose(1, 2).contiguous(), self.kernel(L), False)[..., :L].transpose(1, 2)
-            pb, q, gamma = self.coefficients()
-            t = torch.arange(L + 1, device=x.device, dtype=torch.float32)
-            powers = torch.exp(torch.log(q).unsqueeze(-1) * t)  # (d, h, L+1): q^0 .. q^L
-            # new state = sum_t pb q^(L-1-t) x_t + q^L state
-            new = pb * torch.einsum("btd,dnt->bdn", xf, powers[..., :L].flip(-1))
-            if state is not None:
-                # the carried state decays into every output: scale * sum_n gamma q^(t+1) state
-                y = y + self.scale * torch.einsum("dn,dnt,bdn->btd", gamma, powers[..., 1:], state)
-                new = new + powers[..., L] * state
+            y, new = ema_block(xf, state, self.kernel(x.shape[1]), *self.coefficients(), self.scale)
             out = F.silu(y + xf * self.omega.float())
         return out.to(x.dtype), new
-
-
-# ------------------------------------------------------------------------------------------------
-# Relative position bias (spec §3): b[i, j] for a chunk of length Lc
-# ------------------------------------------------------------------------------------------------
-def toeplitz(values: torch.Tensor, n: int) -> torch.Tensor:
-    """values (2n-1,) indexed by offset j - i + n - 1 -> (n, n) matrix with [i, j] = values[n-1+j-i]."""
-    return values.unfold(0, n, 1).flip(0)  # window r = values[r:r+n]; row i is window n-1-i
-
-
-class SimpleRelativePositionalBias(nn.Module):
-    """A learned vector w of length 2M-1 with b[i, j] = w[M-1 + j - i] (official `simple`)."""
-
-    def __init__(self, max_positions: int):
-        super().__init__()
-        self.max_positions = max_positions
-        self.rel_pos_bias = nn.Parameter(torch.empty(2 * max_positions - 1))
-        nn.init.normal_(self.rel_pos_bias, 0.0, 0.02)
-
-    def _check(self, n: int) -> None:
-        if n > self.max_positions:
-            raise UserError(
-                f"mega: attention length {n} exceeds max_positions={self.max_positions} of the simple "
-                f"relative-position bias; pass max_positions >= {n} (or use chunk_size / rel_pos=rotary)")
-
-    def offsets(self, n: int) -> torch.Tensor:
-        """(2n-1,) v with b[i, j] = v[n-1 + j-i] for a length-n attention."""
-        self._check(n)
-        M = self.max_positions
-        return self.rel_pos_bias[M - n: M + n - 1]
-
-    def forward(self, n: int) -> torch.Tensor:  # (n, n)
-        return toeplitz(self.offsets(n), n)
-
-    def reference(self, n: int) -> torch.Tensor:
-        """The same matrix by explicit index arithmetic (reference path)."""
-        self._check(n)
-        i = torch.arange(n, device=self.rel_pos_bias.device)
-        return self.rel_pos_bias[self.max_positions - 1 + i[None, :] - i[:, None]]
-
-    def row(self, i: int) -> torch.Tensor:
-        """b[i, 0..i]: the bias of query i against keys 0..i (decoding)."""
-        self._check(i + 1)
-        start = self.max_positions - 1 - i
-        return self.rel_pos_bias[start: start + i + 1]
-
-
-class RotaryRelativePositionalBias(nn.Module):
-    """b[i, j] = RoPE(a)_i . RoPE(b)_j for learned a, b in R^{1 x z} (official `rotary`).
-
-    RoPE: base 10000, half-split layout [x1 cos - x2 sin, x2 cos + x1 sin]; angle of position m and
-    pair k is m * 10000^(-k/(z/2)). The product depends on i - j only:
-    b[i, j] = sum_k c_k cos(theta_k (i-j)) + s_k sin(theta_k (i-j)), c = a1 b1 + a2 b2,
-    s = a1 b2 - a2 b1, which the fast path evaluates on 2n-1 offsets instead of n^2 pairs.
-    """
-
-    def __init__(self, z_dim: int):
-        super().__init__()
-        self.z_dim = z_dim
-        self.alpha = nn.Parameter(torch.empty(1, z_dim))
-        self.beta = nn.Parameter(torch.empty(1, z_dim))
-        nn.init.normal_(self.alpha, 0.0, 0.02)
-        nn.init.normal_(self.beta, 0.0, 0.02)
-
-    def _freqs(self) -> torch.Tensor:
-        half = self.z_dim // 2
-        k = torch.arange(half, device=self.alpha.device, dtype=torch.float32)
-        return torch.exp(k * (-math.log(10000.0) / half))  # (z/2,)
-
-    def _of_offsets(self, offsets: torch.Tensor) -> torch.Tensor:
-        """bias as a function of o = j - i, for each entry of `offsets` (float)."""
-        a1, a2 = self.alpha.float()[0].chunk(2)
-        b1, b2 = self.beta.float()[0].chunk(2)
-        angle = (-offsets)[:, None] * self._freqs()[None, :]  # theta_k * (i - j)
-        return torch.cos(angle) @ (a1 * b1 + a2 * b2) + torch.sin(angle) @ (a1 * b2 - a2 * b1)
-
-    def offsets(self, n: int) -> torch.Tensor:
-        """(2n-1,) v with b[i, j] = v[n-1 + j-i] for a length-n attention."""
-        return self._of_offsets(torch.arange(-(n - 1), n, device=self.alpha.device, dtype=torch.float32))
-
-    def forward(self, n: int) -> torch.Tensor:  # (n, n)
-        return toeplitz(self.offsets(n), n)
-
-    def reference(self, n: int) -> torch.Tensor:
-        """Rotate a and b at every position, then take all pairwise dot products."""
-        angle = torch.arange(n, device=self.alpha.device, dtype=torch.float32)[:, None] * self._freqs()
-        sin, cos = torch.sin(angle), torch.cos(angle)  # (n, z/2)
-
-        def rope(v):  # (1, z) broadcast over positions -> (n, z)
-            v1, v2 = v.float().chunk(2, dim=-1)
-            return torch.cat([v1 * cos - v2 * sin, v2 * cos + v1 * sin], dim=-1)
-
-        return rope(self.alpha) @ rope(self.beta).t()
-
-    def row(self, i: int) -> torch.Tensor:
-        offsets = torch.arange(-i, 1, device=self.alpha.device, dtype=torch.float32)  # j - i, j <= i
-        return self._of_offsets(offsets)
-
-
-# ------------------------------------------------------------------------------------------------
-# Attention functions (spec §3)
-# ------------------------------------------------------------------------------------------------
-def laplace(x: torch.Tensor) -> torch.Tensor:
-    """0.5 * (1 + erf((x - mu) / (sigma sqrt 2))), mu = sqrt(1/2), sigma = sqrt(1/(4 pi))."""
-    mu, sigma = math.sqrt(0.5), math.sqrt(0.25 / math.pi)
-    return 0.5 * (1.0 + torch.erf((x - mu) / (sigma * math.sqrt(2.0))))
-
-
-def relu2(x: torch.Tensor) -> torch.Tensor:
-    return F.relu(x).square()
-
-
-ELEMENTWISE = {"laplace": laplace, "relu2": relu2}
-
-
-def hidden_pad_rows(key_pad: torch.Tensor, causal: bool) -> torch.Tensor:
-    """Which (row, key) pairs the padding mask removes: (N, 1 or n, n) bool.
-
-    A row that would see no real key keeps its padded keys (NaN guard): without a causal mask that
-    is a chunk whose keys are all pad (the official rule); with one, a row whose visible keys are.
-    """
-    n = key_pad.shape[-1]
-    if not causal:
-        return (key_pad & ~key_pad.all(-1, keepdim=True)).unsqueeze(1)  # (N, 1, n)
-    lower = torch.ones(n, n, dtype=torch.bool, device=key_pad.device).tril()
-    sees_real = (lower & ~key_pad.unsqueeze(1)).any(-1, keepdim=True)  # (N, n, 1)
-    return key_pad.unsqueeze(1) & sees_real  # (N, n, n)
-
-
-def softmax_weights(scores, bias, key_pad, causal: bool) -> torch.Tensor:
-    """softmax(QK^T z^-1/2 + b) in fp32 with -inf masks (materialised path). scores: (N, n, n) fp32."""
-    n_keys = scores.shape[-1]
-    logits = scores + bias
-    if causal:
-        upper = torch.ones(n_keys, n_keys, dtype=torch.bool, device=scores.device).triu(1)
-        logits = logits.masked_fill(upper, float("-inf"))
-    if key_pad is not None:
-        logits = logits.masked_fill(hidden_pad_rows(key_pad, causal), float("-inf"))
-    return torch.softmax(logits, dim=-1)
-
-
-def elementwise_weights(scores, bias, key_pad, causal: bool, fn) -> torch.Tensor:
-    """A = f(QK^T / n + b) times multiplicative masks; no row normalisation.
-
-    n = non-pad keys in the chunk (clamped >= 1), or the chunk length without a padding mask; with a
-    causal mask, the row count of that mask (row i -> i + 1). scores: (N, n, n) fp32.
-    """
-    n_keys = scores.shape[-1]
-    if causal:
-        count = torch.arange(1, n_keys + 1, device=scores.device, dtype=scores.dtype)[:, None]
-    elif key_pad is not None:
-        count = (~key_pad).sum(-1).clamp(min=1).to(scores.dtype)[:, None, None]  # (N, 1, 1)
-    else:
-        count = float(n_keys)
-    weights = fn(scores / count + bias)
-    if key_pad is not None:
-        weights = weights * (~key_pad).unsqueeze(1).to(weights.dtype)
-    if causal:
-        weights = weights * torch.ones(n_keys, n_keys, device=scores.device, dtype=weights.dtype).tril()
-    return weights
 
 
 # ------------------------------------------------------------------------------------------------
@@ -720,8 +317,8 @@ class MovingAverageGatedAttention(nn.Module):
         self.causal = cfg.causal
         self.prenorm = cfg.prenorm
         self.impl = cfg.impl
-        self.norm = SequenceNorm(cfg.norm, d, cfg.norm_affine)
-        self.move = MultiHeadEMA(d, cfg.h_dim, cfg.bidirectional, cfg.truncation, cfg.impl, cfg.ema_kernel)
+        self.norm = mega_norm(cfg)
+        self.move = MultiHeadEMA(cfg)
         self.v_proj = nn.Linear(d, v)
         self.mx_proj = nn.Linear(d, d + z + v + d)  # one GEMM: update gate, Z, reset gate, H input
         self.h_proj = nn.Linear(v, d)
@@ -761,116 +358,30 @@ class MovingAverageGatedAttention(nn.Module):
             out = self.norm(out, padding_mask)
         return out[:, :L]
 
-    # -- attention, fast: chunks folded into the batch; softmax by SDPA, FlexAttention or matmul ---
     def attend(self, q, k, v, padding_mask):
-        """q, k (B, L, z), v (B, L, v) with L a multiple of the chunk length -> (B, L, v)."""
+        """Fast: q, k (B, L, z), v (B, L, v), L a multiple of the chunk length -> (B, L, v), with
+        the chunks folded into the batch."""
         B, L, _ = q.shape
         n = self.chunk_length(L)
         N = B * (L // n)
         q, k = q.to(v.dtype).reshape(N, n, self.z), k.to(v.dtype).reshape(N, n, self.z)
-        vv = v.reshape(N, n, self.v)
         key_pad = None if padding_mask is None else padding_mask.reshape(N, n)
         kernel = self.softmax_kernel(n, q.is_cuda) if self.attention == "softmax" else None
-        if kernel == "flex":  # the bias enters inside the kernel, never as an (n, n) matrix
-            return self.attend_flex(q, k, vv, key_pad, n).reshape(B, L, self.v)
-        bias = self.rel_pos_bias(n)  # (n, n) fp32, shared by every chunk
-        if kernel == "sdpa":
-            p = self.attention_dropout.p if self.training else 0.0
-            bias = bias.to(v.dtype)  # cast before any batch-sized mask is built
-            if self.causal:
-                upper = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
-                bias = bias.masked_fill(upper, float("-inf"))
-            if key_pad is None:
-                mask = bias[None, None]  # (1, 1, n, n), broadcast over chunks
-            else:  # (N, 1, n, n): padded keys at -inf, except in rows that see no real key
-                mask = torch.where(hidden_pad_rows(key_pad, self.causal), float("-inf"), bias)[:, None]
-            o = F.scaled_dot_product_attention(q[:, None], k[:, None], vv[:, None], attn_mask=mask,
-                                               dropout_p=p, scale=self.z ** -0.5)  # (N, 1, n, v)
-            return o.reshape(B, L, self.v)
-        scores = torch.bmm(q, k.transpose(1, 2)).float()  # (N, n, n)
-        if self.attention == "softmax":
-            weights = softmax_weights(scores * self.z ** -0.5, bias, key_pad, self.causal)
-        else:
-            weights = elementwise_weights(scores, bias, key_pad, self.causal, ELEMENTWISE[self.attention])
-        o = torch.bmm(self.attention_dropout(weights).to(v.dtype), vv)  # (N, n, v)
+        o = attend_folded(q, k, v.reshape(N, n, self.v), key_pad, self.rel_pos_bias, attention=self.attention,
+                          kernel=kernel, causal=self.causal, dropout=self.attention_dropout)  # (N, n, v)
         return o.reshape(B, L, self.v)
 
     def softmax_kernel(self, n: int, cuda: bool) -> str:
         """Which kernel computes a length-n softmax attention (all give the same function)."""
-        kernel = self.cfg.softmax_kernel
-        if kernel == "flex" and not cuda:
-            # The CPU build of compiled FlexAttention reads the score modification out of bounds in
-            # a length's last partial tile (wrong results, or NaN, at L=24 and 40); CUDA's bounds it.
-            raise UserError("mega config: softmax_kernel='flex' runs on a CUDA device only; on the CPU "
-                            "use softmax_kernel=auto, sdpa or matmul")
-        if kernel == "flex" and self.training and self.attention_dropout.p > 0:
-            return "sdpa"  # FlexAttention has no dropout on the weights
-        if kernel != "auto":
-            return kernel
-        if n <= MATERIALIZE_MAX_LENGTH:
-            return "matmul"
-        flex_ok = (self.cfg.compile and cuda and min(self.z, self.v) >= FLEX_MIN_DIM
-                   and not (self.training and self.attention_dropout.p > 0))
-        return "flex" if flex_ok else "sdpa"
+        return choose_softmax_kernel(self.cfg.softmax_kernel, n, cuda=cuda, compiled=self.cfg.compile,
+                                     weight_dropout=self.training and self.attention_dropout.p > 0,
+                                     width=min(self.z, self.v))
 
-    def attend_flex(self, q, k, v, key_pad, n: int):
-        """FlexAttention with the bias as a score modification read from a (2n-1,) offset table;
-        its gradient reaches the table. q, k (N, n, z), v (N, n, v) -> (N, n, v)."""
-        from torch.nn.attention.flex_attention import flex_attention
-
-        table = self.rel_pos_bias.offsets(n)
-        causal = self.causal
-        if key_pad is not None:  # rows that see no real key keep their padded keys (NaN guard)
-            sees_real = (~key_pad).cumsum(-1) > 0 if causal else ~key_pad.all(-1)  # (N, n) | (N,)
-
-        def score_mod(score, b, h, qi, ki):
-            score = score + table[ki - qi + (n - 1)]
-            if causal:
-                score = torch.where(ki <= qi, score, float("-inf"))
-            if key_pad is not None:
-                row_ok = sees_real[b, qi] if causal else sees_real[b]
-                score = torch.where(key_pad[b, ki] & row_ok, float("-inf"), score)
-            return score
-
-        # Value width 256 needs smaller tiles than the defaults to fit in shared memory.
-        options = FLEX_KERNEL_OPTIONS if q.is_cuda and self.v > 128 else None
-        o = flex_attention(q[:, None], k[:, None], v[:, None], score_mod=score_mod, scale=self.z ** -0.5,
-                           kernel_options=options)
-        return o[:, 0]
-
-    # -- attention, reference: chunk by chunk, explicit bias, softmax written out -----------------
     def attend_reference(self, q, k, v, padding_mask):
-        B, L, _ = q.shape
-        n = self.chunk_length(L)
-        bias = self.rel_pos_bias.reference(n)  # (n, n)
-        lower = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-        outs = []
-        for start in range(0, L, n):
-            qc, kc, vc = (t[:, start:start + n].float() for t in (q, k, v))
-            pad = None if padding_mask is None else padding_mask[:, start:start + n]
-            if self.attention == "softmax":
-                scores = (qc * self.z ** -0.5) @ kc.transpose(1, 2) + bias  # (B, n, n)
-                if self.causal:
-                    scores = scores.masked_fill(~lower, float("-inf"))
-                if pad is not None:
-                    visible = ~pad[:, None, :] & (lower if self.causal else True)
-                    sees_real = visible.any(-1, keepdim=True)  # all-pad chunk / row: leave unmasked
-                    scores = scores.masked_fill(pad[:, None, :] & sees_real, float("-inf"))
-                weights = torch.softmax(scores, dim=-1)
-            else:
-                if self.causal:
-                    count = lower.sum(-1, keepdim=True).float()  # row sums of the 0/1 causal mask
-                elif pad is not None:
-                    count = (~pad).sum(-1).clamp(min=1).float()[:, None, None]
-                else:
-                    count = float(n)
-                weights = ELEMENTWISE[self.attention](qc @ kc.transpose(1, 2) / count + bias)
-                if pad is not None:
-                    weights = weights * (~pad[:, None, :]).float()
-                if self.causal:
-                    weights = weights * lower.float()
-            outs.append(self.attention_dropout(weights) @ vc)  # (B, n, v)
-        return torch.cat(outs, dim=1).to(v.dtype)
+        """Reference: chunk by chunk, explicit bias, the softmax written out."""
+        return attend_reference(q, k, v, padding_mask, self.rel_pos_bias, attention=self.attention,
+                                causal=self.causal, n=self.chunk_length(q.shape[1]),
+                                dropout=self.attention_dropout)
 
     # -- incremental decoding (causal, unidirectional) --------------------------------------------
     def step(self, x: torch.Tensor, state: dict | None = None):
@@ -905,13 +416,14 @@ class MovingAverageGatedAttention(nn.Module):
         return out, dict(ema=ema_state, k=keys, v=values, pos=pos + 1)
 
 
+
 class NormalizedFeedForward(nn.Module):
     """NFFN: residual + dropout(fc2(hidden_dropout(silu(fc1(norm? x))))), norm before or after."""
 
     def __init__(self, cfg: MegaConfig):
         super().__init__()
         self.prenorm = cfg.prenorm
-        self.norm = SequenceNorm(cfg.norm, cfg.d_model, cfg.norm_affine)
+        self.norm = mega_norm(cfg)
         self.fc1 = nn.Linear(cfg.d_model, cfg.d_ffn)
         self.fc2 = nn.Linear(cfg.d_ffn, cfg.d_model)
         self.hidden_dropout = make_dropout(cfg.hidden_dropout, cfg.feature_dropout)
@@ -963,7 +475,7 @@ class MegaEncoder(nn.Module):
         self.layers = nn.ModuleList(MegaBlock(cfg) for _ in range(cfg.n_layers))
         # The official LRA encoder's final norm is affine whatever norm_affine says (only its LM
         # decoder has a flag for it).
-        self.final_norm = SequenceNorm(cfg.norm, cfg.d_model, affine=True) if cfg.prenorm else None
+        self.final_norm = mega_norm(cfg, affine=True) if cfg.prenorm else None
         if cfg.compile and cfg.impl == "fast":
             self.compile(mode=cfg.compile_mode)  # in place: parameter names and `step` are unchanged
 
@@ -992,28 +504,19 @@ class MegaEncoder(nn.Module):
 # ------------------------------------------------------------------------------------------------
 # Registrations: per-task settings of paper Table 8 / README.lra.md (spec §7)
 # ------------------------------------------------------------------------------------------------
-_NO_EXTRA_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0)
-TASK_CONFIGS = {
-    "listops": dict(n_layers=6, d_model=80, d_ffn=160, z_dim=64, v_dim=160, h_dim=16,
-                    attention="softmax", norm="layernorm", prenorm=False, truncation=1024,
-                    max_positions=2002, dropout=0.1, **_NO_EXTRA_DROPOUT),
-    "text": dict(n_layers=4, d_model=128, d_ffn=256, z_dim=64, v_dim=256, h_dim=16,
-                 attention="softmax", norm="scalenorm", prenorm=False, truncation=1024,
-                 max_positions=4002, dropout=0.1, **_NO_EXTRA_DROPOUT),
-    "retrieval": dict(n_layers=6, d_model=128, d_ffn=256, z_dim=64, v_dim=256, h_dim=16,
-                      attention="softmax", norm="scalenorm", prenorm=False, truncation=1024,
-                      max_positions=4002, dropout=0.1, **_NO_EXTRA_DROPOUT),
-    "image": dict(n_layers=8, d_model=160, d_ffn=320, z_dim=96, v_dim=320, h_dim=16,
-                  attention="laplace", norm="batchnorm", prenorm=True, truncation=1024,
-                  max_positions=1024, dropout=0.0, **_NO_EXTRA_DROPOUT),
-    "pathfinder": dict(n_layers=6, d_model=128, d_ffn=256, z_dim=64, v_dim=256, h_dim=16,
-                       attention="laplace", norm="batchnorm", prenorm=True, truncation=1024,
-                       max_positions=1024, dropout=0.0, **_NO_EXTRA_DROPOUT),
+TABLE8_KEYS = ("n_layers", "d_model", "d_ffn", "z_dim", "v_dim", "h_dim", "attention", "norm", "prenorm",
+               "truncation", "max_positions", "dropout")
+TABLE8 = {  # one row per task, in TABLE8_KEYS order
+    "listops": (6, 80, 160, 64, 160, 16, "softmax", "layernorm", False, 1024, 2002, 0.1),
+    "text": (4, 128, 256, 64, 256, 16, "softmax", "scalenorm", False, 1024, 4002, 0.1),
+    "retrieval": (6, 128, 256, 64, 256, 16, "softmax", "scalenorm", False, 1024, 4002, 0.1),
+    "image": (8, 160, 320, 96, 320, 16, "laplace", "batchnorm", True, 1024, 1024, 0.0),
+    "pathfinder": (6, 128, 256, 64, 256, 16, "laplace", "batchnorm", True, 1024, 1024, 0.0),
     # Path-X trained with SyncBatchNorm on 8 GPUs: batchnorm on one device.
-    "pathx": dict(n_layers=4, d_model=64, d_ffn=128, z_dim=32, v_dim=128, h_dim=16,
-                  attention="laplace", norm="batchnorm", prenorm=True, truncation=4096,
-                  max_positions=16384, dropout=0.0, **_NO_EXTRA_DROPOUT),
+    "pathx": (4, 64, 128, 32, 128, 16, "laplace", "batchnorm", True, 4096, 16384, 0.0),
 }
+TASK_CONFIGS = {task: dict(zip(TABLE8_KEYS, row), hidden_dropout=0.0, attention_dropout=0.0)
+                for task, row in TABLE8.items()}
 CHUNK_SIZES = {"listops": 128, "text": 128, "retrieval": 128, "image": 128, "pathfinder": 128,
                "pathx": 4096}
 _BETAS = (0.9, 0.98)
@@ -1051,9 +554,9 @@ def build_mega(**kwargs) -> MegaEncoder:
 
 
 @register_model("mega", family="hybrid", paper=PAPER, complexity="O(L^2)",
-                defaults=dataclasses.asdict(MegaConfig(chunk_size=-1)),
+                defaults=registry_defaults(MegaConfig(chunk_size=-1)),
                 task_configs={t: dict(c, chunk_size=-1) for t, c in TASK_CONFIGS.items()},
-                train_configs=TRAIN_CONFIGS, tiny=TINY, runtime=RUNTIME_KEYS,
+                train_configs=TRAIN_CONFIGS, tiny=TINY, runtime=RUNTIME_KEYS, fit_length=widen_max_positions,
                 published=dict(speed=2.9, memory=0.31, source="MEGA Table 2 (MEGA authors' GPU runs)"))
 def mega(**kwargs) -> MegaEncoder:
     """MEGA: bidirectional damped EMA + single-head gated attention over the whole sequence"""
@@ -1061,10 +564,10 @@ def mega(**kwargs) -> MegaEncoder:
 
 
 @register_model("mega_chunk", family="hybrid", paper=PAPER, complexity="O(L C)",
-                defaults=dataclasses.asdict(MegaConfig(chunk_size=128)),
+                defaults=registry_defaults(MegaConfig(chunk_size=128)),
                 task_configs={t: dict(c, chunk_size=CHUNK_SIZES[t]) for t, c in TASK_CONFIGS.items()},
                 train_configs=TRAIN_CONFIGS, tiny=dict(TINY, chunk_size=16, rel_pos="simple"),  # bias sized by C
-                runtime=RUNTIME_KEYS,
+                runtime=RUNTIME_KEYS, fit_length=widen_max_positions,
                 published=dict(speed=5.5, memory=0.13, source="MEGA Table 2 (MEGA authors' GPU runs)"))
 def mega_chunk(**kwargs) -> MegaEncoder:
     """MEGA-chunk: EMA over the whole sequence, gated attention inside chunks of C"""

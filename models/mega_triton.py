@@ -12,7 +12,7 @@ Function (per batch row, channel c, direction; D = 2d rows when bidirectional, e
 so y is the convolution of x with k[c, l] = sum_n weight[c,n] q[c,n]^l for lags 0 <= l < K: the
 subtracted term drops the tap that leaves the window, which is exactly the kernel truncation of
 `MultiHeadEMA` (K = kernel_length(L)). `weight = scale * gamma * p * beta` and `q = 1 - p sigmoid(alpha)`
-(see `ema_coefficients`), so `k` is `harness_models.mega.ema_kernel`. Bidirectional: rows [0:d] run forward in
+(see `ema_coefficients`), so `k` is `harness_models.ema.ema_kernel`. Bidirectional: rows [0:d] run forward in
 time (causal) and rows [d:2d] backward in time (anti-causal); both include lag 0, as `ema_conv`.
 
 Parallel form (a two-level scan, exact: the recurrence is linear with constant q): the time axis is
@@ -74,7 +74,7 @@ def ema_coefficients(delta, alpha, beta, gamma, scale: float):
     """MultiHeadEMA parameters -> (weight, q), each (D, h) fp32, differentiable.
 
     delta, alpha, beta: (D, h, 1); gamma: (D, h). weight = scale * gamma * p * beta, q = 1 - p * sigmoid(alpha),
-    p = sigmoid(delta); then sum_n weight q^t is `harness_models.mega.ema_kernel`.
+    p = sigmoid(delta); then sum_n weight q^t is `harness_models.ema.ema_kernel`.
     """
     p = torch.sigmoid(delta.float()).squeeze(-1)  # (D, h)
     q = 1.0 - p * torch.sigmoid(alpha.float()).squeeze(-1)
@@ -309,7 +309,7 @@ def ema_scan(x: torch.Tensor, weight: torch.Tensor, q: torch.Tensor, kernel_leng
     """EMA convolution by a chunked Triton scan: x (B, L, d) -> (B, L, d) fp32.
 
     weight, q: (D, h) with D = 2d if bidirectional else d (from `ema_coefficients`); kernel_length K >= 1
-    taps per direction (MultiHeadEMA.kernel_length(L)). Equals `harness_models.mega.ema_conv(x.transpose(1, 2),
+    taps per direction (MultiHeadEMA.kernel_length(L)). Equals `harness_models.ema.ema_conv(x.transpose(1, 2),
     kernel, bidirectional)[..., :L].transpose(1, 2)` with kernel[c, l] = sum_n weight[c,n] q[c,n]^l,
     l < K. Differentiable in x, weight and q (first order). chunk: T, a power of two; channel_block: CB.
     """

@@ -32,23 +32,19 @@ attention swapped. The attention core runs in float32, also under autocast.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.registry import register_model
 from harness.validate import check_config, invalid
-from harness_models.transformer import (
-    DEFAULTS as TRANSFORMER_DEFAULTS,
-    POSITIONS,
-    TASK_CONFIGS as TRANSFORMER_TASK_CONFIGS,
-    TINY as TRANSFORMER_TINY,
-    TRAIN_CONFIGS as TRANSFORMER_TRAIN_CONFIGS,
-    EncoderBlock,
-    TransformerEncoder,
-    check_heads,
-    sinusoidal_positions,
-)
+from harness_models import transformer
+from harness_models.config import config_from_kwargs, registry_defaults
+from harness_models.transformer import (POSITIONS, EncoderBlock, TransformerConfig, TransformerEncoder,
+                                        check_heads, sinusoidal_positions)
 
 PAPER = "Kitaev, Kaiser & Levskaya, ICLR 2020 (arXiv 2001.04451); LRA configs: Tay et al., ICLR 2021"
 MODES = ("standard", "lra")
@@ -166,26 +162,61 @@ def dense_shared_qk_attention(qk: torch.Tensor, v: torch.Tensor, key_padding: to
 
 
 # ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ReformerConfig(TransformerConfig):
+    """The Transformer's architecture with LSH attention (shared QK), optionally reversible."""
+
+    family = "reformer"
+
+    mode: str = "standard"  # "standard": textbook LSH attention; "lra": LRA's reformer_attention.py
+    n_hashes: int = 1  # hash rounds (LRA 1; the paper's best enwik8 runs 8)
+    bucket_size: int = 64  # standard: chunk length c; the length is padded to a multiple of 2c, n_buckets = L/c
+    n_buckets: int = 10  # lra mode only: fixed number of buckets (LRA's default 10; chunk = L_pad / 10)
+    hash_seed: int = 0  # rotations are a function of (hash_seed, layer, draw); draw 0 = evaluation
+    causal: bool = False  # True masks keys after the query (encoder tasks are bidirectional)
+    attend_across_buckets: bool = True  # False: a query sees only keys of its own bucket (lucidrains option)
+    allow_duplicate_attention: bool = True  # False: a key seen in several rounds counts once (the paper's fix)
+    reversible: bool = False  # RevNet residuals, activations recomputed in backward (off in LRA)
+    ff_chunk_size: int = 0  # > 0: FFN applied over slices of this many positions (off in LRA)
+
+    def check(self) -> None:
+        check_config(self.family, dataclasses.asdict(self),
+                     positive=("d_model", "n_layers", "n_heads", "d_ffn", "n_hashes", "bucket_size", "n_buckets"),
+                     nonnegative=("hash_seed", "ff_chunk_size"), probability=("dropout", "attn_dropout"),
+                     flags=("causal", "attend_across_buckets", "allow_duplicate_attention", "reversible"),
+                     choices=dict(mode=MODES, positions=POSITIONS))
+        check_heads(self.family, self.d_model, self.n_heads)
+        if self.n_buckets < 2 or self.n_buckets % 2:  # buckets come from argmax over [xR, -xR]
+            raise invalid(self.family, "n_buckets", self.n_buckets, "an even number >= 2")
+        if self.mode == "lra":  # LRA's attention has no masks at all; a mask request would be silently unmet
+            for key, unmasked in (("causal", False), ("attend_across_buckets", True),
+                                  ("allow_duplicate_attention", True)):
+                if getattr(self, key) != unmasked:
+                    raise invalid(self.family, key, getattr(self, key),
+                                  f"{unmasked} with mode='lra' (LRA's attention applies no masks); "
+                                  f"use mode='standard'")
+
+
+
+# ---------------------------------------------------------------------------------------------
 # Attention module (drop-in for harness_models.transformer.SelfAttention)
 # ---------------------------------------------------------------------------------------------
 
 class LSHSelfAttention(nn.Module):
     """Multi-head LSH attention. (B, L, d) + padding mask (B, L, True = pad) -> (B, L, d)."""
 
-    def __init__(self, d_model: int, n_heads: int, mode: str = "standard", n_hashes: int = 1,
-                 bucket_size: int = 64, n_buckets: int = 10, attn_dropout: float = 0.0, causal: bool = False,
-                 attend_across_buckets: bool = True, allow_duplicate_attention: bool = True,
-                 hash_seed: int = 0, layer_index: int = 0):
+    def __init__(self, cfg: ReformerConfig, layer_index: int = 0):
         super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.n_heads, self.head_dim = n_heads, d_model // n_heads
-        self.mode, self.n_hashes, self.bucket_size, self.n_buckets = mode, n_hashes, bucket_size, n_buckets
-        self.attn_dropout, self.causal = attn_dropout, causal
-        self.attend_across_buckets, self.allow_duplicate_attention = attend_across_buckets, allow_duplicate_attention
-        self.hash_seed, self.layer_index = hash_seed, layer_index
+        d_model, mode = cfg.d_model, cfg.mode
+        self.n_heads, self.head_dim = cfg.n_heads, d_model // cfg.n_heads
+        self.mode, self.n_hashes, self.bucket_size, self.n_buckets = mode, cfg.n_hashes, cfg.bucket_size, cfg.n_buckets
+        self.attn_dropout, self.causal = cfg.attn_dropout, cfg.causal
+        self.attend_across_buckets = cfg.attend_across_buckets
+        self.allow_duplicate_attention = cfg.allow_duplicate_attention
+        self.hash_seed, self.layer_index = cfg.hash_seed, layer_index
         self.qk = nn.Linear(d_model, d_model, bias=False)  # shared query/key projection
         self.v = nn.Linear(d_model, d_model, bias=False)
         if mode == "lra":  # LRA: xavier projections, heads concatenated without an output projection
@@ -402,42 +433,12 @@ class ReformerEncoder(TransformerEncoder):
     """(B, L, d) + padding mask (True = pad) -> (B, L, d). The Transformer encoder's layout (pre-LN
     blocks, GELU FFN, final LayerNorm) with LSH attention; optionally reversible and chunked FFN."""
 
-    def __init__(self, d_model: int = 256, n_layers: int = 4, n_heads: int = 4, d_ffn: int = 1024,
-                 dropout: float = 0.1, attn_dropout: float = 0.0, positions: str = "sinusoidal",
-                 mode: str = "standard", n_hashes: int = 1, bucket_size: int = 64, n_buckets: int = 10,
-                 hash_seed: int = 0, causal: bool = False, attend_across_buckets: bool = True,
-                 allow_duplicate_attention: bool = True, reversible: bool = False, ff_chunk_size: int = 0):
-        config = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ffn=d_ffn, dropout=dropout,
-                      attn_dropout=attn_dropout, positions=positions, mode=mode, n_hashes=n_hashes,
-                      bucket_size=bucket_size, n_buckets=n_buckets, hash_seed=hash_seed, causal=causal,
-                      attend_across_buckets=attend_across_buckets,
-                      allow_duplicate_attention=allow_duplicate_attention, reversible=reversible,
-                      ff_chunk_size=ff_chunk_size)
-        check_config("reformer", config, positive=("d_model", "n_layers", "n_heads", "d_ffn", "n_hashes",
-                                                   "bucket_size", "n_buckets"),
-                     nonnegative=("hash_seed", "ff_chunk_size"), probability=("dropout", "attn_dropout"),
-                     flags=("causal", "attend_across_buckets", "allow_duplicate_attention", "reversible"),
-                     choices=dict(mode=MODES, positions=POSITIONS))
-        check_heads("reformer", d_model, n_heads)
-        if n_buckets < 2 or n_buckets % 2:  # buckets come from argmax over [xR, -xR]
-            raise invalid("reformer", "n_buckets", n_buckets, "an even number >= 2")
-        if mode == "lra":  # LRA's attention has no masks at all; a mask request would be silently unmet
-            for key, unmasked in (("causal", False), ("attend_across_buckets", True),
-                                  ("allow_duplicate_attention", True)):
-                if config[key] != unmasked:
-                    raise invalid("reformer", key, config[key],
-                                  f"{unmasked} with mode='lra' (LRA's attention applies no masks); "
-                                  f"use mode='standard'")
-        nn.Module.__init__(self)
-        self.init_shell(d_model, positions)
-        self.reversible = reversible
-        for i in range(n_layers):
-            block = EncoderBlock(d_model, n_heads, d_ffn, "vanilla", dropout, 0.0)  # LN, FFN, dropout
-            block.attn = LSHSelfAttention(d_model, n_heads, mode, n_hashes, bucket_size, n_buckets, attn_dropout,
-                                          causal, attend_across_buckets, allow_duplicate_attention, hash_seed, i)
-            if ff_chunk_size:
-                block.ffn = ChunkedFeedForward(ff_chunk_size, *block.ffn)
-            self.layers.append(block)
+    def __init__(self, cfg: ReformerConfig):
+        super().__init__(cfg, swap=lambda i: LSHSelfAttention(cfg, layer_index=i))
+        self.reversible = cfg.reversible
+        if cfg.ff_chunk_size:
+            for block in self.layers:
+                block.ffn = ChunkedFeedForward(cfg.ff_chunk_size, *block.ffn)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         if not self.reversible:
@@ -459,34 +460,21 @@ class ReformerEncoder(TransformerEncoder):
 # baselines); LRA's own blocks stay in PAPER_TASK_CONFIGS for parity runs (`--set`).
 _PATHFINDER = dict(d_model=64, n_layers=2, n_heads=8, d_ffn=64, dropout=0.2, attn_dropout=0.1)
 PAPER_TASK_CONFIGS = {
-    "listops": dict(TRANSFORMER_TASK_CONFIGS["listops"]),
-    "text": dict(TRANSFORMER_TASK_CONFIGS["text"]),
-    "retrieval": dict(TRANSFORMER_TASK_CONFIGS["retrieval"]),
+    "listops": dict(transformer.TASK_CONFIGS["listops"]),
+    "text": dict(transformer.TASK_CONFIGS["text"]),
+    "retrieval": dict(transformer.TASK_CONFIGS["retrieval"]),
     "image": dict(d_model=64, n_layers=4, n_heads=8, d_ffn=64, dropout=0.3, attn_dropout=0.2),
     "pathfinder": dict(_PATHFINDER),
     "pathx": dict(_PATHFINDER),
 }
-TASK_CONFIGS = {task: dict(cfg) for task, cfg in TRANSFORMER_TASK_CONFIGS.items()}
+TASK_CONFIGS = {task: dict(cfg) for task, cfg in transformer.TASK_CONFIGS.items()}
 # LRA trains every baseline with the task's base settings: the Transformer's; Path-X reuses Pathfinder's.
-TRAIN_CONFIGS = dict(TRANSFORMER_TRAIN_CONFIGS)
-TRAIN_CONFIGS.setdefault("pathx", dict(TRANSFORMER_TRAIN_CONFIGS["pathfinder"]))
-DEFAULTS = dict(
-    TRANSFORMER_DEFAULTS,
-    mode="standard",  # "standard": textbook LSH attention; "lra": LRA's reformer_attention.py
-    n_hashes=1,  # hash rounds (LRA 1; the paper's best enwik8 runs 8)
-    bucket_size=64,  # standard: chunk length c; the length is padded to a multiple of 2c, n_buckets = L/c
-    n_buckets=10,  # lra mode only: fixed number of buckets (LRA's default 10; chunk = L_pad / 10)
-    hash_seed=0,  # rotations are a function of (hash_seed, layer, draw); draw 0 = evaluation
-    causal=False,  # True masks keys after the query (encoder tasks are bidirectional)
-    attend_across_buckets=True,  # False: a query sees only keys of its own bucket (lucidrains option)
-    allow_duplicate_attention=True,  # False: a key seen in several rounds counts once (the paper's fix)
-    reversible=False,  # RevNet residuals, activations recomputed in backward (off in LRA)
-    ff_chunk_size=0,  # > 0: FFN applied over slices of this many positions (off in LRA)
-)
+TRAIN_CONFIGS = transformer.BASELINE_TRAIN_CONFIGS
+DEFAULTS = registry_defaults(ReformerConfig())
 # The Transformer's tiny variant (d 32, 2 layers, 2 heads, dropout 0). The shared, bias-free QK and
 # bias-free V have 1,120 fewer parameters per layer than the Transformer's q/k/v; d_ffn 144 (4.5 d)
 # instead of 128 gives back 1,040, so the tiny variants stay parameter-matched.
-TINY = dict(TRANSFORMER_TINY, d_ffn=144)
+TINY = dict(transformer.TINY, d_ffn=144)
 
 
 @register_model("reformer", family="attention", paper=PAPER, complexity="O(L log L)", defaults=DEFAULTS,
@@ -494,4 +482,4 @@ TINY = dict(TRANSFORMER_TINY, d_ffn=144)
                 published=dict(speed=0.8, memory=0.24, source="MEGA Table 2, from LRA Table 2 (TPU v3, JAX, batch 32)"))
 def reformer(**cfg):
     """Reformer (LSH attention, shared QK), LRA Transformer layout"""
-    return ReformerEncoder(**cfg)
+    return ReformerEncoder(config_from_kwargs(ReformerConfig, "reformer", cfg))

@@ -61,8 +61,10 @@ Named differences from the code that produced the published rows:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -71,6 +73,8 @@ from torch.utils.checkpoint import checkpoint
 
 from harness.registry import register_model
 from harness.validate import check_config, invalid
+from harness_models.config import config_from_kwargs, registry_defaults
+from harness_models.layers import SequenceNorm, make_dropout
 
 PAPER_S4 = "Gu, Goel & Ré, ICLR 2022 (arXiv 2111.00396); LRA configs: state-spaces/s4"
 PAPER_S4D = "Gu, Gupta, Goel & Ré, NeurIPS 2022 (arXiv 2206.11893); LRA configs: state-spaces/s4"
@@ -155,7 +159,7 @@ def _set_optim(param: nn.Parameter, lr: float | None) -> nn.Parameter:
 class _SSMKernelBase(nn.Module):
     """Shared pieces: Δ (per channel, softplus-parameterised), Re A, Im A, B, C.
 
-    Sharing of (Λ, B) over the H channels:
+    Sharing of (Λ, B) over the H channels (`ssm_sharing`):
     - `sharing="grouped"` (S4 V2 onwards): n_ssm independent copies of (Λ, B), copy h mod n_ssm
       serving channel h (n_ssm = H: one per channel);
     - `sharing="v1"` (S4 tag v1): one Λ for all channels and one B per channel (n_ssm must be 1).
@@ -163,30 +167,21 @@ class _SSMKernelBase(nn.Module):
     (`real_param="raw"`, S4 v1: unconstrained).
     """
 
-    def __init__(self, H: int, N: int, channels: int, n_ssm: int | None, Lambda: torch.Tensor,
-                 B: torch.Tensor, dt_min: float, dt_max: float, lr_A: float | None,
-                 lr_B: float | None, lr_dt: float | None, sharing: str = "grouped", real_param: str = "exp"):
+    def __init__(self, cfg: S4Config, channels: int, Lambda: torch.Tensor, B: torch.Tensor):
         super().__init__()
-        n_ssm = H if n_ssm is None else n_ssm
-        if H % n_ssm:
-            raise ValueError(f"d_model {H} must be a multiple of n_ssm {n_ssm}")
-        if sharing not in ("grouped", "v1"):
-            raise ValueError(f"sharing must be grouped or v1, got {sharing!r}")
-        if sharing == "v1" and n_ssm != 1:
-            raise ValueError(f"sharing='v1' has one Λ for all channels: n_ssm must be 1, got {n_ssm}")
-        if real_param not in ("exp", "raw"):
-            raise ValueError(f"real_param must be exp or raw, got {real_param!r}")
+        H, N = cfg.d_model, cfg.d_state
+        n_ssm = H if cfg.n_ssm is None else cfg.n_ssm
         self.H, self.N, self.channels, self.n_ssm = H, N, channels, n_ssm
-        self.sharing, self.real_param = sharing, real_param
-        n_b = n_ssm if sharing == "grouped" else H  # copies of B (and P): v1 has one per channel
-        dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))  # log-uniform
-        self.dt = _set_optim(nn.Parameter(_inv_softplus(dt)), lr_dt)  # (H,) softplus^-1(Δ)
+        self.sharing, self.real_param = cfg.ssm_sharing, cfg.real_param
+        n_b = n_ssm if self.sharing == "grouped" else H  # copies of B (and P): v1 has one per channel
+        log_dt = torch.rand(H) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min)
+        self.dt = _set_optim(nn.Parameter(_inv_softplus(torch.exp(log_dt))), cfg.lr_dt)  # (H,) softplus^-1(Δ)
         Lambda = Lambda.to(torch.complex64).expand(n_ssm, -1)  # (n_ssm, N/2), shared by H/n_ssm channels
-        re = torch.log(-Lambda.real) if real_param == "exp" else Lambda.real
-        self.A_real = _set_optim(nn.Parameter(re.clone()), lr_A)  # (n_ssm, N/2): log(-Re A) or Re A
-        self.A_imag = _set_optim(nn.Parameter(Lambda.imag.clone()), lr_A)
+        re = torch.log(-Lambda.real) if self.real_param == "exp" else Lambda.real
+        self.A_real = _set_optim(nn.Parameter(re.clone()), cfg.lr_A)  # (n_ssm, N/2): log(-Re A) or Re A
+        self.A_imag = _set_optim(nn.Parameter(Lambda.imag.clone()), cfg.lr_A)
         B = B.to(torch.complex64).expand(n_b, -1)
-        self.B = _set_optim(nn.Parameter(torch.view_as_real(B).clone()), lr_B)  # (n_b, N/2, 2)
+        self.B = _set_optim(nn.Parameter(torch.view_as_real(B).clone()), cfg.lr_B)  # (n_b, N/2, 2)
         C = torch.randn(channels, H, N // 2, dtype=torch.complex64)  # complex normal, variance 1
         self.C = nn.Parameter(torch.view_as_real(C).clone())  # (channels, H, N/2, 2)
 
@@ -213,17 +208,11 @@ def _vandermonde_block(coef: torch.Tensor, log_base: torch.Tensor, start: int, s
 class DiagKernel(_SSMKernelBase):
     """S4D kernel: diagonal A, ZOH or bilinear discretisation, Vandermonde evaluation."""
 
-    def __init__(self, H: int, N: int, channels: int = 1, init: str = "legs", disc: str = "zoh",
-                 n_ssm: int | None = 1, dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 lr_A: float | None = 1e-3, lr_B: float | None = 1e-3, lr_dt: float | None = 1e-3,
-                 real_param: str = "exp"):
-        if disc not in ("zoh", "bilinear"):
-            raise ValueError(f"disc must be zoh or bilinear, got {disc!r}")
-        Lambda, B = diag_init(init, N)
+    def __init__(self, cfg: S4Config, channels: int = 1):
+        Lambda, B = diag_init(cfg.init, cfg.d_state)
         B = B.real + 1j * B.imag.clamp(-2.0, 2.0)  # S4's optional stabilising clip of Im B
-        super().__init__(H, N, channels, n_ssm, Lambda, B, dt_min, dt_max, lr_A, lr_B, lr_dt,
-                         real_param=real_param)
-        self.disc = disc
+        super().__init__(cfg, channels, Lambda, B)
+        self.disc = cfg.disc
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log Ā (H, N/2), B̄ (H, N/2), C (channels, H, N/2)) for the current parameters."""
@@ -282,28 +271,21 @@ class DPLRKernel(_SSMKernelBase):
     weight decay), and P takes B's learning rate (v1 stacked P with B).
     """
 
-    def __init__(self, H: int, N: int, channels: int = 1, init: str = "legs", n_ssm: int | None = 1,
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, l_max: int = 1024,
-                 lr_A: float | None = 1e-3, lr_B: float | None = 1e-3, lr_dt: float | None = 1e-3,
-                 sharing: str = "grouped", real_param: str = "exp"):
-        if init != "legs":
-            raise ValueError(f"the DPLR (S4) kernel supports init='legs' only, got {init!r}; "
-                             f"use mode='diag' for lin/inv")
-        Lambda, p, b, _ = nplr_legs(N)
+    def __init__(self, cfg: S4Config, channels: int = 1):
+        Lambda, p, b, _ = nplr_legs(cfg.d_state)  # init is legs (S4Config checks it)
         b = b.real + 1j * b.imag.clamp(-2.0, 2.0)
-        super().__init__(H, N, channels, n_ssm, Lambda, b, dt_min, dt_max, lr_A, lr_B, lr_dt,
-                         sharing=sharing, real_param=real_param)
+        super().__init__(cfg, channels, Lambda, b)
         P = p.to(torch.complex64).expand(self.B.shape[0], -1)  # P has B's layout: n_ssm copies, or H (v1)
         self.P = _set_optim(nn.Parameter(torch.view_as_real(P).clone()),
-                            lr_A if sharing == "grouped" else lr_B)  # (n_ssm or H, N/2, 2)
-        if sharing == "v1":
-            Q = p.to(torch.complex64).expand(H, -1)
+                            cfg.lr_A if self.sharing == "grouped" else cfg.lr_B)  # (n_ssm or H, N/2, 2)
+        if self.sharing == "v1":
+            Q = p.to(torch.complex64).expand(self.H, -1)
             self.Q = nn.Parameter(torch.view_as_real(Q).clone())  # (H, N/2, 2), untied from P
         else:
             self.register_parameter("Q", None)  # tied: Q = P
         with torch.no_grad():  # the sampled C becomes C̃ for length l_max
-            self.C.copy_(torch.view_as_real(self.ctilde_from_c(torch.view_as_complex(self.C), l_max)))
-        self.l_kernel = int(l_max)  # the length C̃ refers to (a Python int: no device sync per call)
+            self.C.copy_(torch.view_as_real(self.ctilde_from_c(torch.view_as_complex(self.C), cfg.l_max)))
+        self.l_kernel = int(cfg.l_max)  # the length C̃ refers to (a Python int: no device sync per call)
 
     def get_extra_state(self) -> dict:  # l_kernel travels with C̃ in the state dict
         return {"l_kernel": self.l_kernel}
@@ -382,7 +364,7 @@ class DPLRKernel(_SSMKernelBase):
 
 
 # ---------------------------------------------------------------------------------------------
-# Convolution, layer and backbone
+# FFT convolution
 # ---------------------------------------------------------------------------------------------
 
 def fft_conv(u: torch.Tensor, k: torch.Tensor, bidirectional: bool) -> torch.Tensor:
@@ -401,93 +383,82 @@ def fft_conv(u: torch.Tensor, k: torch.Tensor, bidirectional: bool) -> torch.Ten
     return y[..., :L]
 
 
-class TiedDropout(nn.Module):
-    """Dropout with one mask per (example, channel), shared over positions (S4's `tie_dropout`)."""
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
 
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, H)
-        if not self.training or self.p == 0:
-            return x
-        keep = torch.rand(x.shape[0], 1, x.shape[2], device=x.device) >= self.p
-        return x * keep.to(x.dtype) / (1 - self.p)
+S4_NORMS = {"batch": "masked_batchnorm", "layer": "layernorm"}  # S4's names -> harness_models.layers kinds
 
 
-class MaskedBatchNorm(nn.Module):
-    """BatchNorm over (batch, positions) whose statistics ignore padded positions."""
+@dataclass
+class S4Config:
+    """Architecture of an S4 / S4D backbone. Defaults: the S4 LRA layer (baselines.md §1.5)."""
 
-    def __init__(self, d: int, momentum: float = 0.1, eps: float = 1e-5):
-        super().__init__()
-        self.momentum, self.eps = momentum, eps
-        self.weight = nn.Parameter(torch.ones(d))
-        self.bias = nn.Parameter(torch.zeros(d))
-        self.register_buffer("running_mean", torch.zeros(d))
-        self.register_buffer("running_var", torch.ones(d))
+    d_model: int = 256  # channels H
+    n_layers: int = 6  # S4 LRA depth
+    d_state: int = 64  # N (N/2 complex modes are stored)
+    init: str = "legs"  # HiPPO-LegS (S4D: its diagonal part) | lin | inv (S4D only)
+    disc: str = "zoh"  # S4D discretisation: zoh | bilinear (the DPLR kernel is bilinear by construction)
+    bidirectional: bool = True  # layer-level two-sided kernel, as in the LRA configs
+    n_ssm: int | None = 1  # independent (A, B, P) copies shared over channels; None = one per channel
+    norm: str = "batch"  # batch (masked BatchNorm, S4's LRA choice) | layer
+    prenorm: bool = True  # norm before each layer (and a final norm) | after the residual
+    dropout: float = 0.0  # after the GELU inside the layer and on each residual branch
+    tie_dropout: bool = False  # one dropout mask per channel over all positions
+    dt_min: float = 1e-3  # Δ ~ log-uniform [dt_min, dt_max]
+    dt_max: float = 1e-1
+    l_max: int = 1024  # kernel length C̃ is set up for (grows by doubling when exceeded)
+    lr_A: float | None = 1e-3  # SSM learning rates; None = the global learning rate (always no weight decay)
+    lr_B: float | None = 1e-3
+    lr_dt: float | None = 1e-3
+    mode: str = "dplr"  # dplr (S4: diagonal plus low rank, Cauchy kernel) | diag (S4D: Vandermonde kernel)
+    final_act: str = "glu"  # glu: Linear H→2H and GLU (V2 onwards) | linear: Linear H→H (S4 v1)
+    ssm_sharing: str = "grouped"  # grouped: n_ssm copies of (Λ, B, P), Q = P | v1: one Λ, B/P/Q per channel
+    real_param: str = "exp"  # Re Λ stored as log(−Re Λ) (exp) | as itself (raw, S4 v1)
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
-        xf = x.float()  # statistics in fp32, also under autocast
-        if self.training:
-            if padding_mask is None:
-                keep = torch.ones(*x.shape[:2], 1, device=x.device)
-            else:
-                keep = (~padding_mask)[..., None].float()  # (B, L, 1)
-            n = keep.sum().clamp_min(1.0)
-            mean = (xf * keep).sum((0, 1)) / n
-            var = ((xf - mean) ** 2 * keep).sum((0, 1)) / n
-            with torch.no_grad():
-                unbiased = var * n / (n - 1).clamp_min(1.0)
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(unbiased, self.momentum)
-        else:
-            mean, var = self.running_mean, self.running_var
-        y = (xf - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
-        return y.to(x.dtype)
+    def __post_init__(self):
+        family = "s4d" if self.mode == "diag" else "s4"
+        check_config(family, dataclasses.asdict(self),
+                     positive=("d_model", "n_layers", "d_state", "n_ssm", "l_max"),
+                     positive_number=("dt_min", "dt_max", "lr_A", "lr_B", "lr_dt"), probability=("dropout",),
+                     flags=("bidirectional", "prenorm", "tie_dropout"),
+                     optional=("n_ssm", "lr_A", "lr_B", "lr_dt"),  # None: one SSM per channel / global lr
+                     choices=dict(mode=("dplr", "diag"), init=("legs", "lin", "inv"), disc=("zoh", "bilinear"),
+                                  norm=tuple(S4_NORMS), final_act=("glu", "linear"),
+                                  ssm_sharing=("grouped", "v1"), real_param=("exp", "raw")))
+        if self.d_state % 2:
+            raise invalid(family, "d_state", self.d_state, "an even integer (modes come in conjugate pairs)")
+        if self.n_ssm is not None and self.d_model % self.n_ssm:
+            raise invalid(family, "n_ssm", self.n_ssm, f"None or a divisor of d_model={self.d_model}")
+        if self.dt_min > self.dt_max:
+            raise invalid(family, "dt_min", self.dt_min, f"at most dt_max={self.dt_max}")
+        if self.mode == "dplr" and self.init != "legs":
+            raise invalid(family, "init", self.init, "legs with mode='dplr' (use mode='diag' for lin/inv)")
+        if self.ssm_sharing == "v1" and self.mode != "dplr":
+            raise invalid(family, "ssm_sharing", self.ssm_sharing,
+                          "grouped with mode='diag' (v1 sharing is S4's DPLR)")
+        if self.ssm_sharing == "v1" and self.n_ssm != 1:
+            raise invalid(family, "n_ssm", self.n_ssm, "1 with ssm_sharing='v1' (one Λ for all channels; "
+                                                       "B, P and Q are per channel)")
 
 
-class SeqNorm(nn.Module):
-    """`batch` (masked BatchNorm) or `layer` (LayerNorm) with a (x, padding_mask) signature."""
-
-    def __init__(self, kind: str, d: int):
-        super().__init__()
-        if kind not in ("batch", "layer"):
-            raise ValueError(f"norm must be batch or layer, got {kind!r}")
-        self.norm = MaskedBatchNorm(d) if kind == "batch" else nn.LayerNorm(d)
-
-    def forward(self, x, padding_mask):
-        return self.norm(x, padding_mask) if isinstance(self.norm, MaskedBatchNorm) else self.norm(x)
-
+# ---------------------------------------------------------------------------------------------
+# Layer and backbone
+# ---------------------------------------------------------------------------------------------
 
 class S4Layer(nn.Module):
     """(B, L, H) -> (B, L, H): SSM convolution + D skip, GELU, dropout, then the output map:
     Linear H→2H and GLU (`final_act="glu"`, S4 V2 onwards) or Linear H→H alone (`"linear"`, S4 v1)."""
 
-    def __init__(self, d_model: int, d_state: int = 64, mode: str = "dplr", init: str = "legs",
-                 disc: str = "zoh", bidirectional: bool = True, n_ssm: int | None = 1,
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, l_max: int = 1024, dropout: float = 0.0,
-                 tie_dropout: bool = False, lr_A: float | None = 1e-3, lr_B: float | None = 1e-3,
-                 lr_dt: float | None = 1e-3, final_act: str = "glu", ssm_sharing: str = "grouped",
-                 real_param: str = "exp"):
+    def __init__(self, cfg: S4Config):
         super().__init__()
-        if final_act not in ("glu", "linear"):
-            raise ValueError(f"final_act must be glu or linear, got {final_act!r}")
-        channels = 2 if bidirectional else 1
-        common = dict(channels=channels, init=init, n_ssm=n_ssm, dt_min=dt_min, dt_max=dt_max,
-                      lr_A=lr_A, lr_B=lr_B, lr_dt=lr_dt, real_param=real_param)
-        if mode == "dplr":
-            self.kernel = DPLRKernel(d_model, d_state, l_max=l_max, sharing=ssm_sharing, **common)
-        elif mode == "diag":
-            if ssm_sharing != "grouped":
-                raise ValueError(f"ssm_sharing={ssm_sharing!r} needs mode='dplr' (S4D has no P, Q)")
-            self.kernel = DiagKernel(d_model, d_state, disc=disc, **common)
-        else:
-            raise ValueError(f"mode must be dplr or diag, got {mode!r}")
-        self.bidirectional = bidirectional
-        self.final_act = final_act
-        self.D = nn.Parameter(torch.randn(d_model))  # skip term
-        self.dropout = TiedDropout(dropout) if tie_dropout else nn.Dropout(dropout)
-        self.output_linear = nn.Linear(d_model, 2 * d_model if final_act == "glu" else d_model)
+        channels = 2 if cfg.bidirectional else 1
+        self.kernel = DPLRKernel(cfg, channels) if cfg.mode == "dplr" else DiagKernel(cfg, channels)
+        self.bidirectional = cfg.bidirectional
+        self.final_act = cfg.final_act
+        self.D = nn.Parameter(torch.randn(cfg.d_model))  # skip term
+        self.dropout = make_dropout(cfg.dropout, cfg.tie_dropout)
+        self.output_linear = nn.Linear(cfg.d_model, 2 * cfg.d_model if cfg.final_act == "glu" else cfg.d_model)
 
     def forward(self, u: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         L = u.shape[1]
@@ -505,52 +476,15 @@ class S4Layer(nn.Module):
 class S4Backbone(nn.Module):
     """(B, L, d) + padding mask (True = pad) -> (B, L, d): n_layers of (norm, S4 layer, dropout, residual)."""
 
-    def __init__(self, d_model: int = 256, n_layers: int = 6, d_state: int = 64, mode: str = "dplr",
-                 init: str = "legs", disc: str = "zoh", bidirectional: bool = True,
-                 n_ssm: int | None = 1, norm: str = "batch", prenorm: bool = True,
-                 dropout: float = 0.0, tie_dropout: bool = False, dt_min: float = 1e-3,
-                 dt_max: float = 1e-1, l_max: int = 1024, lr_A: float | None = 1e-3,
-                 lr_B: float | None = 1e-3, lr_dt: float | None = 1e-3, final_act: str = "glu",
-                 ssm_sharing: str = "grouped", real_param: str = "exp"):
+    def __init__(self, cfg: S4Config):
         super().__init__()
-        family = "s4d" if mode == "diag" else "s4"
-        config = dict(d_model=d_model, n_layers=n_layers, d_state=d_state, mode=mode, init=init, disc=disc,
-                      bidirectional=bidirectional, n_ssm=n_ssm, norm=norm, prenorm=prenorm, dropout=dropout,
-                      tie_dropout=tie_dropout, dt_min=dt_min, dt_max=dt_max, l_max=l_max, lr_A=lr_A,
-                      lr_B=lr_B, lr_dt=lr_dt, final_act=final_act, ssm_sharing=ssm_sharing,
-                      real_param=real_param)
-        check_config(family, config, positive=("d_model", "n_layers", "d_state", "n_ssm", "l_max"),
-                     positive_number=("dt_min", "dt_max", "lr_A", "lr_B", "lr_dt"), probability=("dropout",),
-                     flags=("bidirectional", "prenorm", "tie_dropout"),
-                     optional=("n_ssm", "lr_A", "lr_B", "lr_dt"),  # None: one SSM per channel / global lr
-                     choices=dict(mode=("dplr", "diag"), init=("legs", "lin", "inv"), disc=("zoh", "bilinear"),
-                                  norm=("batch", "layer"), final_act=("glu", "linear"),
-                                  ssm_sharing=("grouped", "v1"), real_param=("exp", "raw")))
-        if d_state % 2:
-            raise invalid(family, "d_state", d_state, "an even integer (modes come in conjugate pairs)")
-        if n_ssm is not None and d_model % n_ssm:
-            raise invalid(family, "n_ssm", n_ssm, f"None or a divisor of d_model={d_model}")
-        if dt_min > dt_max:
-            raise invalid(family, "dt_min", dt_min, f"at most dt_max={dt_max}")
-        if mode == "dplr" and init != "legs":
-            raise invalid(family, "init", init, "legs with mode='dplr' (use mode='diag' for lin/inv)")
-        if ssm_sharing == "v1" and mode != "dplr":
-            raise invalid(family, "ssm_sharing", ssm_sharing, "grouped with mode='diag' (v1 sharing is S4's DPLR)")
-        if ssm_sharing == "v1" and n_ssm != 1:
-            raise invalid(family, "n_ssm", n_ssm, "1 with ssm_sharing='v1' (one Λ for all channels; "
-                                                  "B, P and Q are per channel)")
-        self.prenorm = prenorm
-        self.layers = nn.ModuleList(
-            S4Layer(d_model, d_state, mode, init, disc, bidirectional, n_ssm, dt_min, dt_max, l_max,
-                    dropout, tie_dropout, lr_A, lr_B, lr_dt, final_act=final_act, ssm_sharing=ssm_sharing,
-                    real_param=real_param)
-            for _ in range(n_layers)
-        )
-        self.norms = nn.ModuleList(SeqNorm(norm, d_model) for _ in range(n_layers))
-        self.drops = nn.ModuleList(
-            TiedDropout(dropout) if tie_dropout else nn.Dropout(dropout) for _ in range(n_layers)
-        )
-        self.final_norm = SeqNorm(norm, d_model) if prenorm else None  # S4: a final norm with prenorm only
+        self.cfg = cfg
+        self.prenorm = cfg.prenorm
+        self.layers = nn.ModuleList(S4Layer(cfg) for _ in range(cfg.n_layers))
+        self.norms = nn.ModuleList(SequenceNorm(S4_NORMS[cfg.norm], cfg.d_model) for _ in range(cfg.n_layers))
+        self.drops = nn.ModuleList(make_dropout(cfg.dropout, cfg.tie_dropout) for _ in range(cfg.n_layers))
+        # S4: a final norm with prenorm only
+        self.final_norm = SequenceNorm(S4_NORMS[cfg.norm], cfg.d_model) if cfg.prenorm else None
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         for layer, norm, drop in zip(self.layers, self.norms, self.drops):
@@ -615,45 +549,33 @@ TRAIN_CONFIGS = {
     "pathx": dict(lr=0.001, weight_decay=0.05, batch_size=16, warmup_steps=50000, total_steps=500000),
 }
 
-DEFAULTS = dict(
-    d_model=256,  # channels H
-    n_layers=6,  # S4 LRA depth
-    d_state=64,  # N (N/2 complex modes are stored)
-    init="legs",  # HiPPO-LegS (S4D: its diagonal part)
-    disc="zoh",  # S4D discretisation (the DPLR kernel is bilinear by construction)
-    bidirectional=True,  # layer-level two-sided kernel, as in the LRA configs
-    n_ssm=1,  # independent (A, B, P) copies shared over channels; None = one per channel
-    norm="batch",  # S4 LRA configs use batch norm (masked here)
-    prenorm=True,
-    dropout=0.0,
-    tie_dropout=False,  # one dropout mask per channel over all positions
-    dt_min=1e-3,  # Δ ~ log-uniform [dt_min, dt_max]
-    dt_max=1e-1,
-    l_max=1024,  # kernel length C̃ is set up for (grows by doubling when exceeded)
-    lr_A=1e-3,  # SSM learning rates; None = the global learning rate (always no weight decay)
-    lr_B=1e-3,
-    lr_dt=1e-3,
-)
+# `s4` and `s4d` leave the S4-v1/v2 switches out of their registered configs (see the module docstring).
+VERSION_SWITCHES = ("final_act", "ssm_sharing", "real_param")
 # Tiny (parameter-matched to the other families' tiny variants, dropout 0: see models/transformer.py
 # TINY): at d 32 a layer is about 6K parameters even with the Image config's N = 64, so the budget
 # is met with depth (4 layers), as the per-task configs above do.
 TINY = dict(d_model=32, n_layers=4, d_state=64, l_max=256, dropout=0.0, tie_dropout=False)
 
 
+def build_s4(**kwargs) -> S4Backbone:
+    """The factory of every S4 registration: the config dataclass from the registry's kwargs."""
+    return S4Backbone(config_from_kwargs(S4Config, "s4", kwargs))
+
+
 @register_model("s4", family="ssm", paper=PAPER_S4, complexity="O(L log L)",
-                defaults=dict(DEFAULTS, mode="dplr"), task_configs=TASK_CONFIGS,
+                defaults=registry_defaults(S4Config(mode="dplr"), exclude=VERSION_SWITCHES), task_configs=TASK_CONFIGS,
                 train_configs=TRAIN_CONFIGS, tiny=TINY)
 def s4(**cfg):
     """S4 (DPLR, HiPPO-LegS), bidirectional, LRA layout; pure-PyTorch Cauchy kernel"""
-    return S4Backbone(**cfg)
+    return build_s4(**cfg)
 
 
 @register_model("s4d", family="ssm", paper=PAPER_S4D, complexity="O(L log L)",
-                defaults=dict(DEFAULTS, mode="diag"), task_configs=TASK_CONFIGS,
+                defaults=registry_defaults(S4Config(mode="diag"), exclude=VERSION_SWITCHES), task_configs=TASK_CONFIGS,
                 train_configs=TRAIN_CONFIGS, tiny=TINY)
 def s4d(**cfg):
     """S4D (diagonal, LegS init, ZOH), bidirectional, LRA layout; Vandermonde kernel"""
-    return S4Backbone(**cfg)
+    return build_s4(**cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,8 +589,7 @@ def s4d(**cfg):
 # activation after it (`postact: null`), shares one Λ over all channels with B, P per channel and Q
 # untied (`trainable: {A: 1, B: 2}`), stores Re Λ raw, and trains A, B, dt at 1e-3 without weight
 # decay. Its dropouts are Dropout2d on (B, H, L) tensors: one mask per channel over all positions.
-V1_DEFAULTS = dict(
-    DEFAULTS,
+V1_DEFAULTS = registry_defaults(S4Config(
     mode="dplr",
     d_model=128,
     n_layers=6,
@@ -679,7 +600,7 @@ V1_DEFAULTS = dict(
     n_ssm=1,  # one Λ (required by ssm_sharing="v1")
     tie_dropout=True,  # Dropout2d over (B, H, L)
     lr_A=1e-3, lr_B=1e-3, lr_dt=1e-3,  # layer config `lr: {dt: 0.001, A: =dt, B: =dt}`
-)
+))
 V1_TASK_CONFIGS = {
     "listops": dict(d_model=128, n_layers=6, prenorm=False, dropout=0.0, l_max=2048),
     "text": dict(d_model=128, n_layers=4, prenorm=True, dropout=0.0, l_max=2048),  # IMDb cut at 2048 bytes
@@ -694,20 +615,16 @@ V1_TASK_CONFIGS = {
 # warm-up and a linear decay over v1's whole run: total steps = epochs x ceil(train examples /
 # batch), i.e. ListOps 50 x 96k/50, Text 40 x 25k/50, Retrieval 25 x ceil(147,086/64),
 # Image 100 x 45k/50, Pathfinder 200 x 160k/100, Path-X 100 x 160k/32.
-V1_TRAIN_CONFIGS = {
-    "listops": dict(lr=0.01, weight_decay=0.01, batch_size=50, warmup_steps=0, total_steps=96000),
-    "text": dict(lr=0.01, weight_decay=0.0, batch_size=50, warmup_steps=0, total_steps=20000),
-    "retrieval": dict(lr=0.002, weight_decay=0.0, batch_size=64, warmup_steps=0, total_steps=57475),
-    "image": dict(lr=0.004, weight_decay=0.01, batch_size=50, warmup_steps=0, total_steps=90000),
-    "pathfinder": dict(lr=0.004, weight_decay=0.0, batch_size=100, warmup_steps=0, total_steps=320000),
-    "pathx": dict(lr=0.0005, weight_decay=0.0, batch_size=32, warmup_steps=0, total_steps=500000),
-}
+V1_TRAIN_CONFIGS = {task: dict(lr=lr, weight_decay=wd, batch_size=batch, warmup_steps=0, total_steps=steps)
+                    for task, (lr, wd, batch, steps) in {  # lr, weight decay, batch, total steps
+                        "listops": (0.01, 0.01, 50, 96000), "text": (0.01, 0.0, 50, 20000),
+                        "retrieval": (0.002, 0.0, 64, 57475), "image": (0.004, 0.01, 50, 90000),
+                        "pathfinder": (0.004, 0.0, 100, 320000), "pathx": (0.0005, 0.0, 32, 500000)}.items()}
 
 # S4-v2: state-spaces/s4 643a518 ("[V2.1] ... new LRA configs"), configs/experiment/s4-lra-*-new.yaml,
 # the configs behind the S4(-LegS) numbers of the S4D paper that MEGA cites. Every v2 layer is
 # bidirectional with GLU output, N = 64, HiPPO-LegS, and n_ssm = H except Image (2).
-V2_DEFAULTS = dict(
-    DEFAULTS,
+V2_DEFAULTS = registry_defaults(S4Config(
     mode="dplr",
     d_model=256,
     n_layers=6,
@@ -717,7 +634,7 @@ V2_DEFAULTS = dict(
     real_param="exp",  # Re Λ = −exp(·)
     n_ssm=None,  # one SSM per channel (`n_ssm: ${..d_model}` or 256 = H)
     tie_dropout=True,  # Dropout2d over (B, H, L), as in v1
-)
+))
 V2_TASK_CONFIGS = {
     "listops": dict(d_model=128, n_layers=8, prenorm=False, dropout=0.0, n_ssm=None, lr_dt=0.01, l_max=2048),
     "text": dict(d_model=256, n_layers=6, prenorm=True, dropout=0.0, n_ssm=None, lr_dt=0.01, l_max=4096),
@@ -732,14 +649,12 @@ V2_TASK_CONFIGS = {
 # v2 trained with AdamW under a cosine schedule with linear warm-up, per step, for the steps the
 # configs give (`num_training_steps`, `num_warmup_steps`, default warm-up 1000). The harness decays
 # linearly instead of by a cosine after the same warm-up; steps and warm-up are v2's.
-V2_TRAIN_CONFIGS = {
-    "listops": dict(lr=0.01, weight_decay=0.05, batch_size=50, warmup_steps=1000, total_steps=80000),
-    "text": dict(lr=0.01, weight_decay=0.05, batch_size=16, warmup_steps=1000, total_steps=50000),
-    "retrieval": dict(lr=0.01, weight_decay=0.05, batch_size=64, warmup_steps=2500, total_steps=50000),
-    "image": dict(lr=0.01, weight_decay=0.05, batch_size=50, warmup_steps=1000, total_steps=200000),
-    "pathfinder": dict(lr=0.004, weight_decay=0.03, batch_size=64, warmup_steps=2500, total_steps=500000),
-    "pathx": dict(lr=0.0005, weight_decay=0.05, batch_size=16, warmup_steps=10000, total_steps=500000),
-}
+V2_TRAIN_CONFIGS = {task: dict(lr=lr, weight_decay=wd, batch_size=batch, warmup_steps=warmup, total_steps=steps)
+                    for task, (lr, wd, batch, warmup, steps) in {  # lr, weight decay, batch, warm-up, steps
+                        "listops": (0.01, 0.05, 50, 1000, 80000), "text": (0.01, 0.05, 16, 1000, 50000),
+                        "retrieval": (0.01, 0.05, 64, 2500, 50000), "image": (0.01, 0.05, 50, 1000, 200000),
+                        "pathfinder": (0.004, 0.03, 64, 2500, 500000),
+                        "pathx": (0.0005, 0.05, 16, 10000, 500000)}.items()}
 
 # Tiny variants keep each version's layer (direction, output map, sharing) and are parameter-matched
 # to the other tiny variants (dropout 0, untied, like TINY). At d 32 a v1 layer is about 9.4K
@@ -757,7 +672,7 @@ TINY_V2 = dict(d_model=32, n_layers=2, d_state=66, n_ssm=None, l_max=256, dropou
                       "configs: state-spaces/s4 tag v1 (cfb6a06), configs/experiment/s4-lra-*.yaml")
 def s4_v1(**cfg):
     """S4-v1 (ICLR 2022 code): causal DPLR kernel, one Λ for all channels, Linear output; exact LRA configs"""
-    return S4Backbone(**cfg)
+    return build_s4(**cfg)
 
 
 @register_model("s4_v2", family="ssm", complexity="O(L log L)", defaults=V2_DEFAULTS,
@@ -767,4 +682,4 @@ def s4_v1(**cfg):
                 published=dict(speed=4.8, memory=0.14, source="MEGA Table 2, S4-v2‡ (MEGA authors' GPU runs)"))
 def s4_v2(**cfg):
     """S4-v2 (V2.1 code): bidirectional DPLR kernel, one SSM per channel, GLU output; exact LRA configs"""
-    return S4Backbone(**cfg)
+    return build_s4(**cfg)

@@ -11,7 +11,10 @@ Three interchangeable attention implementations compute the same function:
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn as nn
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 
 from harness.registry import register_model
 from harness.validate import check_config, invalid
+from harness_models.config import config_from_kwargs, registry_defaults
 
 PAPER = "Vaswani et al., NeurIPS 2017; LRA configs: Tay et al., ICLR 2021"
 ATTENTIONS = ("vanilla", "sdpa", "xformers")
@@ -58,18 +62,43 @@ def check_heads(family: str, d_model: int, n_heads: int) -> None:
         raise invalid(family, "n_heads", n_heads, f"a divisor of d_model={d_model}")
 
 
+@dataclass
+class TransformerConfig:
+    """Architecture of the LRA Transformer encoder (LRA's base Text model). The encoders that swap
+    its attention (linear attention, Reformer, Linformer, BigBird) extend this dataclass."""
+
+    family: ClassVar[str] = "transformer"  # the name in configuration errors
+
+    d_model: int = 256  # model width (LRA emb_dim)
+    n_layers: int = 4  # pre-LN blocks
+    n_heads: int = 4  # attention heads, splitting d_model evenly
+    d_ffn: int = 1024  # FFN hidden width (LRA mlp_dim)
+    dropout: float = 0.1  # on each residual branch and inside the FFN
+    attn_dropout: float = 0.0  # on the attention weights
+    positions: str = "sinusoidal"  # sinusoidal (fixed sin/cos added to the input) | none
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise a one-line UserError for the first invalid value (subclasses check their own keys)."""
+        check_config(self.family, dataclasses.asdict(self), positive=("d_model", "n_layers", "n_heads", "d_ffn"),
+                     probability=("dropout", "attn_dropout"), choices=dict(positions=POSITIONS))
+        check_heads(self.family, self.d_model, self.n_heads)
+
+
 class SelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, attention: str, attn_dropout: float):
+    """Multi-head softmax self-attention; `attention` picks the implementation (same function)."""
+
+    def __init__(self, cfg: TransformerConfig, attention: str):
         super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
-        if attention not in ("vanilla", "sdpa", "xformers"):
+        if attention not in ATTENTIONS:
             raise ValueError(f"attention must be vanilla, sdpa or xformers, got {attention!r}")
-        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
         self.attention = attention
-        self.attn_dropout = attn_dropout
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out = nn.Linear(d_model, d_model)
+        self.attn_dropout = cfg.attn_dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
         B, L, _ = x.shape
@@ -100,13 +129,16 @@ class SelfAttention(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    def __init__(self, d_model, n_heads, d_ffn, attention, dropout, attn_dropout):
+    """Pre-LN block: x + dropout(attn(LN(x))), then x + dropout(FFN(LN(x))) with a GELU FFN."""
+
+    def __init__(self, cfg: TransformerConfig, attention: str = "vanilla"):
         super().__init__()
+        d_model, d_ffn = cfg.d_model, cfg.d_ffn
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.attn = SelfAttention(d_model, n_heads, attention, attn_dropout)
-        self.ffn = nn.Sequential(nn.Linear(d_model, d_ffn), nn.GELU(), nn.Dropout(dropout),
+        self.attn = SelfAttention(cfg, attention)
+        self.ffn = nn.Sequential(nn.Linear(d_model, d_ffn), nn.GELU(), nn.Dropout(cfg.dropout),
                                  nn.Linear(d_ffn, d_model))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, padding_mask):
         x = x + self.dropout(self.attn(self.norm1(x), padding_mask))
@@ -114,28 +146,24 @@ class EncoderBlock(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """(B, L, d) + padding mask (B, L, True = pad) -> (B, L, d)."""
+    """(B, L, d) + padding mask (B, L, True = pad) -> (B, L, d).
 
-    def __init__(self, d_model=256, n_layers=4, n_heads=4, d_ffn=1024, attention="sdpa",
-                 dropout=0.1, attn_dropout=0.0, positions="sinusoidal"):
+    Encoders with another attention (models/linear_attention.py, reformer.py, linformer.py,
+    bigbird.py) pass `swap`: swap(i) builds layer i's attention, which replaces the softmax one
+    right after each block is built (the order in which parameters are drawn stays the same)."""
+
+    def __init__(self, cfg: TransformerConfig, attention: str = "sdpa",
+                 swap: Callable[[int], nn.Module] | None = None):
         super().__init__()
-        config = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ffn=d_ffn, attention=attention,
-                      dropout=dropout, attn_dropout=attn_dropout, positions=positions)
-        check_config("transformer", config, positive=("d_model", "n_layers", "n_heads", "d_ffn"),
-                     probability=("dropout", "attn_dropout"),
-                     choices=dict(attention=ATTENTIONS, positions=POSITIONS))
-        check_heads("transformer", d_model, n_heads)
-        self.init_shell(d_model, positions)
-        self.layers.extend(
-            EncoderBlock(d_model, n_heads, d_ffn, attention, dropout, attn_dropout) for _ in range(n_layers)
-        )
-
-    def init_shell(self, d_model: int, positions: str) -> None:
-        """Everything around the blocks: the positions setting, an empty block list, the final norm.
-        Encoders with another attention (models/linear_attention.py) reuse it and fill `layers`."""
-        self.positions = positions
+        self.cfg = cfg
+        self.positions = cfg.positions
         self.layers = nn.ModuleList()
-        self.final_norm = nn.LayerNorm(d_model)
+        self.final_norm = nn.LayerNorm(cfg.d_model)
+        for i in range(cfg.n_layers):
+            block = EncoderBlock(cfg, attention if swap is None else "vanilla")
+            if swap is not None:
+                block.attn = swap(i)
+            self.layers.append(block)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.positions == "sinusoidal":
@@ -161,8 +189,10 @@ TRAIN_CONFIGS = {  # LRA: lr, weight decay, batch; steps from the configs' epoch
     "image": dict(lr=5e-4, weight_decay=0.0, batch_size=256, warmup_steps=175, total_steps=35000),
     "pathfinder": dict(lr=1e-3, weight_decay=0.0, batch_size=512, warmup_steps=312, total_steps=62400),
 }
-DEFAULTS = dict(d_model=256, n_layers=4, n_heads=4, d_ffn=1024, dropout=0.1, attn_dropout=0.0,
-                positions="sinusoidal")
+# LRA trains every baseline with its task's base settings, the Transformer's; Path-X (absent from LRA)
+# reuses Pathfinder's. The encoders that swap the attention register these.
+BASELINE_TRAIN_CONFIGS = dict(TRAIN_CONFIGS, pathx=TRAIN_CONFIGS["pathfinder"])
+DEFAULTS = registry_defaults(TransformerConfig())
 # Tiny variants of every family (mega, s4, mamba, linear attention, this one) are matched within
 # 10% in parameters on each task (d_model 32, about 29K parameters with the harness's head on Image;
 # tests/test_tiny_variants.py) and all use dropout 0 (every dropout-like key, set here so no per-task
@@ -178,7 +208,7 @@ XFM_PUBLISHED = dict(speed=1.0, memory=1.0, source="MEGA Table 2: XFM = the 1x r
 def _register(name: str, attention: str, description: str, requires=(), probe=None, published=None,
               efficiency_reference=()):
     def factory(**cfg):
-        return TransformerEncoder(attention=attention, **cfg)
+        return TransformerEncoder(config_from_kwargs(TransformerConfig, "transformer", cfg), attention)
 
     factory.__qualname__ = factory.__name__ = name
     return register_model(name, family="attention", paper=PAPER, complexity="O(L^2)",

@@ -52,8 +52,9 @@ def qkv(B, H, L, dh, seed=0):
 @pytest.mark.parametrize("padded", [False, True])
 def test_block_sparse_equals_dense_attention_under_the_itc_mask(window, global_blocks, rand, n_blocks, padded):
     b, H = 4, 2
-    att = bb.BigBirdSelfAttention(8, H, block_size=b, num_rand_blocks=rand, window_blocks=window,
-                                  global_blocks=global_blocks, rand_last_idx=None, layer_index=1)
+    att = bb.BigBirdSelfAttention(bb.BigBirdConfig(d_model=8, n_heads=H, block_size=b, num_rand_blocks=rand,
+                                                   window_blocks=window, global_blocks=global_blocks,
+                                                   rand_last_idx=None), layer_index=1)
     L = n_blocks * b - (3 if padded else 0)  # a partial last block when padded
     q, k, v = qkv(2, H, L, 5)
     key_pad = pad_mask([L, L - 9], L) if padded else None
@@ -71,7 +72,7 @@ def test_block_sparse_equals_dense_attention_under_the_itc_mask(window, global_b
 
 def test_global_rows_are_full_attention_over_the_real_keys():
     b, H, nb, L = 4, 2, 10, 38
-    att = bb.BigBirdSelfAttention(8, H, block_size=b, num_rand_blocks=2)
+    att = bb.BigBirdSelfAttention(bb.BigBirdConfig(d_model=8, n_heads=H, block_size=b, num_rand_blocks=2))
     q, k, v = qkv(2, H, L, 5, seed=1)
     key_pad = pad_mask([L, 29], L)
     out = att.attend(q, k, v, key_pad)
@@ -116,8 +117,7 @@ def test_random_table_is_a_function_of_seed_layer_and_head():
 def test_training_and_evaluation_use_the_same_pattern():
     """Unlike HF PyTorch's all-zero eval table: with dropout 0, train and eval compute the same."""
     torch.manual_seed(0)
-    model = bb.BigBirdEncoder(d_model=16, n_layers=2, n_heads=2, d_ffn=32, dropout=0.0, block_size=4,
-                              num_rand_blocks=2)
+    model = sparse_model(num_rand_blocks=2)
     x = torch.randn(2, 44, 16)
     mask = pad_mask([44, 30], 44)
     y_train = model.train()(x, mask)
@@ -130,7 +130,7 @@ def test_training_and_evaluation_use_the_same_pattern():
 
 def sparse_model(**kw):
     cfg = dict(d_model=16, n_layers=2, n_heads=2, d_ffn=32, dropout=0.0, block_size=4, num_rand_blocks=1)
-    return bb.BigBirdEncoder(**{**cfg, **kw})
+    return bb.BigBirdEncoder(bb.BigBirdConfig(**{**cfg, **kw}))
 
 
 def test_pad_content_does_not_reach_real_positions():
@@ -153,7 +153,7 @@ def test_a_fully_padded_example_stays_finite():
 
 
 def test_short_inputs_fall_back_to_full_attention():
-    att = bb.BigBirdSelfAttention(8, 2, block_size=4, num_rand_blocks=3)  # sparse from 11 blocks on
+    att = bb.BigBirdSelfAttention(bb.BigBirdConfig(d_model=8, n_heads=2, block_size=4, num_rand_blocks=3))  # sparse from 11 blocks on
     q, k, v = qkv(2, 2, 40, 5, seed=3)  # 10 blocks
     key_pad = pad_mask([40, 33], 40)
     assert not bb.uses_sparse_path(10, 3, 2, 3) and bb.uses_sparse_path(11, 3, 2, 3)
@@ -166,7 +166,8 @@ def test_padded_length_rounds_to_blocks_and_lra_adds_a_block():
     assert bb.padded_length(1001, 64) == 1024 and bb.padded_length(1024, 64) == 1024
     assert bb.padded_length(1024, 64, lra_extra_block=True) == 1088  # LRA Pathfinder: 17 blocks
     assert bb.padded_length(1001, 64, lra_extra_block=True) == 1024
-    att = bb.BigBirdSelfAttention(8, 2, block_size=4, num_rand_blocks=1, lra_extra_block=True)
+    att = bb.BigBirdSelfAttention(bb.BigBirdConfig(d_model=8, n_heads=2, block_size=4, num_rand_blocks=1,
+                                                   lra_extra_block=True))
     q, k, v = qkv(1, 2, 36, 4)
     out = att.attend(q, k, v, None)  # 10 blocks, the last one pure padding: masked as keys
     allowed = itc_mask(10, 4, att.rand_table(10), 3, 2)[:, :36, :36]
@@ -226,7 +227,7 @@ def test_cuda_matches_cpu():
                                        ("lra_extra_block", "yes"), ("n_heads", 3), ("positions", "learned")])
 def test_bad_config_is_one_clear_line(key, value):
     with pytest.raises(UserError) as err:
-        bb.BigBirdEncoder(**{"d_model": 16, "n_heads": 2, "block_size": 16, key: value})
+        bb.BigBirdConfig(**{"d_model": 16, "n_heads": 2, "block_size": 16, key: value})
     message = str(err.value)
     assert message.startswith("bigbird config:") and key in message and "\n" not in message
 

@@ -87,8 +87,8 @@ def test_favor_key_stabiliser_ignores_pads():
     torch.testing.assert_close(la.favor_attention(q, k2, v, W, mask), out)
 
 
-def _performer_layer(**kw):
-    return la.PerformerSelfAttention(d_model=16, n_heads=2, **kw)
+def _performer_layer(seed=0, layer_index=0, **kw):
+    return la.PerformerSelfAttention(la.PerformerConfig(d_model=16, n_heads=2, feature_seed=seed, **kw), layer_index)
 
 
 def test_feature_redraw_in_training_only():
@@ -129,7 +129,7 @@ def test_features_are_deterministic_under_a_seed():
         layer.redraw()
         layer.redraw()
     assert torch.equal(a.projection, b.projection)
-    other_layer = la.PerformerSelfAttention(16, 2, seed=7, layer_index=1)
+    other_layer = _performer_layer(seed=7, layer_index=1)
     assert not torch.equal(other_layer.projection, _performer_layer(seed=7).projection)
 
     def build(feature_seed):

@@ -16,16 +16,19 @@ from tests.checks import (assert_bf16_close_to_fp32, assert_every_parameter_gets
 LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 
 
+HEADS_16_2 = lf.LinformerConfig(d_model=16, n_heads=2)  # attention width 16 in 2 heads
+
+
 def _encoder(**overrides):
     cfg = dict(d_model=16, n_layers=2, n_heads=2, d_ffn=32, dropout=0.0, max_positions=24, k=6)
     cfg.update(overrides)
-    return lf.LinformerEncoder(**cfg)
+    return lf.LinformerEncoder(lf.LinformerConfig(**cfg))
 
 
 def _attention(L: int, sharing: str, seed: int = 0) -> lf.LinformerSelfAttention:
     torch.manual_seed(seed)
     proj = lf.LengthProjection(L, L, 2, sharing, "learned")
-    return lf.LinformerSelfAttention(16, 2, proj).double()
+    return lf.LinformerSelfAttention(HEADS_16_2, proj).double()
 
 
 def _full_attention(attn: lf.LinformerSelfAttention, x: torch.Tensor, mask=None) -> torch.Tensor:
@@ -65,7 +68,7 @@ def test_zeroing_pad_rows_equals_slicing_the_kernel(sharing):
     """Real outputs with a padding mask (any pad content) equal the outputs of the unpadded
     sequence, which uses the kernel's first `real` rows."""
     torch.manual_seed(0)
-    attn = lf.LinformerSelfAttention(16, 2, lf.LengthProjection(20, 5, 2, sharing, "learned")).double()
+    attn = lf.LinformerSelfAttention(HEADS_16_2, lf.LengthProjection(20, 5, 2, sharing, "learned")).double()
     x = torch.randn(1, 20, 16, dtype=torch.float64)
     x[:, 13:] = 1e6
     padded = attn(x, pad_mask([13], 20))
@@ -105,7 +108,7 @@ def test_with_pooling_equal_keys_give_every_query_the_mean_of_the_projected_valu
     """Pooling slots are averages, so equal keys give equal projected keys, uniform weights, and
     every query the mean of the k projected values."""
     torch.manual_seed(0)
-    attn = lf.LinformerSelfAttention(16, 2, lf.LengthProjection(12, 4, 2, "kv+headwise", "pool")).double()
+    attn = lf.LinformerSelfAttention(HEADS_16_2, lf.LengthProjection(12, 4, 2, "kv+headwise", "pool")).double()
     with torch.no_grad():
         attn.k.weight.zero_()  # every key is 0: equal keys
     x = torch.randn(1, 12, 16, dtype=torch.float64)

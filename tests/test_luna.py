@@ -22,7 +22,7 @@ LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 def encoder(**kw):
     cfg = dict(d_model=16, n_layers=2, n_heads=2, d_ffn=24, projection_length=6, dropout=0.0,
                attn_dropout=0.0, act_dropout=0.0)
-    return luna.LunaEncoder(**{**cfg, **kw})
+    return luna.LunaEncoder(luna.LunaConfig(**{**cfg, **kw}))
 
 
 def mha(q_in, kv_in, wq, wk, wv, heads, key_ok):
@@ -73,7 +73,7 @@ def test_encoder_equals_pack_unpack_written_out(tie_kv, positions):
 
 def test_one_slot_makes_the_unpack_the_same_at_every_position():
     torch.manual_seed(0)
-    attn = luna.LunaAttention(16, 2).double()
+    attn = luna.LunaAttention(luna.LunaConfig(d_model=16, n_heads=2, attn_dropout=0.0)).double()
     x, p = torch.randn(2, 9, 16, dtype=torch.float64), torch.randn(2, 1, 16, dtype=torch.float64)
     y_x, y_p = attn(x, p, pad_mask([9, 5], 9), None)
     expected = attn.out(attn.v(y_p))  # a single key: softmax = 1, so W_o W_v Y_P everywhere
@@ -82,7 +82,7 @@ def test_one_slot_makes_the_unpack_the_same_at_every_position():
 
 def test_permuting_tokens_permutes_outputs_and_leaves_the_packed_context():
     torch.manual_seed(0)
-    attn = luna.LunaAttention(16, 4).double()
+    attn = luna.LunaAttention(luna.LunaConfig(d_model=16, n_heads=4, attn_dropout=0.0)).double()
     x, p = torch.randn(2, 12, 16, dtype=torch.float64), torch.randn(2, 5, 16, dtype=torch.float64)
     perm = torch.randperm(12)
     y_x, y_p = attn(x, p, None, None)
@@ -209,7 +209,7 @@ def test_cuda_matches_cpu():
                                        ("positions", "learned"), ("n_heads", 3), ("dynamic_projection", 1)])
 def test_bad_config_is_one_clear_line(key, value):
     with pytest.raises(UserError) as err:
-        luna.LunaEncoder(**{"d_model": 16, "n_heads": 2, key: value})
+        luna.LunaConfig(**{"d_model": 16, "n_heads": 2, key: value})
     message = str(err.value)
     assert message.startswith("luna config:") and key in message and "\n" not in message
 

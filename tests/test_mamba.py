@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import harness_models.mamba as mm
+import harness_models.scan as sc
 from harness.errors import UserError
 from harness.registry import MODELS
 from tests.checks import (assert_bf16_close_to_fp32, assert_every_parameter_gets_a_gradient,
@@ -41,15 +42,15 @@ def _explicit_loop(u, delta, A, Bm, Cm, D):
 
 def test_sequential_reference_equals_explicit_loop():
     args = _scan_inputs(B=1, L=12, E=3, N=2)
-    torch.testing.assert_close(mm.selective_scan_sequential(*args), _explicit_loop(*args))
+    torch.testing.assert_close(sc.selective_scan_sequential(*args), _explicit_loop(*args))
 
 
 @pytest.mark.parametrize("L,chunk", [(50, 16), (64, 64), (37, 5), (9, 64), (50, None)])
 def test_chunked_scan_equals_sequential_loop_with_gradients(L, chunk):
     u, delta, A, Bm, Cm, D = _scan_inputs(L=L)
     leaves = [t.requires_grad_() for t in (u, delta, A, Bm, Cm)]
-    ref = mm.selective_scan_sequential(u, delta, A, Bm, Cm, D)
-    out = mm.selective_scan_chunked(u, delta, A, Bm, Cm, D, chunk=chunk)
+    ref = sc.selective_scan_sequential(u, delta, A, Bm, Cm, D)
+    out = sc.selective_scan_chunked(u, delta, A, Bm, Cm, D, chunk=chunk)
     torch.testing.assert_close(out, ref)
     w = torch.randn_like(ref)
     g_ref = torch.autograd.grad((ref * w).sum(), leaves)
@@ -61,8 +62,8 @@ def test_chunked_scan_equals_sequential_loop_with_gradients(L, chunk):
 def test_chunked_scan_is_stable_for_very_fast_decays():
     u, delta, A, Bm, Cm, D = _scan_inputs(L=40, dtype=torch.float32)
     delta = delta * 200  # log-decays down to about -1000 per step
-    ref = mm.selective_scan_sequential(u, delta, A, Bm, Cm, D)
-    out = mm.selective_scan_chunked(u, delta, A, Bm, Cm, D, chunk=16)
+    ref = sc.selective_scan_sequential(u, delta, A, Bm, Cm, D)
+    out = sc.selective_scan_chunked(u, delta, A, Bm, Cm, D, chunk=16)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-3)
 
@@ -87,7 +88,7 @@ def test_causal_depthwise_conv_cuda_path_matches_cpu_path():
 
 
 def test_auto_chunk_is_near_sqrt_length():
-    assert mm.auto_chunk(4096) == 64 and mm.auto_chunk(16384) == 128 and mm.auto_chunk(10) == 16
+    assert sc.auto_chunk(4096) == 64 and sc.auto_chunk(16384) == 128 and sc.auto_chunk(10) == 16
 
 
 # ---- backends --------------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ def test_auto_chunk_is_near_sqrt_length():
 def test_cpu_uses_the_pytorch_scan_and_scan_options_agree():
     torch.manual_seed(0)
     model = MODELS.get("mamba_tiny").build(overrides=dict(bidirectional=True)).eval()
-    assert mm.scan_backend("cpu") == "torch-chunked"
+    assert sc.scan_backend("cpu") == "torch-chunked"
     x = torch.randn(2, 30, 32)
     y = model(x, None)
     assert model.last_scan == "torch-chunked"
@@ -110,14 +111,14 @@ def test_cpu_uses_the_pytorch_scan_and_scan_options_agree():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or mm.mamba_ssm_scan() is None,
+@pytest.mark.skipif(not torch.cuda.is_available() or sc.mamba_ssm_scan() is None,
                     reason="needs CUDA and an importable mamba-ssm with its extension")
 def test_mamba_ssm_scan_agrees_with_pytorch_scan():
     u, delta_raw, A, Bm, Cm, D = _scan_inputs(B=2, L=300, E=16, N=8, dtype=torch.float32, device="cuda")
     delta_raw = delta_raw - 2.0
     bias = torch.linspace(-3, 0, 16, device="cuda")
-    ours = mm.selective_scan(u, delta_raw, A, Bm, Cm, D, bias, "torch-chunked")
-    theirs = mm.selective_scan(u, delta_raw, A, Bm, Cm, D, bias, "mamba_ssm")
+    ours = sc.selective_scan(u, delta_raw, A, Bm, Cm, D, bias, "torch-chunked")
+    theirs = sc.selective_scan(u, delta_raw, A, Bm, Cm, D, bias, "mamba_ssm")
     torch.testing.assert_close(theirs, ours, rtol=1e-3, atol=1e-4)
     model = MODELS.get("mamba_tiny").build(overrides=dict(bidirectional=True)).cuda().eval()
     x = torch.randn(2, 64, 32, device="cuda")

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 
 from harness.errors import UserError
 from harness.registry import MODELS
+from harness_models import ema as E
 from harness_models import mega as M
+from harness_models import mega_attention as A
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 TOL = dict(atol=1e-4, rtol=1e-4)  # fast vs reference in fp32 (FFT vs recurrence, SDPA vs softmax)
@@ -50,7 +52,7 @@ def liven(model: nn.Module, seed: int = 0) -> nn.Module:
             elif isinstance(module, M.MovingAverageGatedAttention):
                 module.gamma.copy_(torch.randn(module.gamma.shape, generator=g))
                 module.beta.copy_(torch.randn(module.beta.shape, generator=g) * 0.5)
-            elif isinstance(module, (M.SimpleRelativePositionalBias, M.RotaryRelativePositionalBias)):
+            elif isinstance(module, (A.SimpleRelativePositionalBias, A.RotaryRelativePositionalBias)):
                 for p in module.parameters():
                     p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     return model
@@ -71,7 +73,7 @@ def right_pad_mask(B: int, L: int, lengths) -> torch.Tensor:
 
 def random_ema(d=5, h=4, bidirectional=True, truncation=None, seed=0) -> M.MultiHeadEMA:
     torch.manual_seed(seed)
-    ema = M.MultiHeadEMA(d, h, bidirectional, truncation)
+    ema = M.MultiHeadEMA(M.make_config(d_model=d, h_dim=h, bidirectional=bidirectional, truncation=truncation))
     with torch.no_grad():  # spread p and q over (0, 1) rather than around the init values
         ema.delta.normal_(0, 1.5)
         ema.alpha.normal_(0, 1.5)
@@ -90,7 +92,7 @@ def test_fft_length_is_smallest_even_5_smooth(n):
         return m == 1
 
     expected = next(m for m in itertools.count(max(n, 2)) if m % 2 == 0 and smooth(m))
-    assert M.fft_length(n) == expected
+    assert E.fft_length(n) == expected
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -160,16 +162,16 @@ def test_ema_conv_op_gradient_and_registration(bidirectional, L, K):
     D = 6 if bidirectional else 3
     x = torch.randn(2, 3, L, dtype=torch.float64, requires_grad=True)  # (B, d, L), time last
     kernel = torch.randn(D, K, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: M.ema_conv(a, b, bidirectional), (x, kernel))
-    torch.library.opcheck(M.ema_conv, (x.float().detach().requires_grad_(), kernel.float().detach()
+    assert torch.autograd.gradcheck(lambda a, b: E.ema_conv(a, b, bidirectional), (x, kernel))
+    torch.library.opcheck(E.ema_conv, (x.float().detach().requires_grad_(), kernel.float().detach()
                                        .requires_grad_(), bidirectional))
 
 
 def test_ema_conv_op_keeps_input_dtype_for_its_gradient():
     x = torch.randn(2, 3, 8, dtype=torch.bfloat16, requires_grad=True)
     kernel = torch.randn(6, 8, requires_grad=True)
-    y = M.ema_conv(x, kernel, True)
-    assert y.dtype == torch.float32 and y.shape == (2, 3, M.ema_fft_length(8, 8))  # fp32 (pitfall 3)
+    y = E.ema_conv(x, kernel, True)
+    assert y.dtype == torch.float32 and y.shape == (2, 3, E.ema_fft_length(8, 8))  # fp32 (pitfall 3)
     y.sum().backward()
     assert x.grad.dtype == torch.bfloat16 and kernel.grad.dtype == torch.float32
 
@@ -222,7 +224,7 @@ def test_ema_recurrent_forms_equal_full_causal():
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [1, 5, 7])
 def test_simple_bias_indexing(n):
-    bias = M.SimpleRelativePositionalBias(7)
+    bias = A.SimpleRelativePositionalBias(7)
     w = bias.rel_pos_bias
     b = bias(n)
     for i in range(n):
@@ -235,7 +237,7 @@ def test_simple_bias_indexing(n):
 
 
 def test_rotary_bias_closed_form_equals_rope_products():
-    bias = M.RotaryRelativePositionalBias(8)
+    bias = A.RotaryRelativePositionalBias(8)
     with torch.no_grad():
         bias.alpha.normal_()
         bias.beta.normal_()
@@ -273,6 +275,23 @@ def test_fast_equals_reference(attention, softmax_kernel, rel_pos, chunk_size, p
 
 
 @pytest.mark.parametrize("attention,softmax_kernel", ATTENTION_KERNELS)
+@pytest.mark.parametrize("rel_pos,chunk_size", [("simple", -1), ("rotary", 8)])
+def test_reference_runs_in_float64(attention, softmax_kernel, rel_pos, chunk_size):
+    """impl="reference" on a float64 model (q, k, v and the simple bias all fp64) runs, returns fp64
+    and agrees with the fast path; both keep fp32 EMA kernels and biases, hence the tolerance."""
+    cfg = tiny(attention=attention, softmax_kernel=softmax_kernel, rel_pos=rel_pos, chunk_size=chunk_size,
+               truncation=11, norm="scalenorm", prenorm=False)
+    fast, ref = (model.double() for model in pair(cfg, seed=3))
+    x = torch.randn(3, 21, 16, dtype=torch.float64)
+    mask = right_pad_mask(3, 21, [21, 13, 2])
+    out_f, out_r = fast(x, mask), ref(x, mask)
+    assert out_r.dtype == torch.float64 and torch.isfinite(out_r).all()
+    torch.testing.assert_close(out_r[~mask], out_f[~mask], atol=1e-5, rtol=1e-5)
+    out_r[~mask].square().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float64 for p in ref.parameters())
+
+
+@pytest.mark.parametrize("attention,softmax_kernel", ATTENTION_KERNELS)
 @pytest.mark.parametrize("chunk_size", [-1, 8])
 def test_fast_equals_reference_causal(attention, softmax_kernel, chunk_size):
     cfg = tiny(attention=attention, softmax_kernel=softmax_kernel, chunk_size=chunk_size,
@@ -302,7 +321,7 @@ def test_all_pad_chunk_rule(causal, softmax_kernel):
     out = fast(x, mask)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, ref(x, mask), **TOL)
-    rows = M.hidden_pad_rows(mask.reshape(4, 8), causal)
+    rows = A.hidden_pad_rows(mask.reshape(4, 8), causal)
     assert not rows[3].any()  # the all-pad chunk keeps every key
     if causal:
         assert not rows[0, :3].any() and rows[0, 3:, :3].all()
@@ -443,43 +462,15 @@ def test_initialisation_follows_official():
 # ------------------------------------------------------------------------------------------------
 # Building blocks
 # ------------------------------------------------------------------------------------------------
-def test_norms():
-    x = torch.randn(3, 7, 16) * 4 + 1
-    rms = M.SequenceNorm("rmsnorm", 16)(x)
-    torch.testing.assert_close(rms.pow(2).mean(-1), torch.ones(3, 7), atol=1e-3, rtol=1e-3)
-    scale = M.SequenceNorm("scalenorm", 16)(x)
-    torch.testing.assert_close(scale, rms)  # unit weights: same function
-    bn = M.SequenceNorm("batchnorm", 16)
-    official = nn.BatchNorm1d(16, eps=1e-5)
-    official.load_state_dict(bn.norm.state_dict())
-    torch.testing.assert_close(bn(x), official(x.transpose(1, 2)).transpose(1, 2))
-    torch.testing.assert_close(bn.norm.running_mean, official.running_mean)
-    mask = right_pad_mask(3, 7, [7, 4, 2])
-    masked = bn(x, mask)  # statistics from the real positions only
-    real = x[~mask]
-    expected = (real - real.mean(0)) / torch.sqrt(real.var(0, unbiased=False) + 1e-5)
-    torch.testing.assert_close(masked[~mask], expected, atol=1e-5, rtol=1e-5)
-
-
-def test_feature_dropout_is_channelwise():
-    drop = M.FeatureDropout(0.5).train()
-    y = drop(torch.ones(4, 9, 32))
-    assert ((y == 0) | (y == 2)).all()
-    assert (y == y[:, :1]).all()  # one decision per (batch, channel), shared over time
-    assert 0 < (y == 0).float().mean() < 1
-    assert drop(torch.ones(5, 32)).shape == (5, 32)  # one decoding step
-    assert torch.equal(drop.eval()(torch.ones(2, 3, 4)), torch.ones(2, 3, 4))
-
-
 def test_attention_functions():
-    assert abs(M.laplace(torch.tensor(math.sqrt(0.5))).item() - 0.5) < 1e-6
-    assert torch.equal(M.relu2(torch.tensor([-1.0, 3.0])), torch.tensor([0.0, 9.0]))
+    assert abs(A.laplace(torch.tensor(math.sqrt(0.5))).item() - 0.5) < 1e-6
+    assert torch.equal(A.relu2(torch.tensor([-1.0, 3.0])), torch.tensor([0.0, 9.0]))
     # element attention: scores / valid keys + bias, multiplicative masks, no row normalisation
     scores = torch.randn(2, 4, 4)
     bias = torch.randn(4, 4)
     pad = torch.tensor([[False, False, True, True], [True, True, True, True]])
-    w = M.elementwise_weights(scores, bias, pad, False, M.relu2)
-    torch.testing.assert_close(w[0, :, :2], M.relu2(scores[0, :, :2] / 2 + bias[:, :2]))
+    w = A.elementwise_weights(scores, bias, pad, False, A.relu2)
+    torch.testing.assert_close(w[0, :, :2], A.relu2(scores[0, :, :2] / 2 + bias[:, :2]))
     assert (w[:, :, 2:] == 0).all() and (w[1] == 0).all()
 
 
@@ -643,7 +634,7 @@ def test_flex_score_mod_matches_reference_attention(causal, rel_pos):
         pad[0, :2] = True  # left padding: rows 0-1 see only pads
     with torch.no_grad():
         for key_pad in (None, pad):
-            got = layer.attend_flex(q, k, v, key_pad, 12)
+            got = A.attend_flex(q, k, v, key_pad, layer.rel_pos_bias, causal=causal)
             torch.testing.assert_close(got, layer.attend_reference(q, k, v, key_pad), **TOL)
 
 

@@ -30,9 +30,16 @@ if str(REPO) not in sys.path:  # also when run as a script
     sys.path.insert(0, str(REPO))
 
 import harness_models.mega_triton as mt  # noqa: E402
-from harness_models.mega import MultiHeadEMA, ema_kernel  # noqa: E402
+from harness_models.ema import ema_kernel  # noqa: E402
+from harness_models.mega import MultiHeadEMA, make_config  # noqa: E402
 
 PARAMS = ("delta", "alpha", "beta", "gamma", "omega")
+
+
+def ema_config(d: int, h: int, bidirectional: bool, truncation: int | None):
+    """A MEGA config whose EMA has d channels of h dimensions."""
+    return make_config(d_model=d, h_dim=h, bidirectional=bidirectional, truncation=truncation)
+
 
 # name -> (bidirectional, B, L, d, h, truncation, chunk, channel_block, padded). L = 13 with chunks of
 # 4 is three full chunks and a partial one; d = 5 with blocks of 4 is two channel blocks (the second
@@ -50,7 +57,7 @@ def _make(name: str):
     """The module, input, output gradient and padding mask of a case (seeded: the same in every run)."""
     bidirectional, B, L, d, h, truncation, *_, padded = CASES[name]
     torch.manual_seed(sorted(CASES).index(name))
-    ema = MultiHeadEMA(d, h, bidirectional, truncation)
+    ema = MultiHeadEMA(ema_config(d, h, bidirectional, truncation))
     x, grad = torch.randn(B, L, d), torch.randn(B, L, d)
     pad = None
     if padded:
@@ -139,9 +146,9 @@ def test_bf16_input_is_widened_not_rounded_again(interpreted):
 
 
 def test_coefficients_give_the_mega_kernel():
-    """sum_n weight q^t (the scan's kernel) is harness_models.mega.ema_kernel, so both paths compute one function."""
+    """sum_n weight q^t (the scan's kernel) is harness_models.ema.ema_kernel, so both paths compute one function."""
     torch.manual_seed(2)
-    ema = MultiHeadEMA(6, 4, True, None)
+    ema = MultiHeadEMA(ema_config(6, 4, True, None))
     weight, q = mt.ema_coefficients(ema.delta, ema.alpha, ema.beta, ema.gamma, ema.scale)
     t = torch.arange(20, dtype=torch.float64)
     kernel = (weight.double()[..., None] * q.double()[..., None] ** t).sum(1)  # (D, 20)
@@ -208,7 +215,7 @@ def test_cuda_matches_the_recurrence_at_a_real_shape(bidirectional):
     if mt.triton_ema_unavailable_reason() is not None:
         pytest.skip(mt.triton_ema_unavailable_reason())
     torch.manual_seed(3)
-    ema = MultiHeadEMA(128, 16, bidirectional, 256).cuda()
+    ema = MultiHeadEMA(ema_config(128, 16, bidirectional, 256)).cuda()
     x, grad = torch.randn(3, 1000, 128, device="cuda"), torch.randn(3, 1000, 128, device="cuda")
     got = _triton(ema, x, grad, None, mt.CHUNK, mt.CHANNEL_BLOCK)
     _assert_matches_reference(got, ema, x, grad, None, tol=1e-4)

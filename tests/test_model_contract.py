@@ -6,13 +6,14 @@ import pytest
 import torch
 
 import harness_models  # noqa: F401  (registers every built-in family)
+from harness.errors import UserError
 from harness.heads import count_parameters
 from harness.registry import FAMILIES, MODELS
 from tests.checks import assert_every_parameter_gets_a_gradient, assert_padding_invariant, pad_mask
 
 LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 TRAIN_KEYS = {"lr", "weight_decay", "batch_size", "warmup_steps", "total_steps"}
-BUILTIN = [n for n in MODELS.names() if MODELS.get(n).origin.startswith("models.") and not n.endswith("_tiny")]
+BUILTIN = [n for n in MODELS.names() if MODELS.get(n).origin.startswith("harness_models.") and not n.endswith("_tiny")]
 RUNNABLE = [n for n in BUILTIN if MODELS.get(n).availability()[0]]
 BUDGETED = ("s4", "s4d", "linear_transformer", "performer", "mamba", "bigbird", "luna")  # within 10% of the Transformer
 
@@ -66,3 +67,14 @@ def test_parameter_budget_within_10_percent_of_the_transformer(name, task):
     ours = count_parameters(MODELS.get(name).build(task))
     ref = count_parameters(MODELS.get("transformer").build(task))
     assert abs(ours / ref - 1) <= 0.10, (ours, ref)
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_unknown_config_key_is_one_clear_line(name):
+    """Every family builds its config dataclass from the factory's keywords: a key it does not have
+    is a one-line UserError naming the known keys (not a TypeError from deep inside a constructor)."""
+    entry = MODELS.get(f"{name}_tiny")
+    with pytest.raises(UserError) as err:
+        entry.factory(**entry.config(), colour="red")
+    message = str(err.value)
+    assert "unknown key(s) colour" in message and "d_model" in message and "\n" not in message

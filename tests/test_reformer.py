@@ -40,7 +40,7 @@ def _dense_reference(qk, v, counts=None):
 def _encoder(**overrides):
     cfg = dict(d_model=16, n_layers=2, n_heads=2, d_ffn=32, dropout=0.0, bucket_size=4)
     cfg.update(overrides)
-    return rf.ReformerEncoder(**cfg)
+    return rf.ReformerEncoder(rf.ReformerConfig(**cfg))
 
 
 # ---- reference identities -------------------------------------------------------------------------
@@ -65,7 +65,7 @@ def test_module_lsh_path_with_one_bucket_equals_its_dense_path():
     """The module's hashing, padding to 2c and unsorting: forcing one bucket on a length-8 input with
     bucket_size 4 (two chunks) gives the dense fallback's output."""
     torch.manual_seed(0)
-    attn = rf.LSHSelfAttention(16, 2, bucket_size=4).double().eval()
+    attn = rf.LSHSelfAttention(rf.ReformerConfig(d_model=16, n_heads=2, bucket_size=4)).double().eval()
     x = torch.randn(2, 8, 16, dtype=torch.float64)
     attn.hash = lambda qk, nb, draw: torch.zeros(qk.shape[0], qk.shape[1], 1, qk.shape[2], dtype=torch.long)
     lsh = attn(x, None)
@@ -151,7 +151,7 @@ def test_causal_mask_blocks_future_keys_on_the_lsh_path():
     """d out_t / d x_j = 0 for j > t: future keys get weight exactly 0 (their hash may still move
     chunk boundaries, which is why this checks gradients, not outputs under perturbation)."""
     torch.manual_seed(0)
-    attn = rf.LSHSelfAttention(16, 2, bucket_size=4, n_hashes=2, causal=True).double().eval()
+    attn = rf.LSHSelfAttention(rf.ReformerConfig(d_model=16, n_heads=2, bucket_size=4, n_hashes=2, causal=True)).double().eval()
     x = torch.randn(1, 16, 16, dtype=torch.float64, requires_grad=True)
     t = 6
     attn(x, None)[0, t].sum().backward()
@@ -236,7 +236,7 @@ def _lra_reference(attn: rf.LSHSelfAttention, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("L,n_hashes", [(23, 1), (30, 2)])  # 30: a full 10 rows are appended
 def test_lra_mode_matches_a_recomputation_of_lra_steps(L, n_hashes):
     torch.manual_seed(0)
-    attn = rf.LSHSelfAttention(16, 2, mode="lra", n_hashes=n_hashes).double()
+    attn = rf.LSHSelfAttention(rf.ReformerConfig(d_model=16, n_heads=2, mode="lra", n_hashes=n_hashes)).double()
     assert attn.out is None
     x = torch.randn(2, L, 16, dtype=torch.float64)
     ref = _lra_reference(attn, x.numpy())

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from harness import env
 from harness.heads import build_classifier
-from harness.bench import Cell, make_iteration, measure_cell, measure_in_subprocess
+from harness.bench import Cell, backbone_runtime_info, make_iteration, measure_cell, measure_in_subprocess
 from harness.config import RunConfig
 from harness.heads import SequenceModel, batch_to, param_groups
 from harness.registry import MODELS, TASKS, register_model
@@ -77,6 +77,33 @@ def test_ok_cell_has_protocol_fields():
     assert "peak_rss_increase_bytes" in r["memory"]
     fwd = measure_cell(cell("transformer_tiny", 64, mode="forward"))
     assert fwd["status"] == "ok" and fwd["mode"] == "forward"
+
+
+@pytest.mark.parametrize("model,registered", [("mega", 2002), ("mega_chunk_tiny", 2002), ("linformer", 2000)])
+def test_fit_length_hook_widens_position_tables(model, registered):
+    """A model's `fit_length` hook adapts its config to the cell's length (MEGA's simple bias and
+    Linformer's projection are widened to it); the widened value is the recorded config."""
+    entry = MODELS.get(model)
+    assert entry.config("listops")["max_positions"] == registered
+    assert cell(model, 1024).config(entry)["max_positions"] == registered  # long enough: unchanged
+    assert cell(model, 8192).config(entry)["max_positions"] == 8192
+    assert cell(model, 8192, overrides=dict(max_positions=16384)).config(entry)["max_positions"] == 16384
+
+
+def test_models_without_a_length_hook_keep_their_config():
+    entry = MODELS.get("transformer_tiny")
+    assert entry.fit_length is None
+    assert cell("transformer_tiny", 8192).config(entry) == entry.config("listops")
+
+
+def test_runtime_info_is_an_optional_part_of_the_backbone_contract():
+    """Only a backbone that reports how it ran (Mamba: which scan) fills the record's `runtime`."""
+    mamba = MODELS.get("mamba_tiny").build("listops")
+    mamba(torch.randn(1, 8, 32))
+    assert backbone_runtime_info(mamba) == {"scan": "torch-chunked"}
+    assert backbone_runtime_info(MODELS.get("transformer_tiny").build("listops")) is None
+    record = measure_cell(cell("mamba_tiny", 16, mode="forward"))
+    assert record["status"] == "ok" and record["runtime"] == {"scan": "torch-chunked"}
 
 
 def test_oom_then_longer_lengths_skipped_and_next_model_runs(tmp_path):

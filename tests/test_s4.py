@@ -48,7 +48,7 @@ def _impulse_response(Abar, Bbar, C, L):
 @pytest.mark.parametrize("disc", ["zoh", "bilinear"])
 def test_s4d_kernel_equals_recurrence(init, disc):
     torch.manual_seed(0)
-    kernel = s4.DiagKernel(H=3, N=8, channels=2, init=init, disc=disc, n_ssm=1)
+    kernel = s4.DiagKernel(s4.S4Config(mode="diag", d_model=3, d_state=8, init=init, disc=disc, n_ssm=1), channels=2)
     L = 40
     K = kernel(L).double()
     dt, lam, B, C = _params(kernel)
@@ -80,7 +80,8 @@ def test_s4d_inits_follow_the_formulas():
 
 def test_long_kernels_are_chunked_without_changing_values_or_gradients(monkeypatch):
     torch.manual_seed(0)
-    for kernel in (s4.DiagKernel(H=4, N=8, channels=2), s4.DPLRKernel(H=4, N=8, channels=2, l_max=128)):
+    for kernel in (s4.DiagKernel(s4.S4Config(mode="diag", d_model=4, d_state=8), channels=2),
+                   s4.DPLRKernel(s4.S4Config(d_model=4, d_state=8, l_max=128), channels=2)):
         full = kernel(128)
         (g_full,) = torch.autograd.grad(full.pow(2).sum(), kernel.C)
         monkeypatch.setattr(s4, "MAX_BLOCK_ELEMENTS", 64)  # forces many checkpointed blocks
@@ -111,7 +112,7 @@ def _dense_bilinear(kernel):
 def test_dplr_kernel_equals_dense_ssm_recurrence():
     torch.manual_seed(0)
     L = 24
-    kernel = s4.DPLRKernel(H=3, N=8, channels=2, l_max=L, n_ssm=1)
+    kernel = s4.DPLRKernel(s4.S4Config(d_model=3, d_state=8, l_max=L, n_ssm=1), channels=2)
     with torch.no_grad():  # give Λ, P, B generic values (not just the HiPPO init)
         kernel.A_imag.add_(0.3 * torch.randn_like(kernel.A_imag))
         kernel.P.mul_(1 + 0.2 * torch.randn_like(kernel.P))
@@ -264,7 +265,7 @@ def test_causal_kernel_output_at_t_ignores_later_inputs():
 def test_v1_sharing_layout_and_one_lambda_for_all_channels():
     torch.manual_seed(0)
     H, N, L = 4, 8, 32
-    kernel = s4.DPLRKernel(H=H, N=N, channels=1, l_max=L, sharing="v1", real_param="raw")
+    kernel = s4.DPLRKernel(s4.S4Config(d_model=H, d_state=N, l_max=L, ssm_sharing="v1", real_param="raw"))
     assert kernel.A_real.shape == kernel.A_imag.shape == (1, N // 2)  # one Λ
     assert kernel.B.shape == kernel.P.shape == kernel.Q.shape == (H, N // 2, 2)  # per channel
     torch.testing.assert_close(kernel.Q, kernel.P)  # Q starts as P (HiPPO-LegS), as a separate tensor
@@ -284,7 +285,7 @@ def test_v1_sharing_layout_and_one_lambda_for_all_channels():
 def test_v1_kernel_with_untied_q_equals_dense_ssm_recurrence():
     torch.manual_seed(0)
     H, N, L = 3, 8, 24
-    kernel = s4.DPLRKernel(H=H, N=N, channels=1, l_max=L, sharing="v1", real_param="raw")
+    kernel = s4.DPLRKernel(s4.S4Config(d_model=H, d_state=N, l_max=L, ssm_sharing="v1", real_param="raw"))
     with torch.no_grad():  # generic values, Q clearly different from P
         kernel.A_imag.add_(0.3 * torch.randn_like(kernel.A_imag))
         kernel.P.mul_(1 + 0.2 * torch.randn_like(kernel.P))
@@ -332,7 +333,7 @@ def _expected_parameters(H, n_layers, N, n_ssm, bidirectional, final_act, sharin
 ])
 def test_parameter_counts_follow_the_layout(switches):
     cfg = dict(d_model=16, n_layers=2, d_state=8, prenorm=True, l_max=16, **switches)
-    model = s4.S4Backbone(**cfg)
+    model = s4.S4Backbone(s4.S4Config(**cfg))
     expected = _expected_parameters(16, 2, 8, switches["n_ssm"], switches["bidirectional"],
                                     switches["final_act"], switches["ssm_sharing"], True)
     assert sum(p.numel() for p in model.parameters()) == expected
@@ -350,7 +351,7 @@ def test_s4_v1_text_parameter_count():
 def test_final_act_is_glu_or_a_plain_linear_map(final_act):
     torch.manual_seed(0)
     H, L = 8, 20
-    layer = s4.S4Layer(H, d_state=8, bidirectional=False, l_max=L, final_act=final_act).eval()
+    layer = s4.S4Layer(s4.S4Config(d_model=H, d_state=8, bidirectional=False, l_max=L, final_act=final_act)).eval()
     assert layer.output_linear.weight.shape == ((2 * H if final_act == "glu" else H), H)
     u = torch.randn(2, L, H)
     with torch.no_grad():
@@ -363,9 +364,9 @@ def test_final_act_is_glu_or_a_plain_linear_map(final_act):
 def test_raw_real_part_is_the_same_kernel_at_init():
     H, N, L = 4, 8, 32
     torch.manual_seed(0)
-    exp = s4.DPLRKernel(H=H, N=N, l_max=L, real_param="exp")
+    exp = s4.DPLRKernel(s4.S4Config(d_model=H, d_state=N, l_max=L, real_param="exp"))
     torch.manual_seed(0)
-    raw = s4.DPLRKernel(H=H, N=N, l_max=L, real_param="raw")
+    raw = s4.DPLRKernel(s4.S4Config(d_model=H, d_state=N, l_max=L, real_param="raw"))
     torch.testing.assert_close(raw.A_real, -torch.exp(exp.A_real))  # Re Λ stored as itself
     torch.testing.assert_close(raw(L), exp(L))
     with torch.no_grad():  # raw Re Λ is unconstrained: a positive value is kept as given

@@ -16,7 +16,7 @@ LRA_TASKS = ("image", "listops", "text", "retrieval", "pathfinder", "pathx")
 EXPECTED = {"mega", "mega_chunk", "transformer", "transformer_vanilla", "s4", "s4d", "mamba", "reformer", "linformer", "bigbird", "luna", "s4_v1", "s4_v2",
             "linear_transformer", "performer"}
 TINY = sorted(n for n in MODELS.names()
-              if n.endswith("_tiny") and MODELS.get(n).origin.startswith("models."))
+              if n.endswith("_tiny") and MODELS.get(n).origin.startswith("harness_models."))
 BUILDABLE = [n for n in TINY if MODELS.get(n).availability()[0]]
 
 
