@@ -58,6 +58,7 @@ class Cell:
     swept: list = field(default_factory=list)  # override keys of a sweep: they always label the row
     cuda_graphs: bool = False  # time whole-step CUDA graph replays (no host overhead, for every model)
     includes: list = field(default_factory=list)  # plugin files the child process must import
+    task_options: dict = field(default_factory=dict)  # the task's changed head options (interaction, head dropout)
 
     def config(self, entry) -> dict:
         """The model's resolved config for this cell, adapted to the cell's length by the model's
@@ -71,6 +72,8 @@ class Cell:
 
     def identity(self, config_hash: str, task_version: str) -> dict:
         extra = {"cuda_graphs": True} if self.cuda_graphs else {}  # keys of eager cells stay as they were
+        if self.task_options:  # likewise the keys of cells with the task's default head
+            extra["task_options"] = self.task_options
         return dict(kind="speed", model=self.model, model_config_hash=config_hash, task=self.task,
                     task_version=task_version, seq_len=self.seq_len, batch_size=self.batch_size,
                     dtype=self.dtype, device=self.device, mode=self.mode, warmup=self.warmup,
@@ -188,10 +191,10 @@ def measure_cell(cell: Cell) -> dict:
     try:
         torch.manual_seed(cell.seed)
         generator = torch.Generator().manual_seed(cell.seed)
-        model, _, _, _ = build_classifier(cell.model, cell.task, config)
+        model, _, _, _ = build_classifier(cell.model, cell.task, config, task_options=cell.task_options)
         model.to(device)
         n_params = count_parameters(model)
-        task = task_cls()
+        task = task_cls(options=cell.task_options)
         batch = batch_to(task.random_batch(cell.batch_size, cell.seq_len, generator), device)
         train = cell.mode == "train_step"
         if train:
@@ -319,7 +322,8 @@ def bare_record(cell: Cell) -> dict:
     inputs = "random tokens" if spec.input_kind == "tokens" else "random pixels"
     return dict(kind="speed", model=cell.model, model_family=entry.family, complexity=entry.complexity, model_config=arch,
                 runtime_config=runtime, variant=variant,
-                model_config_hash=chash, task=cell.task, task_version=spec.version, seq_len=cell.seq_len,
+                model_config_hash=chash, task=cell.task, task_version=spec.version, task_options=cell.task_options,
+                seq_len=cell.seq_len,
                 batch_size=cell.batch_size, dtype=cell.dtype, device=cell.device, mode=cell.mode,
                 seed=cell.seed, provenance=Provenance("random-inputs", inputs), hardware=hardware(cell.device),
                 cell_key=cell_key(**cell.identity(chash, spec.version), runtime=runtime))

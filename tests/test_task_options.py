@@ -239,3 +239,16 @@ def test_an_old_record_reads_with_no_task_options():
     with_options = Record.from_dict({**line, "task_options": {"seq_len": 1000}})
     assert with_options.label == "mega [chunk_size=64, text.seq_len=1000]"
     assert row_label("mega", {}, {"interaction": "nli"}, "retrieval") == "mega [retrieval.interaction=nli]"
+
+
+def test_bench_measures_the_tasks_head(workdir):
+    fast = ["--models", "transformer", "--bench-task", "retrieval", "--lengths", "32", "--batch-size", "1",
+            "--iters", "2", "--warmup", "1", "--isolation", "inprocess", "--quiet"]
+    assert main(["bench", *fast]) == 0
+    assert main(["bench", *fast, "--task-option", "retrieval.interaction=nli"]) == 0
+    lines = [json.loads(line) for path in sorted((workdir / "results").glob("*/records.jsonl"))
+             for line in path.read_text().splitlines()]
+    assert [r["task_options"] for r in lines] == [{}, {"interaction": "nli"}]
+    assert all(r["status"] == "ok" for r in lines) and lines[1]["n_params"] > lines[0]["n_params"]
+    assert lines[0]["cell_key"] != lines[1]["cell_key"]
+    assert sorted(load_records(workdir / "results")["label"]) == ["transformer", "transformer [retrieval.interaction=nli]"]
