@@ -24,7 +24,21 @@ def is_oom(exc: BaseException) -> bool:
     return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
 
 
+def first_line(text: str) -> str:
+    """The first line of `text` once surrounding blank space is stripped ('' for an empty text): a
+    long message shown on one line."""
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def last_line(text: str) -> str:
+    """The last line of `text` once surrounding blank space is stripped ('' for an empty text): what
+    a traceback or a process's stderr ends with, the exception itself."""
+    lines = str(text).strip().splitlines()
+    return lines[-1] if lines else ""
+
+
 def short_error(exc: BaseException) -> str:
-    """`Type: first line of the message`, at most 500 characters: what a record's `error` holds."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+    """`Type: first line of the message`, at most 500 characters: what a record's `error` holds, and
+    how a one-line message quotes a library's exception."""
+    return f"{type(exc).__name__}: {first_line(str(exc))}"[:500]

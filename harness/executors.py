@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from harness.errors import UserError
+from harness.errors import UserError, last_line, short_error
 
 # How long a cell may overrun --cell-timeout before it is killed from outside: the trainer stops at the
 # deadline itself and then still validates and tests the best weights, which takes time of its own.
@@ -165,12 +165,18 @@ def _describe_exit(code: int | None) -> str:
     return f"the cell's process exited with code {code}"
 
 
-def _serve(conn, gpu: str | None, threads: int | None) -> None:
+def _serve(conn, gpu: str | None, threads: int | None, log_quiet: bool | None = None) -> None:
     """Worker loop: receive (job, run dir), send ("progress", text) and ("record", dict) messages,
     then ("done", None) — or ("user-error", (message, exit code)) for a mistake the user must fix;
-    `None` ends the worker."""
+    `None` ends the worker. `log_quiet`: the driver's `logs.install_handler` setting (None: none),
+    repeated here so a warning logged in the worker reaches the user's terminal (the worker shares
+    the driver's stderr) as the same one line."""
     if gpu is not None:  # before anything initialises CUDA: this worker sees only its GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    if log_quiet is not None:
+        from harness.logs import install_handler
+
+        install_handler(quiet=log_quiet)
     from harness.bench import die_with_parent
 
     die_with_parent()  # a SIGKILLed driver leaves no cell running
@@ -216,8 +222,11 @@ class UnitWorker:
         return self._process.pid if self._process is not None else None
 
     def _start(self) -> None:
+        from harness.logs import installed_quiet
+
         parent, child = self._context.Pipe()
-        self._process = self._context.Process(target=_serve, args=(child, self.gpu, self.threads),
+        self._process = self._context.Process(target=_serve,
+                                              args=(child, self.gpu, self.threads, installed_quiet()),
                                               daemon=True, name="harness-unit-worker")
         self._process.start()
         child.close()  # the driver keeps only its end, so a dead worker reads as end-of-file
@@ -467,7 +476,7 @@ class RayExecutor:
                 ray.init(address=self.address, **{**options, **self.init_options})
             except Exception as exc:
                 raise UserError(f"--ray-address {self.address or '(local)'}: cannot start or join a Ray cluster "
-                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                                f"({short_error(exc)})",
                                 exit_code=1) from None
         try:
             resources = ray.cluster_resources()
@@ -493,7 +502,7 @@ class RayExecutor:
                     try:
                         result = ray.get(ref)
                     except ray.exceptions.RayTaskError as exc:  # a fault in the harness code itself
-                        result = {"lost": f"Ray task failed: {str(exc).strip().splitlines()[-1][:300]}", "records": []}
+                        result = {"lost": f"Ray task failed: {last_line(str(exc))[:300]}", "records": []}
                     except ray.exceptions.RayError as exc:  # the worker or its node is gone, retries spent
                         result = {"lost": f"worker lost ({self.retries + 1} attempts): {type(exc).__name__}",
                                   "records": []}

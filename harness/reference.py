@@ -33,6 +33,7 @@ import warnings
 
 import numpy as np
 
+from harness.errors import short_error
 from harness.store import cell_key, config_hash, make_record
 from harness.task import IGNORE_INDEX, TaskData, TaskSpec
 
@@ -72,8 +73,7 @@ def _row(model: str, fit, spec: TaskSpec, splits: dict, data_seed: int, base: di
             raise ValueError(f"missing split(s) {', '.join(missing)}")
         status, error, config, metrics, n_params = fit(spec, splits, data_seed)
     except Exception as exc:  # a reference row never stops a run
-        text = str(exc).strip().splitlines()
-        status, error, metrics, n_params = "error", f"{type(exc).__name__}: {text[0] if text else ''}"[:500], {}, None
+        status, error, metrics, n_params = "error", short_error(exc), {}, None
     if status == "ok":
         metrics["fit_seconds"] = round(time.perf_counter() - started, 3)
     chash = config_hash(config) if config else None

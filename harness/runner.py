@@ -21,7 +21,6 @@ above; the other ranks train the same cells in lock step and write nothing.
 from __future__ import annotations
 
 import contextlib
-import logging
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -29,8 +28,6 @@ from pathlib import Path
 
 from harness.config import RunConfig
 from harness.errors import UserError
-
-log = logging.getLogger("harness")
 
 # Options that do not change which cells a run measures, or how: a resumed run may differ in them.
 RESUME_MAY_CHANGE = {"resume", "quiet", "json", "no_report", "isolation", "cell_timeout", "results_dir",

@@ -29,17 +29,20 @@ import datetime as dt
 import errno
 import fcntl
 import json
+import logging
 import os
 import secrets
 import socket
-import warnings
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.files import atomic_write_text
 from harness.records import SCHEMA_VERSION, Record, RecordError, config_hash  # noqa: F401 (re-exported)
 
 WARNED_LINES = 3  # damaged lines of one file warned one by one; a badly damaged file must not flood stderr
 RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(Record))
+
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> str:
@@ -82,17 +85,7 @@ def atomic_write_json(path: Path, data: dict) -> None:
     """Replace `path` with `data` all at once: readers see the old file or the new one, never a torn
     one. When writing fails (disk full) the temporary file is removed and the OSError raised."""
     text = json.dumps(data, indent=2, sort_keys=False, default=str)  # a bad value fails before any file
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(2)}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    atomic_write_text(path, text)
 
 
 @contextlib.contextmanager
@@ -132,11 +125,11 @@ def read_jsonl(path: Path, warn=True, manifest: dict | None = None) -> list[Reco
         if reason:
             damaged += 1
             if warn and damaged <= WARNED_LINES:
-                warnings.warn(f"{path}:{line_no}: skipped a corrupt record ({reason})", stacklevel=2)
+                log.warning(f"{path}:{line_no}: skipped a corrupt record ({reason})")
             continue
         out.append(record)
     if warn and damaged > WARNED_LINES:
-        warnings.warn(f"{path}: skipped {damaged - WARNED_LINES} more corrupt records", stacklevel=2)
+        log.warning(f"{path}: skipped {damaged - WARNED_LINES} more corrupt records")
     return out
 
 
@@ -323,8 +316,7 @@ def _subfolders(path: Path) -> list[Path]:
     try:
         return sorted((p for p in path.iterdir() if p.is_dir()), key=lambda p: p.name)
     except OSError as exc:
-        warnings.warn(f"{path}: cannot list the folder ({exc.strerror or exc}); its runs are left out",
-                      stacklevel=3)
+        log.warning(f"{path}: cannot list the folder ({exc.strerror or exc}); its runs are left out")
         return []
 
 
@@ -345,8 +337,8 @@ def run_folders(results_dir: str | Path) -> dict[str, Path]:
             if not _is_run_folder(folder):
                 continue
             if folder.name in nested:
-                warnings.warn(f"run {folder.name} is in both {nested[folder.name].parent} and {sub}; "
-                              f"the copy in {nested[folder.name].parent} is read", stacklevel=2)
+                log.warning(f"run {folder.name} is in both {nested[folder.name].parent} and {sub}; "
+                            f"the copy in {nested[folder.name].parent} is read")
                 continue
             nested[folder.name] = folder
     return nested
@@ -457,7 +449,7 @@ class RunStore:
                 out.append(Run(folders.get(run_id, self.root / run_id)).manifest)
             except UserError as exc:
                 if warn:
-                    warnings.warn(str(exc), stacklevel=2)
+                    log.warning(str(exc))
         return out
 
 
@@ -488,12 +480,12 @@ def load_records(results_dir: str | Path = "results", runs: list[str] | None = N
         try:
             manifest = run.manifest
         except UserError as exc:  # e.g. run.json deleted: the records still count, their origin unknown
-            warnings.warn(f"{exc}; the records of run {run_id} are read without it", stacklevel=2)
+            log.warning(f"{exc}; the records of run {run_id} are read without it")
             manifest = {}
         try:
             records = run.typed_records(manifest)
         except UserError as exc:  # one unreadable run must not hide the others
-            warnings.warn(f"{exc}; run {run_id} skipped", stacklevel=2)
+            log.warning(f"{exc}; run {run_id} skipped")
             continue
         for typed in records:
             record = typed.to_dict()

@@ -199,6 +199,25 @@ def test_pool_slots_split_the_cores_or_pin_one_gpu_each():
     assert len(shares) == 2 and all(s.gpu is None and s.threads >= 1 for s in shares)
 
 
+WARNS_ON_IMPORT = "import logging\nlogging.getLogger('harness_models.warns').warning('logged inside the worker')\n"
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_warning_logged_in_a_worker_reaches_the_terminal_as_one_line(tmp_path, capfd, quiet):
+    """The worker shares the driver's stderr and repeats its log handler (`--quiet` included)."""
+    from harness.executors import UnitWorker
+    from harness.logs import install_handler
+
+    plugin = tmp_path / "warns.py"
+    plugin.write_text(WARNS_ON_IMPORT)
+    install_handler(quiet=quiet)
+    job = {"includes": [str(plugin)], "kind": "speed", "cells": []}  # imports the plugin, measures nothing
+    with UnitWorker() as worker:
+        assert list(worker.run(job, None, 120)) == []
+    err = capfd.readouterr().err
+    assert err == ("" if quiet else "warning: logged inside the worker\n")
+
+
 def _records(results: Path) -> list[dict]:
     return [json.loads(line) for path in results.glob("*/records.jsonl") for line in path.read_text().splitlines()]
 

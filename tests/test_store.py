@@ -1,6 +1,7 @@
 """Result store: manifest, append safety, corrupt lines, concurrency, pandas loading."""
 
 import json
+import logging
 import multiprocessing as mp
 import os
 
@@ -61,7 +62,7 @@ def test_missing_numbers_are_null_not_zero(tmp_path):
     assert frame.loc[frame.status == "oom", "error"].item() == "CUDA out of memory"
 
 
-def test_corrupt_and_torn_lines_are_skipped_with_a_warning(tmp_path):
+def test_corrupt_and_torn_lines_are_skipped_with_a_warning(tmp_path, caplog):
     run = new_run(tmp_path)
     run.append(speed(0))
     with open(run.records_path, "a") as f:
@@ -69,12 +70,16 @@ def test_corrupt_and_torn_lines_are_skipped_with_a_warning(tmp_path):
     run.append(speed(1))
     with open(run.records_path, "a") as f:
         f.write('{"kind": "speed", "model": "torn')  # a write cut by a kill
-    with pytest.warns(UserWarning, match=r"records.jsonl:2: skipped a corrupt record"):
+    warned = [f"{run.records_path}:2: skipped a corrupt record (not JSON)",
+              f"{run.records_path}:4: skipped a corrupt record (not JSON)"]
+    with caplog.at_level(logging.WARNING, logger="harness"):
         frame = load_records(tmp_path)
-    assert len(frame) == 2
-    run.append(speed(2))  # appending after a torn line must not glue onto it
-    with pytest.warns(UserWarning, match=r"records.jsonl:4: skipped"):
+    assert len(frame) == 2 and [r.getMessage() for r in caplog.records] == warned
+    caplog.clear()
+    run.append(speed(2))  # appending after a torn line must not glue onto it: line 4 stays the torn one
+    with caplog.at_level(logging.WARNING, logger="harness"):
         frame = load_records(tmp_path)
+    assert [r.getMessage() for r in caplog.records] == warned
     assert sorted(frame["cell_key"]) == ["k0", "k1", "k2"]
 
 
