@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import codecs
 import json
-import logging
 import signal
 import sys
 import threading
-import warnings
 
 from harness.config import RunConfig, add_arguments, config_from_args
 from harness.errors import UserError
+from harness.logs import install_handler
 
 DESCRIPTION = ("Benchmark long-sequence models (MEGA, MEGA-chunk, Transformer, S4, linear attention, "
                "Mamba) on Long Range Arena tasks: accuracy, speed and peak memory across lengths.")
@@ -159,77 +158,18 @@ def cmd_bench(args) -> int:
     return _run_command(args, "bench")
 
 
-def _param_count(entry, task_name: str) -> int | None:
-    """Parameters of the whole classifier (backbone + harness head) for a task, built on the meta device."""
-    from harness.heads import build_classifier
-    from harness.heads import count_parameters
-
-    import torch
-
-    for device in ("meta", "cpu"):  # meta: no memory, no init cost; some inits need real tensors
-        try:
-            with torch.device(device):
-                model, *_ = build_classifier(entry.name, task_name)
-            return count_parameters(model)
-        except Exception:
-            continue
-    return None
-
-
 def cmd_ls(args) -> int:
-    from harness.registry import MODELS, TASKS, load_plugins
-    from harness.task import describe_options
+    from harness import listing
+    from harness.registry import load_plugins
 
     load_plugins(args.include)
     pattern = args.pattern or "*"
-    model_rows, task_rows = [], []
-    task_names = [t for t in TASKS.names() if TASKS.get(t).cls.spec.lra] or TASKS.names()
-    for name in MODELS.list(pattern):
-        entry = MODELS.get(name)
-        ok, reason = entry.availability()
-        row = dict(name=name, family=entry.family, complexity=entry.complexity,
-                   available="yes" if ok else f"no: {reason}", paper=entry.paper, origin=entry.origin)
-        if args.params:
-            row["params"] = {t: _param_count(entry, t) for t in task_names}
-        model_rows.append(row)
-    for name in TASKS.list(pattern):
-        spec = TASKS.get(name).cls.spec
-        task_rows.append(dict(name=name, length=spec.seq_len, input=spec.input_kind, vocab=spec.vocab_size,
-                              classes=spec.num_classes, target=spec.target, dual=spec.dual,
-                              splits="/".join(str(spec.splits.get(s, "?")) for s in ("train", "val", "test")),
-                              metric=spec.metric, lra="yes" if spec.lra else "no", version=spec.version,
-                              description=spec.description, origin=TASKS.get(name).origin,
-                              options=describe_options(TASKS.get(name).cls.Options)))
-    if not model_rows and not task_rows:
+    found = listing.catalogue(pattern, params=args.params)
+    if not found["models"] and not found["tasks"]:
         raise UserError(f"nothing matches {pattern!r}: no model or task has such a name "
                         f"(try `python -m harness ls` without a pattern)", exit_code=1)
-    errors = {**MODELS.load_errors, **TASKS.load_errors}
-    if args.json:
-        print(json.dumps(dict(models=model_rows, tasks=task_rows, plugin_errors=errors), indent=2))
-        return 0
-    import pandas as pd
-
-    with pd.option_context("display.max_colwidth", 60, "display.width", 250, "display.max_columns", 50):
-        if model_rows:
-            frame = pd.DataFrame(model_rows).drop(columns=["origin"])
-            if args.params:
-                params = frame.pop("params").apply(pd.Series)
-                params.columns = [f"params[{c}]" for c in params.columns]
-                frame = pd.concat([frame.drop(columns=["paper"]), params.map(_fmt_count)], axis=1)
-            print("Models\n" + frame.to_string(index=False))
-        if task_rows:
-            print("\nTasks\n" + pd.DataFrame(task_rows).drop(columns=["origin", "description", "options"])
-                  .to_string(index=False))
-            print("\nTask options (--task-option TASK.KEY=VALUE)")
-            for row in task_rows:
-                print(f"  {row['name']}: " + "; ".join(f"{k}: {v}" for k, v in row["options"].items()))
+    print(json.dumps(found, indent=2) if args.json else listing.render(found))
     return 0
-
-
-def _fmt_count(n) -> str:
-    if n is None or n != n:
-        return "n/a"
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
 def cmd_env(args) -> int:
@@ -328,26 +268,6 @@ def _stop_on_sigint() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-class _LineFormatter(logging.Formatter):
-    """`warning: ...` / `error: ...` lines; informational messages as they are."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
-
-
-def _log_to_stderr(quiet: bool) -> None:
-    """The harness's log messages as one line each on stderr (--quiet: errors only)."""
-    logger = logging.getLogger("harness")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LineFormatter())
-    logger.addHandler(handler)
-    logger.setLevel(logging.ERROR if quiet else logging.INFO)
-    logger.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _degrade_output_to_ascii()
@@ -361,10 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _stop_on_sigint()
-    _log_to_stderr(quiet=getattr(args, "quiet", False))
-    warnings.simplefilter("default")
-    # one `warning: ...` line: Python's format adds our source file and line, noise to a user
-    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    install_handler(quiet=getattr(args, "quiet", False))
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

@@ -53,11 +53,10 @@ class World:
         jobs = [u.job for u in units if u.kind == "accuracy"]
         dist.broadcast_object_list([jobs, run_dir], src=0)
 
-    def follow(self, plan) -> None:
-        """Ranks > 0: train the cells rank 0 names, in its order; their records are rank 0's to write."""
+    def follow(self, run_unit) -> None:
+        """Ranks > 0: train the cells rank 0 names, in its order, with `run_unit` (the executors'; given
+        by the runner, so this module needs nothing above it); their records are rank 0's to write."""
         import torch.distributed as dist
-
-        from harness.executors import run_unit
 
         message = [None, None]
         dist.broadcast_object_list(message, src=0)

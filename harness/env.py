@@ -133,7 +133,7 @@ def capture() -> dict:
 
 def hardware(device: str) -> dict:
     """The `Hardware` fields of a cell run here on `device` (cheap: no NVML, no git)."""
-    from harness import __version__
+    from harness.version import __version__
 
     software = dict(visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), python=platform.python_version(),
                     torch=torch.__version__, cuda=torch.version.cuda, harness=__version__)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from harness.registry import MODELS, TASKS
+from harness.task import TaskOptions, describe_options
 
 WIDTH = 100  # a terminal's width the listing must fit
 
@@ -46,7 +47,8 @@ def catalogue(pattern: str = "*", params: bool = False) -> dict:
                           classes=spec.num_classes, target=spec.target, dual=spec.dual,
                           splits="/".join(str(spec.splits.get(s, "?")) for s in ("train", "val", "test")),
                           metric=spec.metric, lra="yes" if spec.lra else "no", version=spec.version,
-                          description=spec.description, origin=entry.origin, source=entry.source))
+                          description=spec.description, origin=entry.origin, source=entry.source,
+                          options=describe_options(entry.cls.Options)))
     return dict(models=models, tasks=tasks, plugin_errors={**MODELS.load_errors, **TASKS.load_errors})
 
 
@@ -70,21 +72,35 @@ def _short_source(source: str) -> str:
     return "built-in" if source.startswith("built-in") else source
 
 
+def _options_text(tasks: list[dict], width: int) -> str:
+    """Each task's own options (the head options every task has are given once), wrapped to `width`."""
+    shared = describe_options(TaskOptions)
+    lines = [textwrap.fill("every task: " + "; ".join(f"{k}: {v}" for k, v in shared.items()), width,
+                           initial_indent="  ", subsequent_indent="    ")]
+    for task in tasks:
+        own = {k: v for k, v in task["options"].items() if k not in shared}
+        if own:
+            lines.append(textwrap.fill(f"{task['name']}: " + "; ".join(f"{k}: {v}" for k, v in own.items()),
+                                       width, initial_indent="  ", subsequent_indent="    "))
+    return "Task options (--task-option TASK.KEY=VALUE)\n" + "\n".join(lines)
+
+
 def render(listing: dict, width: int = WIDTH) -> str:
     """The plain-text listing: models, then tasks, then the reasons some models are unavailable and
     the plugins that failed to load."""
     parts = []
     models, tasks = listing["models"], listing["tasks"]
     if models:
-        with_params = "params" in models[0]
-        header = ["name", "family", "complexity", "ok", "from"]
-        header += [f"params[{t}]" for t in models[0]["params"]] if with_params else ["paper"]
-        rows = []
-        for m in models:
-            row = [m["name"], m["family"], m["complexity"], m["available"][:3].rstrip(":"), _short_source(m["source"])]
-            row += [_count(n) for n in m["params"].values()] if with_params else [m["paper"]]
-            rows.append(row)
-        parts.append(_table("Models", header, rows, squeeze=len(header) - 1 if not with_params else 4, width=width))
+        if "params" in models[0]:  # parameters per LRA task instead of the descriptive columns
+            header = ["name", *models[0]["params"]]
+            rows = [[m["name"], *(_count(n) for n in m["params"].values())] for m in models]
+            parts.append(_table("Models (parameters of the whole classifier, per task)", header, rows, squeeze=0,
+                                width=width))
+        else:
+            header = ["name", "family", "complexity", "ok", "from", "paper"]
+            rows = [[m["name"], m["family"], m["complexity"], m["available"][:3].rstrip(":"),
+                     _short_source(m["source"]), m["paper"]] for m in models]
+            parts.append(_table("Models", header, rows, squeeze=5, width=width))
         unavailable = [f"{m['name']}: {m['available'][4:]}" for m in models if m["available"] != "yes"]
         if unavailable:
             parts.append("Unavailable here\n" + "\n".join(
@@ -94,6 +110,7 @@ def render(listing: dict, width: int = WIDTH) -> str:
         rows = [[t["name"], str(t["length"]), t["input"], str(t["vocab"]), str(t["classes"]), t["target"],
                  "yes" if t["dual"] else "no", t["lra"], _short_source(t["source"]), t["splits"]] for t in tasks]
         parts.append(_table("Tasks", header, rows, squeeze=8, width=width))
+        parts.append(_options_text(tasks, width))
     sources = sorted({x["source"] for x in models + tasks if x["source"].startswith("built-in")})
     if sources:
         parts.append(f"built-in = {', '.join(s.removeprefix('built-in ') for s in sources)}; "

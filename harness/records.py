@@ -12,6 +12,7 @@ A `Record` is one line of a run's `records.jsonl`. Its parts are typed so that t
   settings (`runtime_config`: implementation, compilation, kernels; recorded, shown, compared, but
   not part of the identity), and `variant`: the settings the user changed from the registered
   configuration, which label the row (`mega_chunk [compile=true]`);
+- `plugins`: which plugin supplied the model and the task (distribution and version, or file);
 - `task_options`: the task options changed from their defaults (`--task-option text.seq_len=1000`),
   empty for a default task; they are part of the cell key and label the row too
   (`mega [text.seq_len=1000]`).
@@ -236,6 +237,9 @@ class Record:
     runtime: dict | None = None  # what the backbone resolved at run time (e.g. which scan ran)
     task_version: str | None = None
     task_options: dict = field(default_factory=dict)  # task options changed from their defaults (--task-option)
+    # Which plugin supplied the model and the task: {"model": "built-in lsm-harness 0.1.0",
+    # "task": "file /home/me/my_task.py"} (distribution and version, or file); empty in older records.
+    plugins: dict = field(default_factory=dict)
     seq_len: int | None = None
     batch_size: int | None = None
     dtype: str | None = None
@@ -269,7 +273,8 @@ class Record:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise RecordError(f"{name} is not an integer")
-        for name in ("model_config", "runtime_config", "variant", "task_options", "metrics", "higher_is_better"):
+        for name in ("model_config", "runtime_config", "variant", "task_options", "plugins", "metrics",
+                     "higher_is_better"):
             if not isinstance(getattr(self, name), dict):
                 raise RecordError(f"{name} is not an object")
         self.provenance = Provenance.from_value(self.provenance)

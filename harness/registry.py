@@ -79,6 +79,17 @@ def plugin_source(module: str, origin: str) -> str:
     return f"module {module}"
 
 
+def plugin_sources(model: str | None, task: str | None) -> dict:
+    """{"model": source, "task": source} for a record, from the registries as loaded in this process;
+    a name not registered here (e.g. a reference row's) is left out."""
+    out = {}
+    for kind, registry, name in (("model", MODELS, model), ("task", TASKS, task)):
+        entry = registry._entries.get(name) if name else None
+        if entry is not None and entry.source:
+            out[kind] = entry.source
+    return out
+
+
 def _caller_origin(depth: int = 2) -> str:
     frame = inspect.stack()[depth]
     return f"{frame.filename}:{frame.lineno}"

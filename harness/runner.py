@@ -123,7 +123,7 @@ def run(config: RunConfig, *, command: str = "run", argv: list[str] | None = Non
     the speed sweep of exactly the models named) and return the stored records. `executor`
     replaces the one `config.executor` names (e.g. a RayExecutor with its own init options)."""
     from harness import distributed
-    from harness.executors import Event, make_executor
+    from harness.executors import Event, make_executor, run_unit
     from harness.plan import make_plan
     from harness.records import Record
     from harness.registry import load_plugins
@@ -140,7 +140,7 @@ def run(config: RunConfig, *, command: str = "run", argv: list[str] | None = Non
         device = world.prepare(config, device)
     plan = make_plan(config, command, failed_plugins, device, dtype)
     if world.rank > 0:  # a DDP follower: train the same cells in step with rank 0, store nothing
-        world.follow(plan)
+        world.follow(run_unit)
         return RunResult(run_id="", run_dir=Path(config.results_dir))
     argv = argv if argv is not None else [command]
     result = None

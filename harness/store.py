@@ -38,6 +38,7 @@ from pathlib import Path
 from harness.errors import UserError
 from harness.files import atomic_write_text
 from harness.records import SCHEMA_VERSION, Record, RecordError, config_hash  # noqa: F401 (re-exported)
+from harness.registry import plugin_sources
 
 WARNED_LINES = 3  # damaged lines of one file warned one by one; a badly damaged file must not flood stderr
 RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(Record))
@@ -67,6 +68,7 @@ def make_record(**fields) -> dict:
     if unknown:
         raise ValueError(f"unknown record fields: {sorted(unknown)}")
     fields.setdefault("created", utc_now())
+    fields.setdefault("plugins", plugin_sources(fields.get("model"), fields.get("task")))
     return Record(**fields).to_dict()
 
 

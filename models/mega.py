@@ -42,9 +42,9 @@ Deliberate differences from the official code (each is equal to it where the off
 
 from __future__ import annotations
 
+import logging
 import dataclasses
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +60,8 @@ from harness_models.layers import SequenceNorm, make_dropout, widen_max_position
 from harness_models.mega_attention import (ELEMENTWISE, FLEX_MIN_DIM, RotaryRelativePositionalBias,
                                            SimpleRelativePositionalBias, attend_folded, attend_reference,
                                            choose_softmax_kernel)
+
+log = logging.getLogger(__name__)
 
 PAPER = "Ma et al., Mega: Moving Average Equipped Gated Attention, ICLR 2023 (arXiv 2209.10655)"
 ATTENTIONS = ("softmax", "laplace", "relu2")
@@ -182,7 +184,7 @@ def _triton_ema_runs(x: torch.Tensor) -> bool:
     reason = triton_ema_unavailable_reason() or (None if x.is_cuda else "the input is not on a CUDA device")
     if reason is not None and reason not in _TRITON_FALLBACK_WARNED:
         _TRITON_FALLBACK_WARNED.add(reason)
-        warnings.warn(f"mega ema_kernel=triton: {reason}; using the FFT EMA instead", stacklevel=3)
+        log.warning(f"mega ema_kernel=triton: {reason}; using the FFT EMA instead")
     return reason is None
 
 

@@ -7,14 +7,16 @@ The tools of `data check` and `data generate` (problem lists, manifests, output 
 
 from __future__ import annotations
 
+import logging
 import hashlib
-import warnings
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 
 from harness.errors import UserError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 # The official archive unpacks to a doubled folder (lra.md §2): a release folder is looked for in
@@ -72,7 +74,7 @@ def user_data(data_dir: Path | None, find: Callable[[Path], Found | None], other
         return None
     found = find(data_dir)
     if found is None:
-        warnings.warn(f"--data-dir {data_dir}: {otherwise}", stacklevel=3)
+        log.warning(f"--data-dir {data_dir}: {otherwise}")
     return found
 
 

@@ -38,6 +38,7 @@ Without CIFAR-10 the task is a labelled stand-in, never silently (provenance kin
 
 from __future__ import annotations
 
+import logging
 import dataclasses
 import functools
 import gzip
@@ -59,6 +60,8 @@ from harness.task import Task, TaskData, TaskOptions, TaskSpec
 from harness_tasks.common import (SPLITS, files_fingerprint, first_folder, pool_pixels, scale_sizes, split_number,
                                    user_data)
 from harness_tasks.datafiles import Problems
+
+log = logging.getLogger(__name__)
 
 
 SIDE = 32
@@ -291,9 +294,9 @@ class ImageBase(Task):
             return "fashion-mnist"
         if self.embedded_fits():
             return "fashion-mnist-embedded"
-        warnings.warn(f"task {self.name}: no CIFAR-10 (--data-dir) and no Debian dataset-fashion-mnist, and the "
-                      f"embedded Fashion-MNIST subset serves only --scale smoke with data seed 0; using "
-                      f"synthetic shapes", stacklevel=3)  # past cached_property: the caller's line
+        log.warning(f"task {self.name}: no CIFAR-10 (--data-dir) and no Debian dataset-fashion-mnist, and the "
+                    f"embedded Fashion-MNIST subset serves only --scale smoke with data seed 0; using "
+                    f"synthetic shapes")
         return "synthetic-shapes"
 
     def input_spec(self) -> TaskSpec:

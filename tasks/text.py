@@ -29,13 +29,13 @@ visible `seq_len` bytes. It exercises tokenisation, padding and long inputs; it 
 
 from __future__ import annotations
 
+import logging
 import csv
 import functools
 import hashlib
 import json
 import re
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,8 @@ from harness.task import Task, TaskData, TaskOptions, TaskSpec
 from harness_tasks.byte_text import BYTE_VOCAB, encode_documents, filler, plant
 from harness_tasks.common import SPLITS, files_fingerprint, scale_sizes, seeded_subset, split_number, user_data
 from harness_tasks.datafiles import Problems
+
+log = logging.getLogger(__name__)
 
 PROFILES = ("default", "lra-original")
 VAL_FRACTION = 0.1  # of the 25,000 train reviews, in the default profile
@@ -109,8 +111,7 @@ def read_aclimdb(root: Path, part: str) -> tuple[list[bytes], list[int]]:
             docs.append(data)
             labels.append(label)
         if empty:
-            warnings.warn(f"{folder}: skipped {len(empty)} empty review file(s): {', '.join(empty[:3])}",
-                          stacklevel=2)
+            log.warning(f"{folder}: skipped {len(empty)} empty review file(s): {', '.join(empty[:3])}")
     return docs, labels
 
 

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+import harness
+
 from harness.cli import main
 from harness.store import RunStore, load_records
 
@@ -38,6 +40,10 @@ def test_run_end_to_end_prints_tables_and_writes_report(workdir, data_cache):
     speed = frame[frame.kind == "speed"]
     assert sorted(speed["seq_len"]) == [64, 128, 256]
     assert set(speed["model"]) == {"transformer_tiny"}  # smoke sweeps the very models it trained
+    builtin = f"built-in lsm-harness {harness.__version__}"  # which plugin supplied model and task
+    ours = frame[frame.model == "transformer_tiny"]
+    assert set(ours["plugins.model"]) == set(ours["plugins.task"]) == {builtin}
+    assert accuracy[accuracy.model == "ref:linear"]["plugins.task"].iloc[0] == builtin
     assert "ref: majority class" in out and "not LRA numbers" in out
     manifest = RunStore(workdir / "results").manifests()[0]
     assert manifest["status"] == "finished" and manifest["command"][:4] == ["python", "-m", "harness", "run"]
@@ -107,10 +113,14 @@ def test_ls_lists_models_and_tasks(workdir):
     assert res.returncode == 0, res.stderr
     for name in ("transformer", "transformer_vanilla", "listops"):
         assert name in res.stdout
-    assert "  retrieval: interaction: one of concat, nli (default concat); head_dropout: " in res.stdout
+    assert "  every task: interaction: one of concat, nli (default concat); head_dropout: " in res.stdout
+    assert "  retrieval: seq_len: an integer or none (default none)" in res.stdout
+    assert max(len(line) for line in res.stdout.splitlines()) <= 100  # a terminal's width
+    assert "built-in = lsm-harness " in res.stdout  # where the entries come from
     data = json.loads(cli("ls", "--json", cwd=workdir).stdout)
     row = {m["name"]: m for m in data["models"]}["transformer"]
     assert row["family"] == "attention" and row["complexity"] == "O(L^2)" and row["available"] == "yes"
+    assert row["source"].startswith("built-in lsm-harness ") and row["origin"].startswith("harness_models.")
     text = {t["name"]: t for t in data["tasks"]}["text"]["options"]  # every task lists its options and types
     assert text["seq_len"] == "an integer or none (default none)" and "head_dropout" in text
 

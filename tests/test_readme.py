@@ -59,3 +59,5 @@ def test_the_readme_plugins_generate_check_and_train(tmp_path):
                for line in path.read_text().splitlines()]
     trained = [r for r in records if r["model"] == "gru_tiny"]
     assert [r["status"] for r in trained] == ["ok"] and trained[0]["task_options"] == {"width": 8}
+    assert trained[0]["plugins"]["model"].startswith("file ") and trained[0]["plugins"]["model"].endswith("my_model.py")
+    assert trained[0]["plugins"]["task"].endswith("my_task.py")

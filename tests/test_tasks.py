@@ -198,7 +198,7 @@ def write_idx(path, array):
     path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
 
 
-def test_image_stand_ins_are_labelled(tmp_path):
+def test_image_stand_ins_are_labelled(tmp_path, caplog):
     rng = np.random.default_rng(0)
     for part, n in (("train", 50), ("t10k", 10)):
         write_idx(tmp_path / f"{part}-images-idx3-ubyte.gz", rng.integers(1, 256, size=(n, 28, 28)))
@@ -207,7 +207,8 @@ def test_image_stand_ins_are_labelled(tmp_path):
     assert (data.provenance.kind, data.provenance.source) == ("stand-in", "fashion-mnist") and data.inputs.shape == (10, 1024)
     grid = data.inputs.view(10, 32, 32)
     assert (grid[:, :2] == 0).all() and (grid[:, 2:30, 2:30] > 0).all()  # 28x28 zero-padded to 32x32
-    with pytest.warns(UserWarning, match="synthetic shapes"):
-        shapes = ImageTask(scale="smoke", seed=1, options={"fashion_mnist_dir": str(tmp_path / "absent")}).build("val")
+    caplog.clear()
+    shapes = ImageTask(scale="smoke", seed=1, options={"fashion_mnist_dir": str(tmp_path / "absent")}).build("val")
+    assert "synthetic shapes" in caplog.text
     assert shapes.provenance.source == "synthetic-shapes" and shapes.inputs.shape == (1000, 256)
     assert len(set(shapes.labels.tolist())) == 10

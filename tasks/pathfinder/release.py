@@ -10,8 +10,8 @@ decode is an error naming the file.
 
 from __future__ import annotations
 
+import logging
 import io
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,8 @@ from PIL import Image
 from harness.errors import UserError
 from harness_tasks.common import first_folder, release_folders
 from harness_tasks.datafiles import Problems, expected_count, read_manifest, verify_checksums
+
+log = logging.getLogger(__name__)
 
 # The one known damaged file of the release (S4 and Mega blacklist it; LRA drops empty images).
 BLACKLIST = {("pathfinder32", "curv_baseline", "imgs/0/sample_172.png")}
@@ -81,7 +83,7 @@ def list_examples(root: Path, warn: bool = True) -> tuple[list[str], list[int], 
             labels.append(int(row[3]))
     if skipped and warn:
         shown = ", ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else "")
-        warnings.warn(f"{root}: skipped {len(skipped)} empty or blacklisted image(s): {shown}", stacklevel=2)
+        log.warning(f"{root}: skipped {len(skipped)} empty or blacklisted image(s): {shown}")
     return paths, labels, skipped
 
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from harness_tasks.pathfinder.generator import CONTOUR_LENGTH, DIFFICULTIES, Sna
 from harness_tasks.pathfinder.release import (IMAGES_PER_DIFFICULTY, check_release, find_difficulty_dir, list_examples,
                                               load_image, metadata_files)
 
+log = logging.getLogger(__name__)
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 NOT_DATA = ("workers", "metadata_format")  # options that never change the images (not in the cache key)
 
@@ -144,8 +145,8 @@ class PathfinderBase(Task):
         tmp = base.with_name(base.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         workers = self.workers
-        print(f"{self.name}: generating {s['generate']} images at {self.resolution} px (seed {self.data_seed}, "
-              f"{workers} workers) into {base}; done once, then cached", file=sys.stderr)
+        log.info(f"{self.name}: generating {s['generate']} images at {self.resolution} px (seed {self.data_seed}, "
+                 f"{workers} workers) into {base}; done once, then cached")
         generate_dataset(tmp / f"pathfinder{self.resolution}" / self.folder, s["generate"], self.data_seed, p,
                          workers, self.options.metadata_format)
         if base.exists():
