@@ -23,15 +23,10 @@ Lengths are small on the CPU (256, 1024) and long on CUDA (1024, 4096, 16384).
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def pytest_addoption(parser):

@@ -195,7 +195,7 @@ BASELINE_TRAIN_CONFIGS = dict(TRAIN_CONFIGS, pathx=TRAIN_CONFIGS["pathfinder"])
 DEFAULTS = registry_defaults(TransformerConfig())
 # Tiny variants of every family (mega, s4, mamba, linear attention, this one) are matched within
 # 10% in parameters on each task (d_model 32, about 29K parameters with the harness's head on Image;
-# tests/test_tiny_variants.py) and all use dropout 0 (every dropout-like key, set here so no per-task
+# tests/models/test_tiny_variants.py) and all use dropout 0 (every dropout-like key, set here so no per-task
 # config such as Image's 0.3/0.2 leaks in): tiny runs are a few hundred steps, far from overfitting,
 # and one shared value means a gap between families is not a regularisation gap. Here: d_ffn = 4 d.
 TINY = dict(d_model=32, n_layers=2, n_heads=2, d_ffn=128, dropout=0.0, attn_dropout=0.0)

@@ -86,7 +86,7 @@ EMBEDDED_SCALE, EMBEDDED_SPLIT_SEED = "smoke", 0  # the only smoke data the embe
 REBUILD = "python -m harness_tasks.data.build_fashion_mnist"
 # Pixel statistics of p/255, the real-valued embedding's (v - mean) / std. CIFAR-10: MEGA's / S4's
 # constants. Fashion-MNIST: all 60,000 training images zero-padded to 32x32 (computed once from the
-# Debian copy; tests/test_default_data.py recomputes them). Synthetic shapes: 2,000 drawn images.
+# Debian copy; tests/tasks/test_default_data.py recomputes them). Synthetic shapes: 2,000 drawn images.
 CIFAR_STATS = (0.48, 0.24)
 FASHION_STATS = (0.2190, 0.3318)
 SHAPES_STATS = (0.097, 0.232)

@@ -8,7 +8,7 @@ The file holds exactly the images the `image` task reads at `--scale smoke` with
 the task's order and already in the task's form: 28x28 zero-padded to 32x32, 2x2 rounded mean
 pooling to 16x16 = 256 uint8 pixels per image. The images are selected by the task's own code
 (`ImageTask.split_index` and `pool_pixels`), so the subset cannot drift from what the full copy
-gives; tests/test_default_data.py checks the equality whenever the Debian copy is installed.
+gives; tests/tasks/test_default_data.py checks the equality whenever the Debian copy is installed.
 
 Arrays: `{train,val,test}_pixels` (N, 256) uint8, `{train,val,test}_labels` (N,) uint8, and
 `{train,val,test}_index` (N,) int32, each image's position in its Debian file (train and val index

@@ -33,7 +33,7 @@ from harness.store import RunStore, load_records
 from harness.validate import check_config
 from tests.stored_runs import RUN_A, RUN_B, interrupt_and_check, speed, write_two_runs
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 REFERENCE_RUNS = REPO / "results" / "reference" / "h100-2026-11-22"
 BENCH = ["--bench-task", "listops", "--iters", "2", "--warmup", "1", "--isolation", "inprocess"]
 STORED = "stored"  # the two hand-written runs of every case's working folder (tests/stored_runs.py)

@@ -27,7 +27,7 @@ from harness.store import RunStore, load_records, make_record
 H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
 RUN_1, RUN_2 = "20260501-090000-aaaaaa", "20260502-090000-bbbbbb"
 OFFICIAL = {"kind": "official", "source": "lra-release"}
-REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
+REFERENCE = Path(__file__).resolve().parents[2] / "results" / "reference"
 
 
 def new_run(root: Path, run_id: str = RUN_1):

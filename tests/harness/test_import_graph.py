@@ -6,7 +6,7 @@ when Python happens to resolve it)."""
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Import package -> folder, as pyproject.toml's package-dir installs them.
 PACKAGES = {"harness": REPO / "harness", "harness_models": REPO / "models", "harness_tasks": REPO / "tasks"}
 CLIS = {"harness.cli", "harness.report.cli"}

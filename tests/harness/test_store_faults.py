@@ -21,7 +21,7 @@ from harness.errors import UserError
 from harness.store import Run, RunStore, load_records
 from tests.stored_runs import RUN_A, RUN_B, speed, write_two_runs
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def results(workdir):
     """Two small runs in workdir/results (the working directory is workdir)."""

@@ -23,12 +23,9 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from test_report import RUN_1, RUN_2, create_run, speed_record, write_fixture_results
-except ImportError:  # tests collected as a package
-    from tests.test_report import RUN_1, RUN_2, create_run, speed_record, write_fixture_results
+from tests.report.test_report import RUN_1, RUN_2, create_run, speed_record, write_fixture_results
 
-REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
+REFERENCE = Path(__file__).resolve().parents[2] / "results" / "reference"
 RUN_3 = "20260303-090000-cccccc"
 
 CHROMIUM = os.environ.get("BROWSER_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")

@@ -3,7 +3,7 @@
 On the CPU the kernels run in Triton's interpreter. TRITON_INTERPRET=1 only works when it is set
 before triton's first import in a process (triton's standard library is built for one mode at
 import), and other tests (torch.compile) may import triton first, so the interpreted runs happen in
-one child process: this file run as a script (`python tests/test_mega_triton.py FOLDER`). The parent
+one child process: this file run as a script (`python tests/models/test_mega_triton.py FOLDER`). The parent
 builds the modules and inputs, the child computes the Triton outputs and gradients, and the parent
 compares them with `MultiHeadEMA.forward_recurrence` (the explicit loop over time, fp32) and its
 autograd gradients, never with the code under test.
@@ -25,13 +25,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # also when run as a script
-    sys.path.insert(0, str(REPO))
-
-import harness_models.mega_triton as mt  # noqa: E402
-from harness_models.ema import ema_kernel  # noqa: E402
-from harness_models.mega import MultiHeadEMA, make_config  # noqa: E402
+import harness_models.mega_triton as mt
+from harness_models.ema import ema_kernel
+from harness_models.mega import MultiHeadEMA, make_config
 
 PARAMS = ("delta", "alpha", "beta", "gamma", "omega")
 
@@ -101,8 +97,8 @@ def interpreted(tmp_path_factory):
     """Results of the child process that runs the kernels in Triton's interpreter."""
     pytest.importorskip("triton")
     folder = tmp_path_factory.mktemp("triton-interpret")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(folder)], env=env, cwd=REPO,
+    env = dict(os.environ, TRITON_INTERPRET="1")  # the interpreter is chosen when triton is imported
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(folder)], env=env, cwd=folder,
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         pytest.fail(f"the interpreter child failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")

@@ -166,7 +166,7 @@ def test_batch_to_notes_padding_on_the_host():
     assert seen[0] is not None and seen[1] is not None and seen[2] is None
 
 
-OWN_CODE = tuple(str(Path(__file__).resolve().parents[1] / part) for part in ("harness", "models", "tasks"))
+OWN_CODE = tuple(str(Path(__file__).resolve().parents[2] / part) for part in ("harness", "models", "tasks"))
 TINY_MODELS = sorted(name for name in MODELS.names() if name.endswith("_tiny") and MODELS.get(name).availability()[0])
 
 

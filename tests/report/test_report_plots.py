@@ -3,7 +3,7 @@ a length was not measured, OOM marks inside the axis range and explained in the 
 equal to the table's, hover text with plain numbers, units, run and git revision; the committed
 reference results in at most ten figures; a results folder's README rendered safely under
 Provenance; the missing-kaleido message as a `note:`. What plotly then draws is checked in
-tests/test_report_browser.py.
+tests/report/test_report_browser.py.
 """
 
 from __future__ import annotations
@@ -18,12 +18,9 @@ import pytest
 from harness.report import plots, select, tables
 from harness.store import load_records
 
-try:
-    from test_report import RUN_1, RUN_2, create_run, speed_record, write_fixture_results
-except ImportError:  # tests collected as a package
-    from tests.test_report import RUN_1, RUN_2, create_run, speed_record, write_fixture_results
+from tests.report.test_report import RUN_1, RUN_2, create_run, speed_record, write_fixture_results
 
-REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
+REFERENCE = Path(__file__).resolve().parents[2] / "results" / "reference"
 SHA = "d1ff256c0ffe"  # the fixture environment's git sha, as hover text shortens it
 
 

@@ -19,7 +19,7 @@ from harness import RunConfig
 from harness.executors import PoolExecutor, Slot
 from harness.store import RunStore
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # `probe`: logs (visible GPU, pid, time) at every forward, so a test can see which cells ran where and
 # when. `crash`: a model fault (an exception), which every executor must store as an `error` record.

@@ -185,7 +185,7 @@ def test_softmaxes_run_in_float32_under_autocast(monkeypatch):
 
 def test_a_training_step_reads_no_tensor_value_on_the_host(monkeypatch):
     """No `.item()`/`bool()`/... in the model (first call included): on a GPU each would wait for
-    every queued kernel (the harness's timed iterations must not; tests/test_runners.py)."""
+    every queued kernel (the harness's timed iterations must not; tests/harness/test_runners.py)."""
     model = encoder()
     x, mask = torch.randn(2, 48, 16), pad_mask([48, 30], 48)
     forbid_host_reads(monkeypatch, (luna.__file__,))

@@ -8,7 +8,7 @@ import pytest
 from harness.records import (LEGACY_RUNTIME_DEFAULTS, Provenance, Record, RecordError, config_hash, row_label)
 from harness.store import RunStore, load_records, make_record
 
-REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
+REFERENCE = Path(__file__).resolve().parents[2] / "results" / "reference"
 
 
 @pytest.mark.parametrize("text, kind, source, subset", [

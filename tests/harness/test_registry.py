@@ -9,7 +9,7 @@ import pytest
 from harness.errors import UserError
 from harness.registry import MODELS, TASKS, ModelEntry, Registry, include_file, natural_key
 
-REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def entry(name, origin="test:origin", **kw):
