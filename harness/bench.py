@@ -119,7 +119,7 @@ def _reset_peak_rss() -> bool:
 def make_iteration(model, batch: dict, optimizer, device_type: str, dtype: str, cuda_graphs: bool = False):
     """One timed iteration as a closure returning a 0-dim bool tensor, "non-finite", left on the
     device. A train step when `optimizer` is given (forward + loss + backward + step), else
-    inference. Nothing in it synchronises with the device (tests/test_runners.py checks).
+    inference. Nothing in it synchronises with the device (tests/harness/test_runners.py checks).
     `cuda_graphs`: the whole iteration is captured once into a CUDA graph and each call replays it
     (`capture`), so no model pays host overhead per kernel; the optimizer must be `capturable`."""
     from harness.heads import autocast, task_loss
@@ -148,7 +148,7 @@ def capture(iteration, warmup: int = 3):
     allocator growth and autotuning happen outside the graph, as CUDA graph capture requires), then
     captured; the returned closure replays the graph and returns the captured "non-finite" flag.
     The batch, parameters, gradients and optimizer state keep their addresses, so a replay is exactly
-    one more step on the same batch (tests/test_runners.py compares it with eager steps)."""
+    one more step on the same batch (tests/harness/test_runners.py compares it with eager steps)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
