@@ -64,3 +64,11 @@ def forbid_host_reads(monkeypatch, roots: tuple) -> None:
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, guarded)
+
+
+def assert_cuda_matches_cpu(model, x, mask, tol: float = 1e-4) -> None:
+    """An eval-mode model gives the same output on CUDA as on the CPU (fp32)."""
+    with torch.no_grad():
+        ref = model(x, mask)
+        got = model.cuda()(x.cuda(), mask.cuda()).cpu()
+    torch.testing.assert_close(got, ref, rtol=tol, atol=tol)

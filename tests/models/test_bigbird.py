@@ -12,8 +12,8 @@ import harness_models.bigbird as bb
 from harness.errors import UserError
 from harness.heads import count_parameters
 from harness.registry import MODELS
-from tests.checks import (assert_bf16_close_to_fp32, forbid_host_reads, assert_every_parameter_gets_a_gradient,
-                          assert_padding_invariant, pad_mask)
+from tests.checks import (assert_bf16_close_to_fp32, assert_cuda_matches_cpu, assert_every_parameter_gets_a_gradient,
+                          assert_padding_invariant, forbid_host_reads, pad_mask)
 
 LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 
@@ -212,12 +212,7 @@ def test_a_training_step_reads_no_tensor_value_on_the_host(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     torch.manual_seed(0)
-    model = sparse_model().eval()
-    x, mask = torch.randn(2, 44, 16), pad_mask([44, 29], 44)
-    with torch.no_grad():
-        ref = model(x, mask)
-        got = model.cuda()(x.cuda(), mask.cuda()).cpu()
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    assert_cuda_matches_cpu(sparse_model().eval(), torch.randn(2, 44, 16), pad_mask([44, 29], 44))
 
 
 # ---- configuration and registration ---------------------------------------------------------------

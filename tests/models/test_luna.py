@@ -13,8 +13,8 @@ from harness.errors import UserError
 from harness.heads import count_parameters
 from harness.registry import MODELS
 from harness_models.transformer import sinusoidal_positions
-from tests.checks import (assert_bf16_close_to_fp32, forbid_host_reads, assert_every_parameter_gets_a_gradient,
-                          assert_padding_invariant, pad_mask)
+from tests.checks import (assert_bf16_close_to_fp32, assert_cuda_matches_cpu, assert_every_parameter_gets_a_gradient,
+                          assert_padding_invariant, forbid_host_reads, pad_mask)
 
 LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 
@@ -195,12 +195,7 @@ def test_a_training_step_reads_no_tensor_value_on_the_host(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     torch.manual_seed(0)
-    model = encoder().eval()
-    x, mask = torch.randn(2, 20, 16), pad_mask([20, 4], 20)
-    with torch.no_grad():
-        ref = model(x, mask)
-        got = model.cuda()(x.cuda(), mask.cuda()).cpu()
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    assert_cuda_matches_cpu(encoder().eval(), torch.randn(2, 20, 16), pad_mask([20, 4], 20))
 
 
 # ---- configuration and registration ---------------------------------------------------------------

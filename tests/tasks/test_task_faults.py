@@ -1,52 +1,16 @@
 """A plugin task's faults become that cell's error record, never a traceback (issue 13, item 5)."""
 
-import torch
+import pytest
 
 from harness.cli import main
 from harness.config import RunConfig
-from harness.records import Provenance
-from harness.registry import register_task
+from harness.registry import include_file
 from harness.store import load_records
-from harness.task import Task, TaskData, TaskSpec
 from harness.train import train_cell
 
 
-class _Tokens(Task):
-    spec = TaskSpec(seq_len=8, input_kind="tokens", vocab_size=6, num_classes=2)
-
-    def build(self, split):
-        n = self.sizes(self.scale)[split]
-        x = torch.randint(2, 6, (n, 8), generator=torch.Generator().manual_seed(0))
-        return TaskData(inputs=x, lengths=torch.full((n,), 8), labels=(x[:, 0] > 3).long(),
-                        provenance=Provenance("stand-in", "test-tokens"))
-
-
-@register_task("tf_no_smoke")
-class NoSmoke(_Tokens):
-    def sizes(self, scale):
-        return {"paper": dict(train=8, val=8, test=8)}[scale]  # KeyError for any other scale
-
-
-@register_task("tf_empty_val")
-class EmptyVal(_Tokens):
-    def sizes(self, scale):
-        return dict(train=16, val=0, test=8)
-
-
-def test_sizes_that_raise_for_a_scale_are_that_cells_error_record(tmp_path):
-    config = RunConfig(steps=2, cache_dir=str(tmp_path)).validate()
-    record = train_cell("transformer_tiny", "tf_no_smoke", 0, config, device="cpu", dtype="fp32")
-    assert record["status"] == "error" and record["task"] == "tf_no_smoke"
-    assert "scale smoke" in record["error"] and "KeyError" in record["error"]
-
-
-def test_an_empty_validation_split_is_an_error_naming_the_split(tmp_path):
-    config = RunConfig(steps=2, cache_dir=str(tmp_path)).validate()
-    record = train_cell("transformer_tiny", "tf_empty_val", 0, config, device="cpu", dtype="fp32")
-    assert record["status"] == "error" and "empty val split" in record["error"]
-
-
-# The same two faulty tasks as a plugin file: the cells train in a worker process, which imports it.
+# Two faulty tasks as a plugin file: the worker process that trains a run's cells imports it with
+# --include, and the in-process tests include the same file.
 PLUGIN_TASKS = """
 import torch
 
@@ -68,7 +32,7 @@ class Tokens(Task):
 @register_task("pf_no_smoke")
 class NoSmoke(Tokens):
     def sizes(self, scale):
-        return {"paper": dict(train=8, val=8, test=8)}[scale]
+        return {"paper": dict(train=8, val=8, test=8)}[scale]  # KeyError for any other scale
 
 
 @register_task("pf_empty_val")
@@ -78,11 +42,32 @@ class EmptyVal(Tokens):
 """
 
 
-def test_the_run_records_both_and_exits_without_a_traceback(workdir, capsys):
-    (workdir / "faulty_tasks.py").write_text(PLUGIN_TASKS)
+@pytest.fixture(scope="module")
+def faulty_tasks(tmp_path_factory):
+    """The plugin file, included once in this process (so its tasks are registered here too)."""
+    path = tmp_path_factory.mktemp("plugin") / "faulty_tasks.py"
+    path.write_text(PLUGIN_TASKS)
+    include_file(path)
+    return path
+
+
+def test_sizes_that_raise_for_a_scale_are_that_cells_error_record(tmp_path, faulty_tasks):
+    config = RunConfig(steps=2, cache_dir=str(tmp_path)).validate()
+    record = train_cell("transformer_tiny", "pf_no_smoke", 0, config, device="cpu", dtype="fp32")
+    assert record["status"] == "error" and record["task"] == "pf_no_smoke"
+    assert "scale smoke" in record["error"] and "KeyError" in record["error"]
+
+
+def test_an_empty_validation_split_is_an_error_naming_the_split(tmp_path, faulty_tasks):
+    config = RunConfig(steps=2, cache_dir=str(tmp_path)).validate()
+    record = train_cell("transformer_tiny", "pf_empty_val", 0, config, device="cpu", dtype="fp32")
+    assert record["status"] == "error" and "empty val split" in record["error"]
+
+
+def test_the_run_records_both_and_exits_without_a_traceback(workdir, capsys, faulty_tasks):
     code = main(["run", "--models", "transformer_tiny", "--tasks", "pf_no_smoke,pf_empty_val", "--seeds", "0",
                  "--steps", "2", "--skip-bench", "--no-report", "--no-reference-rows", "--quiet",
-                 "--include", "faulty_tasks.py"])
+                 "--include", str(faulty_tasks)])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err  # every cell failed: exit 1, each failure one line
     frame = load_records(workdir / "results")
