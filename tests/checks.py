@@ -4,6 +4,12 @@ import sys
 
 import torch
 
+from harness.registry import TASKS
+
+
+# The six LRA tasks in LRA's order, from the task registry (TaskSpec.lra and .order).
+LRA_TASKS = tuple(sorted((n for n in TASKS.names() if TASKS.get(n).spec.lra), key=lambda n: TASKS.get(n).spec.order))
+
 
 def pad_mask(lengths, L: int) -> torch.Tensor:
     """(B, L) right-padding mask, True = pad, for sequences of the given real lengths."""

@@ -10,10 +10,9 @@ import torch
 import harness_models.linformer as lf
 from harness.errors import UserError
 from harness.registry import MODELS, TASKS
-from tests.checks import (assert_bf16_close_to_fp32, assert_every_parameter_gets_a_gradient,
+from tests.checks import (LRA_TASKS, assert_bf16_close_to_fp32, assert_every_parameter_gets_a_gradient,
                           assert_padding_invariant, pad_mask)
 
-LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 
 
 HEADS_16_2 = lf.LinformerConfig(d_model=16, n_heads=2)  # attention width 16 in 2 heads

@@ -10,10 +10,9 @@ import harness_models.mamba as mm
 import harness_models.scan as sc
 from harness.errors import UserError
 from harness.registry import MODELS
-from tests.checks import (assert_bf16_close_to_fp32, assert_every_parameter_gets_a_gradient,
+from tests.checks import (LRA_TASKS, assert_bf16_close_to_fp32, assert_every_parameter_gets_a_gradient,
                           assert_padding_invariant, pad_mask)
 
-TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 
 
 def _scan_inputs(B=2, L=50, E=6, N=4, dtype=torch.float64, device="cpu", seed=0):
@@ -166,9 +165,9 @@ def test_registration_metadata_and_optim_hints():
     entry = MODELS.get("mamba")
     assert entry.family == "ssm" and entry.complexity == "O(L)" and "Gu" in entry.paper
     assert entry.requires == () and entry.availability() == (True, "")
-    assert "d_model" in entry.defaults and set(TASKS) <= set(entry.task_configs)
-    assert all(entry.task_configs[t]["bidirectional"] for t in TASKS)
-    for task in TASKS:
+    assert "d_model" in entry.defaults and set(LRA_TASKS) <= set(entry.task_configs)
+    assert all(entry.task_configs[t]["bidirectional"] for t in LRA_TASKS)
+    for task in LRA_TASKS:
         cfg = entry.train_config(task)
         assert set(cfg) - {"betas"} == {"lr", "weight_decay", "batch_size", "warmup_steps", "total_steps"}
     tiny = MODELS.get("mamba_tiny")

@@ -9,9 +9,8 @@ import harness_models  # noqa: F401  (registers every built-in family)
 from harness.errors import UserError
 from harness.heads import count_parameters
 from harness.registry import FAMILIES, MODELS
-from tests.checks import assert_every_parameter_gets_a_gradient, assert_padding_invariant, pad_mask
+from tests.checks import LRA_TASKS, assert_every_parameter_gets_a_gradient, assert_padding_invariant, pad_mask
 
-LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 TRAIN_KEYS = {"lr", "weight_decay", "batch_size", "warmup_steps", "total_steps"}
 BUILTIN = [n for n in MODELS.names() if MODELS.get(n).origin.startswith("harness_models.") and not n.endswith("_tiny")]
 RUNNABLE = [n for n in BUILTIN if MODELS.get(n).availability()[0]]

@@ -13,9 +13,8 @@ import torch
 import harness_models.reformer as rf
 from harness.errors import UserError
 from harness.registry import MODELS
-from tests.checks import assert_every_parameter_gets_a_gradient, pad_mask
+from tests.checks import LRA_TASKS, assert_every_parameter_gets_a_gradient, pad_mask
 
-LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 
 
 def _qkv(B=2, H=2, L=8, dh=4, seed=0):

@@ -15,7 +15,7 @@ from harness.errors import UserError
 from harness.heads import param_groups
 from harness.records import config_hash
 from harness.registry import MODELS
-from tests.checks import (assert_bf16_close_to_fp32, assert_every_parameter_gets_a_gradient,
+from tests.checks import (LRA_TASKS, assert_bf16_close_to_fp32, assert_every_parameter_gets_a_gradient,
                           assert_padding_invariant, pad_mask)
 
 NAMES = ("s4", "s4d")
@@ -397,7 +397,7 @@ def test_bad_switch_values_are_one_line_user_errors(bad, match):
 
 def test_s4_v1_resolves_to_the_tag_v1_configs():
     entry = MODELS.get("s4_v1")
-    for task in ("listops", "text", "retrieval", "image", "pathfinder", "pathx"):
+    for task in LRA_TASKS:
         cfg = entry.config(task)
         assert (cfg["mode"], cfg["bidirectional"], cfg["final_act"], cfg["ssm_sharing"], cfg["real_param"]) \
             == ("dplr", False, "linear", "v1", "raw"), task
