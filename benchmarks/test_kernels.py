@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 import harness_models.s4 as s4
 from harness_models.scan import selective_scan_chunked, selective_scan_sequential
+from harness_models.ema import ema_kernel, ema_kernel_reference
 from harness_models.mega import MegaConfig, MovingAverageGatedAttention, MultiHeadEMA
 
 try:  # absent in revisions before it was added: a base revision in a comparison still runs the rest
@@ -109,6 +110,22 @@ def ema_recurrence_float64(ema: MultiHeadEMA, x: torch.Tensor, K: int) -> torch.
         return torch.stack(ys, dim=1)
 
     return scan(x, q[:d], w[:d]) + scan(x.flip(1), q[d:], w[d:]).flip(1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("form", ["blocked", "table"])
+def test_mega_ema_kernel(timed, device, L, form, mode):
+    """The EMA kernel's construction at the Text configuration (2d = 256 rows, h = 16, K = min(L,
+    1024)): the blocked product the model uses against the literal table of powers it replaced."""
+    torch.manual_seed(0)
+    ema = MultiHeadEMA(MegaConfig(d_model=128, h_dim=16, bidirectional=True, truncation=1024)).to(device)
+    K = ema.kernel_length(L)
+    params = [getattr(ema, n) for n in EMA_PARAMS]
+    build = ema_kernel if form == "blocked" else ema_kernel_reference
+    g = torch.randn(2 * 128, K, device=device)
+    out, _ = run_mode(lambda: build(*params, ema.scale, K), params, mode, g)
+    assert_close([out], [ema_kernel_reference(*(p.double() for p in params), ema.scale, K)], f"EMA kernel ({form})", 1e-5)
+    timed(lambda: run_mode(lambda: build(*params, ema.scale, K), params, mode, g))
 
 
 @pytest.mark.parametrize("mode", MODES)
