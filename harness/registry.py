@@ -383,6 +383,14 @@ def register_task(name: str, *, override: bool = False):
     """Class decorator for a task (a subclass of `harness.task.Task`)."""
 
     def decorator(cls):
+        from harness.task import TaskOptions
+
+        options = getattr(cls, "Options", None)
+        if not (isinstance(options, type) and issubclass(options, TaskOptions)  # decorated itself, frozen:
+                and "__dataclass_params__" in vars(options) and options.__dataclass_params__.frozen):
+            raise ValueError(f"task '{name}': Options must be a frozen dataclass subclassing "
+                             f"harness.task.TaskOptions (e.g. @dataclass(frozen=True) class "
+                             f"MyOptions(TaskOptions): ...), got {options!r}")
         cls.name = name
         origin = f"{cls.__module__}:{cls.__qualname__}"
         if cls.__module__.startswith("harness_include_"):

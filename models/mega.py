@@ -42,8 +42,8 @@ Deliberate differences from the official code (each is equal to it where the off
 
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 

@@ -7,8 +7,8 @@ The tools of `data check` and `data generate` (problem lists, manifests, output 
 
 from __future__ import annotations
 
-import logging
 import hashlib
+import logging
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 

@@ -38,12 +38,12 @@ Without CIFAR-10 the task is a labelled stand-in, never silently (provenance kin
 
 from __future__ import annotations
 
-import logging
 import dataclasses
 import functools
 import gzip
 import hashlib
 import io
+import logging
 import pickle
 import struct
 import warnings

@@ -10,8 +10,8 @@ decode is an error naming the file.
 
 from __future__ import annotations
 
-import logging
 import io
+import logging
 from pathlib import Path
 
 import numpy as np

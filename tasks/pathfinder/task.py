@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -67,13 +68,13 @@ def write_split_file(path: Path, root: Path, seed: int, paths: list[str], splits
 @dataclass(frozen=True)
 class PathfinderOptions(TaskOptions):
     difficulty: str = "hard"  # easy / intermediate / hard = contour length 6 / 9 / 14 (or the folder name)
-    distractors: str = "per-difficulty"  # distractor count per difficulty as LRA wrote it, or "baseline" (upstream)
+    distractors: Literal["per-difficulty", "baseline"] = "per-difficulty"  # distractor count per difficulty as LRA wrote it, or "baseline" (upstream)
     split_seed: int | None = None  # seed of the 80/10/10 split; None = the run seed
     data_seed: int | None = None  # seed of regenerated images; None = the run seed
     n: int | None = None  # images to regenerate without --data-dir; None = the scale's (250 smoke Pathfinder)
     pool: int | None = None  # mean-pool the image side by this divisor; None = the scale's (2 / 8 at smoke)
     workers: int | None = None  # processes that regenerate images; None = every core
-    metadata_format: str = "text"  # generated metadata: the release's text or upstream's binary .npy
+    metadata_format: Literal["text", "npy"] = "text"  # generated metadata: the release's text or upstream's binary .npy
 
 
 class PathfinderBase(Task):

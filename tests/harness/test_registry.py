@@ -1,5 +1,6 @@
 """Registry: decorators, wildcards, did-you-mean, duplicates, availability, --include, entry points."""
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -7,7 +8,8 @@ import textwrap
 import pytest
 
 from harness.errors import UserError
-from harness.registry import MODELS, TASKS, ModelEntry, Registry, include_file, natural_key
+from harness.registry import MODELS, TASKS, ModelEntry, Registry, include_file, natural_key, register_task
+from harness.task import Task, TaskOptions
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
@@ -165,3 +167,14 @@ def test_installed_entry_point_plugin(tmp_path):
                   "--iters", "2", "--warmup", "1", "--isolation", "inprocess",
                   "--results-dir", str(tmp_path / "r"), "--quiet", env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("options", [
+    dict,  # not a TaskOptions
+    type("Loose", (TaskOptions,), {"__annotations__": {"width": int}, "width": 3}),  # not a dataclass itself
+    dataclasses.dataclass(type("Mutable", (), {"__annotations__": {"width": int}, "width": 3})),  # not a TaskOptions
+])
+def test_a_task_options_class_must_be_a_frozen_taskoptions_dataclass(options):
+    with pytest.raises(ValueError, match="Options must be a frozen dataclass subclassing"):
+        register_task("bad_options_task")(type("Bad", (Task,), {"Options": options}))
+    assert "bad_options_task" not in TASKS.names()
