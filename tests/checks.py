@@ -1,6 +1,7 @@
 """Backbone-contract assertions shared by the per-family tests and test_model_contract."""
 
 import sys
+import textwrap
 
 import torch
 
@@ -78,3 +79,29 @@ def assert_cuda_matches_cpu(model, x, mask, tol: float = 1e-4) -> None:
         ref = model(x, mask)
         got = model.cuda()(x.cuda(), mask.cuda()).cpu()
     torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+
+
+def model_plugin(name: str, forward: str, imports: str = "") -> str:
+    """The text of a plugin file registering model `name` (d_model 8): a Linear backbone whose forward
+    first runs the statements `forward` (they see x and padding_mask), then returns lin(x)."""
+    body = textwrap.indent(textwrap.dedent(forward).strip("\n"), " " * 8)
+    return f"""{textwrap.dedent(imports).strip()}
+from torch import nn
+
+from harness.registry import register_model
+
+
+class Backbone(nn.Module):
+    def __init__(self, d_model):
+        super().__init__()
+        self.lin = nn.Linear(d_model, d_model)
+
+    def forward(self, x, padding_mask=None):
+{body}
+        return self.lin(x)
+
+
+@register_model({name!r}, family="other", paper="test", complexity="O(L)", defaults=dict(d_model=8))
+def factory(d_model):
+    return Backbone(d_model)
+"""

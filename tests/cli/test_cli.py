@@ -13,6 +13,7 @@ import harness
 
 from harness.cli import main
 from harness.store import RunStore, load_records
+from tests.checks import model_plugin
 
 FAST_BENCH = ["--iters", "2", "--warmup", "1", "--isolation", "inprocess", "--quiet"]
 
@@ -125,25 +126,10 @@ def test_ls_lists_models_and_tasks(workdir):
     assert text["seq_len"] == "an integer or none (default none)" and "head_dropout" in text
 
 
-HANGING_PLUGIN = """
-import os, time
-import torch.nn as nn
-from harness.registry import register_model
-
-class Hangs(nn.Module):
-    def __init__(self, d_model):
-        super().__init__()
-        self.lin = nn.Linear(d_model, d_model)
-
-    def forward(self, x, padding_mask=None):
-        if x.shape[1] == 96 and os.environ.get("HANG_AT_96"):
-            time.sleep(600)  # the first run is killed here
-        return self.lin(x)
-
-@register_model("hangs", family="other", paper="test", complexity="O(L)", defaults=dict(d_model=8))
-def hangs(d_model):
-    return Hangs(d_model)
-"""
+HANGING_PLUGIN = model_plugin("hangs", imports="import os, time", forward="""
+    if x.shape[1] == 96 and os.environ.get("HANG_AT_96"):
+        time.sleep(600)  # the first run is killed here
+""")
 
 
 def test_killed_sweep_leaves_records_and_resumes_without_duplicates(workdir):

@@ -31,6 +31,7 @@ from harness.plan import Unit
 from harness.registry import MODELS
 from harness.store import RunStore, load_records
 from harness.validate import check_config
+from tests.checks import model_plugin
 from tests.stored_runs import RUN_A, RUN_B, interrupt_and_check, speed, write_two_runs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,50 +40,15 @@ BENCH = ["--bench-task", "listops", "--iters", "2", "--warmup", "1", "--isolatio
 STORED = "stored"  # the two hand-written runs of every case's working folder (tests/stored_runs.py)
 
 RAISES_ON_IMPORT = "raise RuntimeError('plugin import exploded')\n"
-OOM_PLUGIN = """
-import torch, torch.nn as nn
-from harness.registry import register_model
-
-class Oom(nn.Module):
-    def __init__(self, d_model):
-        super().__init__()
-        self.lin = nn.Linear(d_model, d_model)
-
-    def forward(self, x, padding_mask=None):
-        if x.shape[1] >= 64:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
-        return self.lin(x)
-
-@register_model("oom_model", family="other", paper="test", complexity="O(L)", defaults=dict(d_model=8))
-def oom_model(d_model):
-    return Oom(d_model)
-"""
+OOM_PLUGIN = model_plugin("oom_model", imports="import torch", forward="""
+    if x.shape[1] >= 64:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+""")
 # A model whose forward announces itself in a file, then sleeps: the signal lands mid-cell.
-SLEEPING_PLUGIN = """
-import os
-import time
-from pathlib import Path
-
-from torch import nn
-
-from harness.registry import register_model
-
-
-class Sleeps(nn.Module):
-    def __init__(self, d_model):
-        super().__init__()
-        self.lin = nn.Linear(d_model, d_model)
-
-    def forward(self, x, padding_mask=None):
-        Path(os.environ["SLEEPS_MARKER"]).touch()
-        time.sleep(600)
-        return self.lin(x)
-
-
-@register_model("sleeps", family="other", paper="test", complexity="O(L)", defaults=dict(d_model=8))
-def sleeps(d_model):
-    return Sleeps(d_model)
-"""
+SLEEPING_PLUGIN = model_plugin("sleeps", imports="import os, time\nfrom pathlib import Path", forward="""
+    Path(os.environ["SLEEPS_MARKER"]).touch()
+    time.sleep(600)
+""")
 
 
 def png_bytes(width=4, height=4):
