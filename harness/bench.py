@@ -34,7 +34,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -80,18 +79,11 @@ class Cell:
                     iters=self.iters, **extra)
 
 
-@runtime_checkable
-class ReportsRuntime(Protocol):
-    """Optional part of the backbone contract: a backbone whose execution path is chosen at run time
-    (e.g. Mamba's scan: the mamba-ssm CUDA kernel or the PyTorch scan) says which one ran in its
-    latest forward. The dict is stored as the speed record's `runtime` field."""
-
-    def runtime_info(self) -> dict: ...
-
-
 def backbone_runtime_info(backbone) -> dict | None:
-    """`backbone.runtime_info()` for a backbone that implements `ReportsRuntime`, else None."""
-    return backbone.runtime_info() if isinstance(backbone, ReportsRuntime) else None
+    """The optional part of the backbone contract: a backbone whose execution path is chosen at run
+    time (e.g. Mamba's scan: the mamba-ssm CUDA kernel or the PyTorch scan) has `runtime_info()`,
+    which says which one ran in its latest forward; stored as the speed record's `runtime` field."""
+    return backbone.runtime_info() if hasattr(backbone, "runtime_info") else None
 
 
 # -- CPU resident-set helpers (Linux /proc; None elsewhere) ----------------------------------------

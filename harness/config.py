@@ -424,6 +424,14 @@ class RunConfig:
         """The --task-option values of one task ({} when none: the task's defaults)."""
         return dict(self.task_option_map.get(task, {}))
 
+    def build_task(self, task: str, *, read: bool = False):
+        """Registered task `task` at this run's scale with its --task-option values (checked and
+        typed); `read`: also the data seed and folders, to load its splits."""
+        from harness.registry import TASKS
+
+        data = dict(seed=self.data_seed, data_dir=self.data_dir, cache_dir=self.cache_dir) if read else {}
+        return TASKS.get(task).cls(scale=self.scale, options=self.task_options(task), **data)
+
     @property
     def lr_multipliers(self) -> list[float]:
         """--lr-grid as multipliers of each model's peak learning rate ([1.0] without a grid)."""

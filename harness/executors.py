@@ -112,10 +112,8 @@ def _reference_rows(job: dict, config) -> Iterator[dict]:
     """The reference rows of one task, fitted on the very splits the models see; no rows when the
     data cannot be read (the models' cells record that error)."""
     from harness.reference import fit_reference_rows
-    from harness.registry import TASKS
 
-    task = TASKS.get(job["task"]).cls(scale=config.scale, seed=config.data_seed, data_dir=config.data_dir,
-                                      cache_dir=config.cache_dir)
+    task = config.build_task(job["task"], read=True)
     try:
         splits = {s: task.load(s) for s in ("train", "val", "test")}
     except UserError:
@@ -125,6 +123,7 @@ def _reference_rows(job: dict, config) -> Iterator[dict]:
     for record in fit_reference_rows(job["task"], task.input_spec(), splits, scale=config.scale,
                                      data_seed=config.data_seed, seq_len=task.seq_len):
         record["cell_key"] = job["key"]  # both rows of a task are one unit of work for --resume
+        record["task_options"] = task.options.data_changed()  # the head options do not shape these rows
         yield record
 
 

@@ -74,7 +74,7 @@ class SequenceModel(nn.Module):
             self.embed = RealNumberEmbedding(d_model, spec.real_mean, spec.real_std, spec.real_scale)
         self.embed_dropout = nn.Dropout(dropout)
         if interaction not in INTERACTIONS:
-            raise ValueError(f"interaction must be 'concat' or 'nli', got {interaction!r}")
+            raise ValueError(f"interaction must be {' or '.join(map(repr, INTERACTIONS))}, got {interaction!r}")
         self.interaction = interaction
         d_in = d_model * ((4 if interaction == "nli" else 2) if spec.dual else 1)
         head_dropout = dropout if head_dropout is None else head_dropout  # None: the model's dropout

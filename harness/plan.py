@@ -151,12 +151,9 @@ def check_task_options(config: RunConfig, tasks: list[str], bench_task: str | No
 def head_options(config: RunConfig, task: str) -> dict:
     """The changed head options (interaction, head dropout) of `task`: what a speed cell measures
     of the task's options (its inputs are random, so the data options do not apply)."""
-    from harness.registry import TASKS
-
-    options = config.task_options(task)
-    if not options:
+    if not config.task_options(task):
         return {}
-    made = TASKS.get(task).cls(scale=config.scale, options=options).options
+    made = config.build_task(task).options
     return {k: v for k, v in made.changed().items() if k in made.HEAD}
 
 
@@ -179,7 +176,7 @@ def _reference_units(plan: Plan, config: RunConfig) -> list[Unit]:
     units = []
     for name in plan.tasks:
         version = TASKS.get(name).cls.spec.version
-        changed = TASKS.get(name).cls(scale=config.scale, options=config.task_options(name)).options.data_changed()
+        changed = config.build_task(name).options.data_changed()
         extra = {"task_options": changed} if changed else {}  # default keys stay as they were
         key = cell_key(kind="reference", task=name, task_version=version, scale=config.scale,
                        data_seed=config.data_seed, data_dir=config.data_dir, **extra)

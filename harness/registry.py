@@ -245,6 +245,10 @@ class Registry:
                     f"{type(exc).__name__}: {exc}"
                 )
 
+    def __contains__(self, name) -> bool:
+        self.ensure_loaded()
+        return name in self._entries
+
     def names(self) -> list[str]:
         self.ensure_loaded()
         return sorted(self._entries, key=natural_key)

@@ -72,7 +72,7 @@ class TaskOptions:
     family subclasses it with its own fields, each default written once with a comment. The fields
     here shape the classifier head, which belongs to the task."""
 
-    interaction: typing.Literal["concat", "nli"] = "concat"  # dual tasks: how the two pooled documents meet
+    interaction: typing.Literal[INTERACTIONS] = "concat"  # dual tasks: how the two pooled documents meet
     head_dropout: float | None = None  # dropout inside the classifier head; None = the model's dropout
 
     HEAD = ("interaction", "head_dropout")  # (not a field) these shape the head, not the data

@@ -80,7 +80,7 @@ def resolve_settings(model_name: str, task_name: str, config: RunConfig) -> Trai
         s.betas = tuple(paper["betas"])
     _override(s, total_steps=scale.total_steps, batch_size=scale.batch_size, lr=scale.lr)
     # A task may cap batch and steps at a scale (e.g. Path-X smoke: 16K pixels on a CPU).
-    hints = TASKS.get(task_name).cls(scale=config.scale, options=config.task_options(task_name)).sizes(config.scale)
+    hints = config.build_task(task_name).sizes(config.scale)
     if "batch_size" in hints:
         s.batch_size = min(s.batch_size, hints["batch_size"])
     if "total_steps" in hints:
@@ -168,7 +168,7 @@ def cell_identity(model_name: str, task_name: str, seed: int, config: RunConfig,
     their defaults, and the cell key (resume)."""
     entry = MODELS.get(model_name)
     task_cls = TASKS.get(task_name).cls
-    task_options = task_cls(scale=config.scale, options=config.task_options(task_name)).options.changed()
+    task_options = config.build_task(task_name).options.changed()
     settings = resolve_settings(model_name, task_name, config)
     settings.lr = settings.lr * lr_multiplier
     overrides = entry.known_overrides(task_name, config.model_overrides)
@@ -203,7 +203,7 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
     `metrics.stopped` = "time-budget" | "timeout" (None when training reached its last step).
     `on_progress(text)`, when given, hears the step and loss after every optimiser step."""
     entry = MODELS.get(model_name)
-    task_cls = TASKS.get(task_name).cls
+    TASKS.get(task_name)  # an unknown task is a usage error, raised before the cell starts
     try:
         cell = cell_identity(model_name, task_name, seed, config, device=device, dtype=dtype,
                              lr_multiplier=lr_multiplier)
@@ -219,8 +219,7 @@ def train_cell(model_name: str, task_name: str, seed: int, config: RunConfig, *,
     ok, reason = entry.availability()
     if not ok:
         return make_record(status="unavailable", error=reason, **base)
-    task = task_cls(scale=config.scale, seed=config.data_seed, data_dir=config.data_dir, cache_dir=config.cache_dir,
-                    options=config.task_options(task_name))
+    task = config.build_task(task_name, read=True)
     try:
         base["seq_len"] = task.seq_len
         splits = {s: task.load(s) for s in ("train", "val", "test")}

@@ -43,12 +43,17 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _kernel_terms(delta, alpha, beta, gamma, scale: float):
-    """(log q, weight) as (D, h) fp32 tensors: q = 1 - p sigmoid(alpha) and weight = scale gamma p beta.
-    log q is log1p(-p sigmoid(alpha)), without cancellation when q is close to 1."""
+def _damping(delta, alpha, beta):
+    """(p sigmoid(alpha), p beta) as (D, h) fp32 tensors, p = sigmoid(delta): q = 1 - the first."""
     p = torch.sigmoid(delta.float()).squeeze(-1)  # (D, h)
-    log_q = torch.log1p(-p * torch.sigmoid(alpha.float()).squeeze(-1))  # (D, h)
-    return log_q, p * beta.float().squeeze(-1) * gamma.float() * scale
+    return p * torch.sigmoid(alpha.float()).squeeze(-1), p * beta.float().squeeze(-1)
+
+
+def _kernel_terms(delta, alpha, beta, gamma, scale: float):
+    """(log q, weight) as (D, h) fp32 tensors, weight = scale gamma p beta; log q is
+    log1p(-p sigmoid(alpha)), without cancellation when q is close to 1."""
+    damp, p_beta = _damping(delta, alpha, beta)
+    return torch.log1p(-damp), p_beta * gamma.float() * scale
 
 
 def ema_kernel(delta, alpha, beta, gamma, scale: float, length: int) -> torch.Tensor:
@@ -76,7 +81,7 @@ def ema_kernel(delta, alpha, beta, gamma, scale: float, length: int) -> torch.Te
 def ema_kernel_reference(delta, alpha, beta, gamma, scale: float, length: int) -> torch.Tensor:
     """The literal form of `ema_kernel`: the (D, h, length) table q^t, weighted and summed over n
     (the official code's construction). Computed in the parameters' precision, fp32 at least."""
-    dtype = torch.promote_types(delta.dtype, torch.float32)
+    dtype = compute_dtype(delta)
     p = torch.sigmoid(delta.to(dtype))  # (D, h, 1)
     q = 1 - p * torch.sigmoid(alpha.to(dtype))  # (D, h, 1)
     t = torch.arange(length, device=delta.device, dtype=dtype)
@@ -86,9 +91,8 @@ def ema_kernel_reference(delta, alpha, beta, gamma, scale: float, length: int) -
 
 def ema_coefficients(delta, alpha, beta, gamma):
     """(p*beta, q, gamma) as (D, h) fp32 tensors, for the recurrent forms."""
-    p = torch.sigmoid(delta.float()).squeeze(-1)
-    q = 1.0 - p * torch.sigmoid(alpha.float()).squeeze(-1)
-    return p * beta.float().squeeze(-1), q, gamma.float()
+    damp, p_beta = _damping(delta, alpha, beta)
+    return p_beta, 1.0 - damp, gamma.float()
 
 
 # ------------------------------------------------------------------------------------------------

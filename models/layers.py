@@ -99,7 +99,6 @@ class MaskedBatchNorm(nn.Module):
 
 
 NORMS = ("layernorm", "scalenorm", "rmsnorm", "batchnorm", "masked_batchnorm")
-_MASKED = (SequenceBatchNorm, MaskedBatchNorm)  # the norms whose statistics read the padding mask
 
 
 class SequenceNorm(nn.Module):
@@ -113,7 +112,7 @@ class SequenceNorm(nn.Module):
         super().__init__()
         if kind not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {kind!r}")
-        self.kind = kind
+        self.masked = kind in ("batchnorm", "masked_batchnorm")  # statistics that read the padding mask
         if kind == "layernorm":
             self.norm = nn.LayerNorm(dim, eps=1e-5, elementwise_affine=affine)
         elif kind == "scalenorm":
@@ -128,9 +127,7 @@ class SequenceNorm(nn.Module):
             self.norm = MaskedBatchNorm(dim, eps=1e-5)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if isinstance(self.norm, _MASKED):
-            return self.norm(x, padding_mask)
-        return self.norm(x)
+        return self.norm(x, padding_mask) if self.masked else self.norm(x)
 
 
 def widen_max_positions(config: dict, seq_len: int) -> dict:

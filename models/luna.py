@@ -164,7 +164,6 @@ class LunaEncoder(nn.Module):
     def __init__(self, cfg: LunaConfig):
         super().__init__()
         d_model, n_layers = cfg.d_model, cfg.n_layers
-        self.cfg = cfg
         self.positions, self.dynamic_projection = cfg.positions, cfg.dynamic_projection
         self.projected = nn.Parameter(torch.randn(cfg.projection_length, d_model) * d_model ** -0.5)  # initial P
         # LRA's layernorm_embedding: one LayerNorm for X's embeddings, one for P

@@ -171,7 +171,6 @@ class MambaBackbone(nn.Module):
 
     def __init__(self, cfg: MambaConfig):
         super().__init__()
-        self.cfg = cfg
         self.scan, self.chunk_size = cfg.scan, cfg.chunk_size
         self.recompute_scan = cfg.recompute_scan  # PyTorch scan: recompute in backward instead of storing
         self.last_scan: str | None = None  # the backend the latest forward used

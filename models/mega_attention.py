@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.errors import UserError
+from harness_models.ema import compute_dtype
 
 MATERIALIZE_MAX_LENGTH = 256  # softmax_kernel=auto: materialise attention up to this length
 FLEX_MIN_DIM = 16  # FlexAttention needs query/key and value widths of at least 16
@@ -269,7 +270,7 @@ def attend_reference(q, k, v, padding_mask, bias: nn.Module, *, attention: str, 
     """q, k (B, L, z), v (B, L, v), L a multiple of the chunk length n -> (B, L, v), computed in
     fp32 (fp64 for fp64 inputs) with an explicitly indexed bias matrix."""
     B, L, z = q.shape
-    dtype = torch.promote_types(v.dtype, torch.float32)
+    dtype = compute_dtype(v)
     b = bias.reference(n).to(dtype)  # (n, n)
     lower = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
     outs = []

@@ -478,7 +478,6 @@ class S4Backbone(nn.Module):
 
     def __init__(self, cfg: S4Config):
         super().__init__()
-        self.cfg = cfg
         self.prenorm = cfg.prenorm
         self.layers = nn.ModuleList(S4Layer(cfg) for _ in range(cfg.n_layers))
         self.norms = nn.ModuleList(SequenceNorm(S4_NORMS[cfg.norm], cfg.d_model) for _ in range(cfg.n_layers))

@@ -155,7 +155,6 @@ class TransformerEncoder(nn.Module):
     def __init__(self, cfg: TransformerConfig, attention: str = "sdpa",
                  swap: Callable[[int], nn.Module] | None = None):
         super().__init__()
-        self.cfg = cfg
         self.positions = cfg.positions
         self.layers = nn.ModuleList()
         self.final_norm = nn.LayerNorm(cfg.d_model)

@@ -78,6 +78,11 @@ def user_data(data_dir: Path | None, find: Callable[[Path], Found | None], other
     return found
 
 
+def generated_root(cache_dir: Path | None) -> Path:
+    """Where a task keeps the data it generates: the run's cache folder, else ./.cache."""
+    return cache_dir if cache_dir is not None else Path(".cache")
+
+
 def files_fingerprint(paths: list[Path]) -> str:
     """Cheap identity of a set of files (names, sizes, modification times) for cache keys."""
     h = hashlib.sha256()

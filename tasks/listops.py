@@ -30,7 +30,7 @@ from harness.files import atomic_path, sha256_file
 from harness.records import Provenance
 from harness.registry import register_task
 from harness.task import Task, TaskData, TaskSpec
-from harness_tasks.common import SPLITS, first_folder, release_folders, scale_sizes
+from harness_tasks.common import SPLITS, first_folder, generated_root, release_folders, scale_sizes
 from harness_tasks.datafiles import (Problems, expected_count, output_folder, read_manifest, verify_checksums,
                                      write_manifest)
 
@@ -258,7 +258,7 @@ class ListOps(Task):
         if self.data_dir is not None:
             return find_release_dir(self.data_dir)
         sizes = self.sizes(self.scale)
-        root = self.cache_dir if self.cache_dir is not None else Path(".cache")
+        root = generated_root(self.cache_dir)
         out = root / "listops" / f"generated-seed{self.seed}-{self.scale}"
         if not all((out / tsv_name(s)).is_file() for s in SPLITS):
             generate_files(out, self.seed, sizes)

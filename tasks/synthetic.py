@@ -62,11 +62,7 @@ class SyntheticTask(Task):
 
     def sizes(self, scale: str) -> dict:
         s = scale_sizes(self.SCALES, scale)
-        for key, value in self.options.data_changed().items():  # the head options shape no data
-            try:
-                s[key] = int(value)
-            except (TypeError, ValueError):
-                raise UserError(f"task {self.name} option {key}={value!r}: expected an integer")
+        s.update(self.options.data_changed())  # typed integers (make_options); head options shape no data
         self.validate_sizes(s)
         return s
 

@@ -522,12 +522,12 @@ def comparison_json(comparison: Comparison, run_a: str, run_b: str, threshold_pc
     text except the verdict and note."""
     cells = [{c: _whole(row[c]) if c in ("seq_len", "batch_size") else _plain(row[c]) for c in COLUMNS}
              for _, row in comparison.frame.iterrows()]
-    frame, folders = comparison.frame, comparison.folders
+    folders = comparison.folders
     return {"run_a": run_a, "run_b": run_b, "folder_a": folders.get("a"), "folder_b": folders.get("b"),
             "threshold_pct": threshold_pct,
             "settings_changed": [{"key": key, "a": _plain(a), "b": _plain(b)}
                                  for key, a, b in comparison.settings],
-            "regressions": int(frame["regression"].sum()) if len(frame) else 0,
+            "regressions": comparison.n_regressions,
             "rules": {"accuracy": f"drop in points: Welch p < {ALPHA:g} (n >= 2 both), else beyond "
                                   f"{SE_FACTOR:g}*sqrt(se_a^2 + se_b^2) of the test set",
                       "speed": f"p20-p80 intervals apart and median change > {threshold_pct:g}%",
@@ -631,11 +631,8 @@ def format_comparison(comparison: Comparison, run_a: str, run_b: str, threshold_
         })
     text = pd.DataFrame(display, columns=["cell", "metric", "A", "B", "change", "p", "verdict", "note"])
     text = text.set_index("cell")  # a cell has a row per metric: the index repeats
-    values = pd.DataFrame(np.nan, index=text.index, columns=text.columns, dtype=float)
-    numeric = lambda column: pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)  # noqa: E731
-    values["change"] = np.where(frame["metric"] == "accuracy", numeric("change"), numeric("change_pct"))  # points / %
-    values["p"] = numeric("p_value")
-    n_reg = int(frame["regression"].sum())
+    values = pd.DataFrame(np.nan, index=text.index, columns=text.columns, dtype=float)  # rendered as text only
+    n_reg = comparison.n_regressions
     counts = frame["verdict"].map(_category).value_counts()
     table = Table(
         title=f"Comparison {run_a} (A) {_ARROW} {run_b} (B)",

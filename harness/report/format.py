@@ -15,10 +15,14 @@ import re
 import numpy as np
 import pandas as pd
 
+from harness import errors
 from harness.registry import natural_key
 
 GIB = 1024 ** 3
-MEMORY_UNIT = ("GiB", GIB)  # every memory cell of every table: one unit, so two tables never disagree
+# Every memory cell of every table in one unit, whatever the values (a table that switched to MiB
+# for small CPU peaks would put 500 beside 0.53 for the same kind of cell); `fmt_mem` keeps the
+# digits of small values.
+MEMORY_UNIT = ("GiB", GIB)
 DASH = "–"  # a cell that was never measured
 NOISY = "~"  # prefix of a speed cell whose p80/p20 exceeds NOISY_SPREAD
 NOISY_SPREAD = 1.5
@@ -76,8 +80,7 @@ def slug(text: str) -> str:
 
 def first_line(text, default: str = "", limit: int | None = None) -> str:
     """The first non-empty line of an error message (`default` when there is none), cut to `limit`."""
-    lines = str(text).strip().splitlines() if not missing(text) else []
-    line = lines[0] if lines else default
+    line = ("" if missing(text) else errors.first_line(text)) or default
     return line[:limit] if limit else line
 
 
@@ -118,13 +121,6 @@ def fmt_lr(value) -> str:
         return DASH
     mantissa, exponent = f"{value:.1e}".split("e")
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-
-
-def memory_unit(values=()) -> tuple[str, float]:
-    """The unit of memory cells: always GiB, whatever the values (a table that switched to MiB for
-    small CPU peaks would put 500 beside 0.53 for the same kind of cell); `fmt_mem` keeps the
-    digits of small values."""
-    return MEMORY_UNIT
 
 
 def fmt_mem(value, unit: tuple[str, float] = MEMORY_UNIT) -> str:

@@ -33,7 +33,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from harness.report import tables
-from harness.report.format import (DASH, GIB, first_line, fmt_mem, fmt_ms, length_label, memory_unit, missing,
+from harness.report.format import (DASH, GIB, first_line, fmt_mem, fmt_ms, length_label, MEMORY_UNIT, missing,
                                    natural, number, slug, status_text)
 from harness.report.select import (SLICE_KEYS, SPEED_KEYS, is_noisy, latest, nearest_length, prepare,
                                    select_slice, slice_text, speed_cells, speed_ok, speed_slices)
@@ -345,7 +345,7 @@ def length_figure(df: pd.DataFrame, metric: str, slice_: dict | None = None, acr
     cells = select_slice(cells, keep)  # every mode of the slice: one panel each
     if cells.empty:
         return None
-    unit = memory_unit(cells.loc[cells["status"] == "ok", "peak_bytes"])
+    unit = MEMORY_UNIT
     modes = sorted(cells["mode"].dropna().unique(), key=lambda m: (m != "train_step", m))
     order = row_order(df, keep, modes, aggregate)
     order += sorted(set(cells["label"].dropna()) - set(order), key=natural)

@@ -55,7 +55,7 @@ def task_spec(task):
     try:
         from harness.registry import TASKS
 
-        return TASKS.get(task).cls.spec if task in TASKS.names() else None
+        return TASKS.get(task).spec if task in TASKS else None
     except Exception as exc:  # a report renders from its records alone
         log.debug("task %s: no registered spec (%s)", task, first_line(exc))
         return None
@@ -112,10 +112,8 @@ def published_efficiency(models) -> dict:
     try:
         from harness.registry import MODELS
 
-        MODELS.ensure_loaded()
-        names = set(MODELS.names())
-        return {m: MODELS.get(m).published for m in models
-                if isinstance(m, str) and m in names and MODELS.get(m).published}
+        return {m: published for m in models
+                if isinstance(m, str) and m in MODELS and (published := MODELS.get(m).published)}
     except Exception as exc:  # a report must render without the models
         log.debug("published efficiency figures not available (%s)", first_line(exc))
         return {}
@@ -176,10 +174,12 @@ def accuracy_column(row) -> tuple[str, str]:
     'excluded' (an LRA task at another scale or on other data: labelled, never averaged) or
     'other' (tasks outside LRA)."""
     task = get(row, "task") or "?"
-    if is_lra(task):
+    spec = task_spec(task)
+    if spec is not None and spec.lra:
+        label = spec.label or str(task)  # task_label, from the spec already looked up
         if lra_eligible(row):
-            return task_label(task), "lra"
-        return f"{task_label(task)} [{data_detail(row)}]", "excluded"
+            return label, "lra"
+        return f"{label} [{data_detail(row)}]", "excluded"
     plain = (get(row, "scale") in (None, "paper") and get(row, "provenance.subset") is None
              and get(row, "provenance.kind") in (None, *LRA_KINDS, "random-inputs"))
     return (task if plain else f"{task} [{data_detail(row)}]"), "other"

@@ -53,10 +53,10 @@ import numpy as np
 import pandas as pd
 
 from harness.report.format import (DASH, NOISY, NOISY_SPREAD, STOPPED, fmt_count, fmt_lr, fmt_mem,
-                                   fmt_ms, fmt_ratio, get, length_label, memory_unit, missing, natural,
+                                   fmt_ms, fmt_ratio, get, length_label, MEMORY_UNIT, missing, natural,
                                    number, plain, status_text)
 from harness.report.render import render
-from harness.report.select import (PROTOCOL, PROTOCOL_LENGTH, PROTOCOL_TEXT, REF_PREFIX, accuracy_column,
+from harness.report.select import (PROTOCOL, PROTOCOL_LENGTH, PROTOCOL_TEXT, accuracy_column,
                                    efficiency_references, is_noisy, is_protocol, is_reference, latest,
                                    nearest_length, not_lra_reasons, prepare, published_efficiency,
                                    reference_name, row_name, select_slice, slice_tag, slice_text,
@@ -64,7 +64,6 @@ from harness.report.select import (PROTOCOL, PROTOCOL_LENGTH, PROTOCOL_TEXT, REF
 from harness.report.stats import Summary, rank, summarise
 
 PARAMS = "params"
-PUBLISHED_TASK, PUBLISHED_LENGTH = PROTOCOL["task"], PROTOCOL_LENGTH  # where the papers' Table-2 ratios were taken
 PATH_X = "pathx"  # the LRA paper's average leaves it out (no model learned it); S4 and MEGA include it
 
 
@@ -131,7 +130,7 @@ def make_table(rows: dict, columns: list, title: str, caption: str, values: dict
     return Table(title=title, caption=caption, values=value_frame, text=text, bold=bold_frame,
                  tips=tip_frame, row_notes=row_notes, column_classes=dict(column_classes or {}),
                  left_columns=tuple(left_columns), numbers=dict(numbers or {}),
-                 context_rows=tuple(r for r in index if str(r).startswith(REF_PREFIX)))
+                 context_rows=tuple(r for r in index if is_reference(r)))
 
 
 # -- captions and bold shared by the tables ----------------------------------------------------------
@@ -680,7 +679,7 @@ def efficiency_table(df: pd.DataFrame, length: int = 4096, slice_: dict | None =
     where = (f"L = {at}" if at == length else
              f"L = {at} (nearest measured length; {length} was not measured)")
     cells = cells[cells["seq_len"] == at]
-    unit = memory_unit()
+    unit = MEMORY_UNIT
     by_label = {row["label"]: row for _, row in cells.iterrows()}
     references = dict(efficiency_references())  # model -> what it is, by registered rank
     refs = [(base, reference_name(by_label, base)) for base in references]
@@ -730,7 +729,7 @@ def efficiency_table(df: pd.DataFrame, length: int = 4096, slice_: dict | None =
                 data[(label, mem_col)] = {"ratio": number(mem), "reference": ref, "run_ids": run_ids}
         rows[label] = text
     published = {}
-    if slice_.get("task") == PUBLISHED_TASK and at == PUBLISHED_LENGTH:
+    if slice_.get("task") == PROTOCOL["task"] and at == PROTOCOL_LENGTH:  # where Table 2's ratios were taken
         models = {label: row["model"] for label, row in by_label.items() if label == row["model"]}  # no variant
         figures = published_efficiency(set(models.values()))
         published = {label: figures[m] for label, m in models.items() if m in figures}
@@ -793,7 +792,7 @@ def length_tables(df: pd.DataFrame, slice_: dict | None = None,
     cells = select_slice(cells, slice_)
     lengths = sorted({int(x) for x in cells["seq_len"].dropna()})
     columns = [str(x) for x in lengths]
-    unit = memory_unit()
+    unit = MEMORY_UNIT
     protocol = is_protocol(slice_, cells["seq_len"])
     notes = _row_origins({label: ([r for ids in group["run_ids"] for r in ids], group["git_sha"])
                           for label, group in cells.groupby("label", sort=False)})

@@ -32,7 +32,7 @@ from harness.files import atomic_write_text, sha256_file
 from harness.records import Provenance
 from harness.registry import register_task
 from harness.task import Task, TaskData, TaskOptions, TaskSpec
-from harness_tasks.common import pool_pixels, scale_sizes, split_number, user_data
+from harness_tasks.common import generated_root, pool_pixels, scale_sizes, split_number, user_data
 from harness_tasks.datafiles import output_folder
 from harness_tasks.pathfinder.generator import CONTOUR_LENGTH, DIFFICULTIES, SnakeParams, generate_dataset, lra_params
 from harness_tasks.pathfinder.release import (IMAGES_PER_DIFFICULTY, check_release, find_difficulty_dir, list_examples,
@@ -137,7 +137,7 @@ class PathfinderBase(Task):
                 f"`python -m harness data generate --task {self.name} --out DIR --n 200000 --workers W` "
                 f"(hours of CPU time) and pass --data-dir DIR", exit_code=1)
         p = self.params
-        root = self.cache_dir if self.cache_dir is not None else Path(".cache")
+        root = generated_root(self.cache_dir)
         tag = hashlib.sha256(json.dumps(asdict(p), sort_keys=True).encode()).hexdigest()[:8]
         base = root / self.name / f"generated-seed{self.data_seed}-n{s['generate']}-{tag}"
         final = base / f"pathfinder{self.resolution}" / self.folder
@@ -216,7 +216,7 @@ class PathfinderBase(Task):
         if len(paths) < 3:
             raise UserError(f"{root}: only {len(paths)} usable images; need at least 3 for 80/10/10", exit_code=1)
         splits = split_indices(len(paths), self.split_seed)
-        cache = self.cache_dir if self.cache_dir is not None else Path(".cache")
+        cache = generated_root(self.cache_dir)
         digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
         write_split_file(cache / self.name / "splits" / f"{root.name}-{digest}-seed{self.split_seed}.json",
                          root, self.split_seed, paths, splits)

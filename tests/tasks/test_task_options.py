@@ -252,3 +252,11 @@ def test_bench_measures_the_tasks_head(workdir):
     assert all(r["status"] == "ok" for r in lines) and lines[1]["n_params"] > lines[0]["n_params"]
     assert lines[0]["cell_key"] != lines[1]["cell_key"]
     assert sorted(load_records(workdir / "results")["label"]) == ["transformer", "transformer [retrieval.interaction=nli]"]
+
+
+def test_reference_rows_are_fitted_on_the_options_data(workdir):
+    assert main(["run", "--models", "transformer", "--tasks", "mqar", "--seeds", "0", "--steps", "2",
+                 "--skip-bench", "--no-report", "--quiet", "--task-option", "mqar.num_kv=4"]) == 0
+    frame = load_records(workdir / "results")
+    refs = frame[frame["model"].str.startswith("ref:")]
+    assert len(refs) == 2 and set(refs["task_options.num_kv"]) == {4}  # recorded with the data they saw
